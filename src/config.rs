@@ -1,0 +1,457 @@
+//! Recipes: the TOML file that describes a run (first step of the data flow).
+//!
+//! A recipe has one section per component (`[run] [model] [data] [train] [checkpoint] [eval]`);
+//! each deserialises with `deny_unknown_fields`, and every field's `///` doc is its reference
+//! documentation. `--set section.key=value` overrides any field before deserialisation. Errors
+//! name the file and the dotted key. The world size is never in the recipe: it comes from the
+//! launcher's rendezvous.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, IoContext, Result};
+
+/// A whole recipe, resolved: overrides applied, defaults filled in, validated.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Recipe {
+    pub run: RunConfig,
+    pub model: ModelConfig,
+    pub data: DataConfig,
+    #[serde(default)]
+    pub train: TrainConfig,
+    #[serde(default)]
+    pub checkpoint: CheckpointConfig,
+    #[serde(default)]
+    pub eval: EvalConfig,
+}
+
+/// `[run]`: where the run lives.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    /// Run directory: resolved recipe, metrics.jsonl, checkpoints/, final/. Running again on an
+    /// existing directory resumes from its newest complete checkpoint.
+    pub dir: PathBuf,
+}
+
+/// The model family. Only `gpt` (GPT-2 style, trained from scratch) so far.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelKind {
+    Gpt,
+}
+
+/// `[model]`: the architecture.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Model family: "gpt".
+    pub kind: ModelKind,
+    /// Number of transformer blocks.
+    pub n_layer: usize,
+    /// Attention heads; must divide `n_embd`.
+    pub n_head: usize,
+    /// Width of the residual stream.
+    pub n_embd: usize,
+    /// Tokens per training sequence (the context the model is trained on).
+    pub block_size: usize,
+    /// Size of the learned position table, GPT-2's `n_positions` (default: block_size). Larger
+    /// leaves room to continue training or generating with a longer context later.
+    #[serde(default)]
+    pub n_positions: Option<usize>,
+    /// Dropout on embeddings, attention and residual branches. 0 for pretraining small models
+    /// on plenty of data; 0.1-0.2 helps when the corpus is small and repeated.
+    #[serde(default)]
+    pub dropout: f64,
+    /// Biases in linear layers and LayerNorms (GPT-2 has them). Without, the HF export writes
+    /// zero biases, which is the same function.
+    #[serde(default = "yes")]
+    pub bias: bool,
+    /// Embedding rows. Default: the tokenizer's vocabulary rounded up to a multiple of 64,
+    /// because matmuls with such a dimension run faster. Must be >= the tokenizer's vocabulary.
+    #[serde(default)]
+    pub vocab_size: Option<usize>,
+}
+
+/// `[data]`: what to train on.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// Training text: a file, a folder (every file in it, recursively, in sorted order) or a
+    /// list of them. Relative paths are relative to the working directory.
+    #[serde(deserialize_with = "one_or_many")]
+    pub train: Vec<PathBuf>,
+    /// Validation text, same forms as `train`. When absent, the last `val_fraction` of the
+    /// training tokens is held out instead.
+    #[serde(default, deserialize_with = "opt_one_or_many")]
+    pub val: Option<Vec<PathBuf>>,
+    /// Fraction of the training tokens held out for validation when `val` is absent
+    /// (default 0.05). 0 disables evaluation.
+    #[serde(default)]
+    pub val_fraction: Option<f64>,
+    /// A tokenizer directory (with tokenizer.json) or a tokenizer.json file, e.g. made by
+    /// `rankforge tokenizer train`.
+    pub tokenizer: PathBuf,
+    /// Where tokenized data is cached (memory-mapped token files keyed by tokenizer and source
+    /// content). Default: $RANKFORGE_CACHE, else $XDG_CACHE_HOME/rankforge, else
+    /// ~/.cache/rankforge; the files go in its `tokens/` folder.
+    #[serde(default)]
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// Learning-rate schedule after warm-up.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Schedule {
+    Cosine,
+    Linear,
+    Constant,
+}
+
+/// Where tensors live. `auto` = CUDA device 0 when available, else CPU.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceChoice {
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+/// Arithmetic precision. `auto` = bf16 autocast on CUDA, fp32 on CPU.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    Auto,
+    Fp32,
+    Bf16,
+}
+
+/// `[train]`: the optimisation.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    /// Optimizer steps of the whole run.
+    pub max_steps: u64,
+    /// Sequences per optimizer step, summed over all ranks. Independent of the world size, so
+    /// the same recipe trains the same way on 1 or N ranks.
+    pub global_batch_size: usize,
+    /// Sequences per forward/backward pass on one rank; more than that per rank is gradient
+    /// accumulation. Bounds activation memory.
+    pub micro_batch_size: usize,
+    /// Peak learning rate, reached at the end of warm-up.
+    pub lr: f64,
+    /// Learning rate at the end of the decay.
+    pub min_lr: f64,
+    /// Linear warm-up steps from lr/warmup_steps to lr.
+    pub warmup_steps: u64,
+    /// Decay after warm-up: cosine, linear or constant.
+    pub schedule: Schedule,
+    /// Steps over which the schedule decays to min_lr (default max_steps). Set it beyond
+    /// max_steps to train a prefix of a longer run that you extend later.
+    pub lr_decay_steps: Option<u64>,
+    /// Decoupled AdamW weight decay, applied to matrices (dim >= 2) only, not to biases and
+    /// norm gains.
+    pub weight_decay: f64,
+    /// AdamW beta1.
+    pub beta1: f64,
+    /// AdamW beta2; 0.95 is the usual choice for GPT pretraining (stabler than 0.999).
+    pub beta2: f64,
+    /// AdamW epsilon.
+    pub eps: f64,
+    /// Clip the global gradient norm to this value; 0 disables clipping.
+    pub grad_clip: f64,
+    /// Seeds initialisation, data order and dropout. Same seed, same run.
+    pub seed: u64,
+    /// auto, cpu or cuda.
+    pub device: DeviceChoice,
+    /// auto, fp32 or bf16 (autocast; weights and optimizer state stay fp32).
+    pub precision: Precision,
+    /// Intra-op CPU threads (default: libtorch's choice, the physical cores).
+    pub threads: Option<usize>,
+    /// Write a log line (when not on a terminal) every this many steps; metrics.jsonl gets
+    /// every step regardless.
+    pub log_every: u64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            max_steps: 1000,
+            global_batch_size: 8,
+            micro_batch_size: 8,
+            lr: 6e-4,
+            min_lr: 6e-5,
+            warmup_steps: 100,
+            schedule: Schedule::Cosine,
+            lr_decay_steps: None,
+            weight_decay: 0.1,
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            grad_clip: 1.0,
+            seed: 1337,
+            device: DeviceChoice::Auto,
+            precision: Precision::Auto,
+            threads: None,
+            log_every: 10,
+        }
+    }
+}
+
+/// `[checkpoint]`: when to save and how many to keep.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CheckpointConfig {
+    /// Save every this many steps (0: only at the end). The last step is always saved.
+    pub every_steps: u64,
+    /// Keep the newest K complete checkpoints; older ones are deleted after a new one is
+    /// complete (never before).
+    pub keep_last: usize,
+}
+
+impl Default for CheckpointConfig {
+    fn default() -> Self {
+        CheckpointConfig { every_steps: 0, keep_last: 3 }
+    }
+}
+
+/// `[eval]`: validation loss and perplexity.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvalConfig {
+    /// Evaluate every this many steps (0: only at the end). The last step is always evaluated
+    /// when there is validation data.
+    pub every_steps: u64,
+    /// Micro-batches of validation data per evaluation (the same ones each time, so values are
+    /// comparable across the run).
+    pub max_batches: usize,
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        EvalConfig { every_steps: 0, max_batches: 20 }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(PathBuf),
+    Many(Vec<PathBuf>),
+}
+
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<PathBuf>, D::Error> {
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(p) => vec![p],
+        OneOrMany::Many(v) => v,
+    })
+}
+
+fn opt_one_or_many<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Vec<PathBuf>>, D::Error> {
+    one_or_many(d).map(Some)
+}
+
+impl Recipe {
+    /// Reads `file`, applies `overrides` (`section.key=value`, values in TOML syntax; a bare
+    /// word is taken as a string), deserialises and validates.
+    pub fn load(file: &Path, overrides: &[String]) -> Result<Recipe> {
+        let text = std::fs::read_to_string(file).at(file)?;
+        Self::from_toml(&text, file, overrides)
+    }
+
+    /// As [`Recipe::load`], from text; `file` is only used in messages.
+    pub fn from_toml(text: &str, file: &Path, overrides: &[String]) -> Result<Recipe> {
+        let err = |key: &str, msg: String| Error::Config {
+            file: file.to_path_buf(),
+            key: key.to_string(),
+            msg,
+        };
+        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            let line = e
+                .span()
+                .map(|s| text[..s.start].lines().count().max(1).to_string())
+                .unwrap_or_else(|| "?".into());
+            err(&format!("line {line}"), e.message().trim().to_string())
+        })?;
+        for item in overrides {
+            apply_override(&mut table, item).map_err(|msg| err(&format!("--set {item}"), msg))?;
+        }
+        let de = toml::Value::Table(table);
+        let recipe: Recipe = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let key = if key == "." { "(top level)".to_string() } else { key };
+            let mut msg = e.inner().message().trim().to_string();
+            if overrides.iter().any(|o| o.split('=').next() == Some(key.as_str())) {
+                msg.push_str(" (set with --set)");
+            }
+            err(&key, msg)
+        })?;
+        recipe.validate().map_err(|(key, msg)| err(key, msg))?;
+        Ok(recipe)
+    }
+
+    fn validate(&self) -> std::result::Result<(), (&'static str, String)> {
+        let m = &self.model;
+        let positive = [
+            ("model.n_layer", m.n_layer),
+            ("model.n_head", m.n_head),
+            ("model.n_embd", m.n_embd),
+            ("model.block_size", m.block_size),
+            ("train.global_batch_size", self.train.global_batch_size),
+            ("train.micro_batch_size", self.train.micro_batch_size),
+        ];
+        for (key, v) in positive {
+            if v == 0 {
+                return Err((key, "must be at least 1".into()));
+            }
+        }
+        if m.n_embd % m.n_head != 0 {
+            return Err((
+                "model.n_embd",
+                format!("{} is not divisible by model.n_head = {}", m.n_embd, m.n_head),
+            ));
+        }
+        if let Some(np) = m.n_positions {
+            if m.block_size > np {
+                return Err((
+                    "model.block_size",
+                    format!("{} exceeds the position table, model.n_positions = {np}", m.block_size),
+                ));
+            }
+        }
+        if !(0.0..1.0).contains(&m.dropout) {
+            return Err(("model.dropout", format!("{} is not in [0, 1)", m.dropout)));
+        }
+        if let Some(f) = self.data.val_fraction {
+            if !(0.0..0.5).contains(&f) {
+                return Err(("data.val_fraction", format!("{f} is not in [0, 0.5)")));
+            }
+            if self.data.val.is_some() && f > 0.0 {
+                return Err(("data.val_fraction", "give either data.val or data.val_fraction".into()));
+            }
+        }
+        if self.data.train.is_empty() {
+            return Err(("data.train", "names no file".into()));
+        }
+        let t = &self.train;
+        if !(t.lr > 0.0) || !(t.min_lr >= 0.0) || t.min_lr > t.lr {
+            return Err(("train.lr", format!("need lr > 0 and 0 <= min_lr <= lr, got lr = {}, min_lr = {}", t.lr, t.min_lr)));
+        }
+        if !(0.0..1.0).contains(&t.beta1) || !(0.0..1.0).contains(&t.beta2) {
+            return Err(("train.beta1", "beta1 and beta2 must be in [0, 1)".into()));
+        }
+        if t.grad_clip < 0.0 || t.weight_decay < 0.0 {
+            return Err(("train.grad_clip", "grad_clip and weight_decay must be >= 0".into()));
+        }
+        if t.log_every == 0 {
+            return Err(("train.log_every", "must be at least 1".into()));
+        }
+        if self.checkpoint.keep_last == 0 {
+            return Err(("checkpoint.keep_last", "must be at least 1: the newest checkpoint is the resume point".into()));
+        }
+        Ok(())
+    }
+
+    /// The resolved recipe as TOML (written to `<run.dir>/recipe.toml`).
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("a Recipe always serialises: it came from TOML")
+    }
+
+    /// Validation fraction in effect.
+    pub fn val_fraction(&self) -> f64 {
+        match (&self.data.val, self.data.val_fraction) {
+            (Some(_), _) => 0.0,
+            (None, Some(f)) => f,
+            (None, None) => 0.05,
+        }
+    }
+}
+
+/// Sets `a.b.c = value` in `table`. The value is parsed as TOML; a bare word that is not valid
+/// TOML (`--set run.dir=runs/x`) is taken as a string.
+fn apply_override(table: &mut toml::Table, item: &str) -> std::result::Result<(), String> {
+    let (key, raw) = item
+        .split_once('=')
+        .ok_or_else(|| "expected section.key=value".to_string())?;
+    let path: Vec<&str> = key.trim().split('.').collect();
+    if path.iter().any(|p| p.is_empty()) {
+        return Err("expected section.key=value".into());
+    }
+    let value = match format!("v = {raw}").parse::<toml::Table>() {
+        Ok(mut t) => t.remove("v").expect("the table has the key we just wrote"),
+        Err(_) => toml::Value::String(raw.to_string()),
+    };
+    let (last, parents) = path.split_last().expect("path is not empty");
+    let mut cur = table;
+    for p in parents {
+        let entry = cur
+            .entry(p.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        cur = entry
+            .as_table_mut()
+            .ok_or_else(|| format!("`{p}` is not a section"))?;
+    }
+    cur.insert(last.to_string(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINI: &str = r#"
+[run]
+dir = "runs/x"
+[model]
+kind = "gpt"
+n_layer = 2
+n_head = 2
+n_embd = 64
+block_size = 32
+[data]
+train = "data/kjv.txt"
+tokenizer = "tok"
+"#;
+
+    fn load(text: &str, sets: &[&str]) -> Result<Recipe> {
+        let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+        Recipe::from_toml(text, Path::new("r.toml"), &sets)
+    }
+
+    #[test]
+    fn defaults_and_overrides() {
+        let r = load(MINI, &["train.lr=0.01", "run.dir=runs/y", "data.train=[\"a\",\"b\"]"]).unwrap();
+        assert_eq!(r.train.lr, 0.01);
+        assert_eq!(r.run.dir, PathBuf::from("runs/y"));
+        assert_eq!(r.data.train.len(), 2);
+        assert_eq!(r.train.schedule, Schedule::Cosine);
+        assert_eq!(r.val_fraction(), 0.05);
+        // The resolved recipe round-trips.
+        let again = Recipe::from_toml(&r.to_toml(), Path::new("x"), &[]).unwrap();
+        assert_eq!(again, r);
+    }
+
+    #[test]
+    fn errors_name_file_and_key() {
+        let e = load(MINI, &["train.lrr=1"]).unwrap_err().to_string();
+        assert!(e.starts_with("r.toml: train.lrr: unknown field `lrr`"), "{e}");
+        let e = load(MINI, &["train.lr=\"fast\""]).unwrap_err().to_string();
+        assert!(e.contains("r.toml: train.lr: invalid type: string \"fast\""), "{e}");
+        let e = load(&MINI.replace("n_embd = 64", "n_embd = 65"), &[]).unwrap_err().to_string();
+        assert!(e.contains("model.n_embd: 65 is not divisible by model.n_head = 2"), "{e}");
+        let e = load(&format!("{MINI}\n[eval]\nevery = 3\n"), &[]).unwrap_err().to_string();
+        assert!(e.contains("eval.every: unknown field"), "{e}");
+        let e = load("[run\n", &[]).unwrap_err().to_string();
+        assert!(e.starts_with("r.toml: line 1:"), "{e}");
+        let e = load(MINI, &["train"]).unwrap_err().to_string();
+        assert!(e.contains("--set train: expected section.key=value"), "{e}");
+    }
+}

@@ -1,0 +1,379 @@
+//! Data: text files → token ids (once, cached) → training windows in a seeded order.
+//!
+//! Text is tokenized once into a memory-mapped token file in the cache, keyed by the tokenizer
+//! and the sources' content, and reused across runs and ranks. Each file is a document;
+//! documents are separated by the tokenizer's end-of-text token.
+//!
+//! Sampling: the training tokens are cut into windows of `block_size + 1` tokens (inputs plus
+//! shifted targets). Epoch `e` visits every window once, in a permutation seeded by
+//! `(seed, e)`, with window boundaries shifted by a seeded offset so that epochs see different
+//! cuts. Global sample `g` is window `perm_e[g mod N]` of epoch `g / N`. Optimizer step `s`
+//! consumes global samples `s·B .. (s+1)·B`, and each rank takes a contiguous slice of that:
+//! the sequence of global batches does not depend on the world size, so a run resumed on a
+//! different number of ranks continues on exactly the data it would have seen.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use memmap2::Mmap;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use sha2::{Digest, Sha256};
+use tch::Tensor;
+
+use crate::error::{Error, IoContext, Result};
+use crate::tokenizer::LoadedTokenizer;
+
+const MAGIC: &[u8; 8] = b"RFTOKv1\0";
+const HEADER: usize = 32;
+
+/// Expands files and folders (recursively, sorted, hidden entries skipped) into a file list.
+/// `key` names the recipe key or flag in errors.
+pub fn expand_inputs(paths: &[PathBuf], key: &str) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for path in paths {
+        let meta = std::fs::metadata(path)
+            .map_err(|e| Error::data(path, format!("{key}: cannot read: {e}")))?;
+        if meta.is_dir() {
+            let before = files.len();
+            walk(path, &mut files)?;
+            if files.len() == before {
+                return Err(Error::data(path, format!("{key}: folder contains no files")));
+            }
+        } else {
+            files.push(path.clone());
+        }
+    }
+    for f in &files {
+        if std::fs::metadata(f).at(f)?.len() == 0 {
+            return Err(Error::data(f, format!("{key}: file is empty")));
+        }
+    }
+    Ok(files)
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .at(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
+        .collect();
+    entries.sort();
+    for p in entries {
+        if p.is_dir() {
+            walk(&p, out)?;
+        } else {
+            out.push(p);
+        }
+    }
+    Ok(())
+}
+
+/// A memory-mapped token file in the cache (u16 ids when the vocabulary fits, else u32).
+pub struct TokenFile {
+    mmap: Mmap,
+    width: usize,
+    len: usize,
+    pub path: PathBuf,
+}
+
+impl TokenFile {
+    fn open(path: &Path) -> Result<TokenFile> {
+        let file = File::open(path).at(path)?;
+        // SAFETY: cache files are written once to a temporary name and renamed into place;
+        // nothing writes to a file at its final name, so the mapping never changes under us.
+        let mmap = unsafe { Mmap::map(&file) }.at(path)?;
+        let bad = |msg: &str| Error::data(path, format!("corrupt token cache ({msg}); delete it"));
+        if mmap.len() < HEADER || &mmap[..8] != MAGIC {
+            return Err(bad("bad header"));
+        }
+        let width = u32::from_le_bytes(mmap[8..12].try_into().expect("4 bytes")) as usize;
+        let len = u64::from_le_bytes(mmap[16..24].try_into().expect("8 bytes")) as usize;
+        if !(width == 2 || width == 4) || mmap.len() != HEADER + len * width {
+            return Err(bad("size does not match header"));
+        }
+        Ok(TokenFile { mmap, width, len, path: path.to_path_buf() })
+    }
+
+    fn write(path: &Path, tokens: &[u32], vocab: usize) -> Result<()> {
+        let width = if vocab <= u16::MAX as usize + 1 { 2 } else { 4 };
+        let mut bytes = Vec::with_capacity(HEADER + tokens.len() * width);
+        bytes.extend_from_slice(MAGIC);
+        bytes.extend_from_slice(&(width as u32).to_le_bytes());
+        bytes.extend_from_slice(&0u32.to_le_bytes());
+        bytes.extend_from_slice(&(tokens.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(&0u64.to_le_bytes());
+        for &t in tokens {
+            if width == 2 {
+                bytes.extend_from_slice(&(t as u16).to_le_bytes());
+            } else {
+                bytes.extend_from_slice(&t.to_le_bytes());
+            }
+        }
+        crate::fsutil::write_atomic(path, &bytes)
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Tokens `start .. start + n` as i64 (libtorch's index type).
+    pub fn slice(&self, start: usize, n: usize) -> Vec<i64> {
+        let b = &self.mmap[HEADER + start * self.width..HEADER + (start + n) * self.width];
+        if self.width == 2 {
+            b.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]]) as i64).collect()
+        } else {
+            b.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64).collect()
+        }
+    }
+}
+
+/// The default cache root: $RANKFORGE_CACHE, else $XDG_CACHE_HOME/rankforge, else
+/// ~/.cache/rankforge.
+pub fn default_cache_root() -> PathBuf {
+    if let Some(p) = std::env::var_os("RANKFORGE_CACHE") {
+        return PathBuf::from(p);
+    }
+    if let Some(p) = std::env::var_os("XDG_CACHE_HOME") {
+        return PathBuf::from(p).join("rankforge");
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    home.join(".cache").join("rankforge")
+}
+
+/// Tokenizes `files` with `tok` into the cache under `cache_dir`, or reuses the cached result.
+/// `key` names the recipe key in errors.
+pub fn tokenize_cached(
+    files: &[PathBuf],
+    tok: &LoadedTokenizer,
+    cache_dir: &Path,
+    key: &str,
+) -> Result<TokenFile> {
+    let mut texts = Vec::with_capacity(files.len());
+    let mut hasher = Sha256::new();
+    hasher.update(std::fs::read(&tok.path).at(&tok.path)?);
+    for f in files {
+        let bytes = std::fs::read(f).at(f)?;
+        hasher.update((bytes.len() as u64).to_le_bytes());
+        hasher.update(&bytes);
+        let text = String::from_utf8(bytes).map_err(|e| {
+            Error::data(f, format!("{key}: not UTF-8 text (invalid byte at offset {})", e.utf8_error().valid_up_to()))
+        })?;
+        texts.push(text);
+    }
+    let digest = hasher.finalize();
+    let name: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::create_dir_all(cache_dir).at(cache_dir)?;
+    let path = cache_dir.join(format!("{name}.tokens"));
+    if path.exists() {
+        if let Ok(t) = TokenFile::open(&path) {
+            tracing::info!(cache = %path.display(), tokens = t.len(), "{key}: reusing tokenized data");
+            return Ok(t);
+        }
+        tracing::warn!(cache = %path.display(), "{key}: unreadable token cache, rebuilding it");
+    }
+    let started = std::time::Instant::now();
+    let mut tokens: Vec<u32> = Vec::new();
+    for (f, text) in files.iter().zip(&texts) {
+        let chunks = chunk_at_lines(text, 1 << 16);
+        let encs = tok
+            .tokenizer
+            .encode_batch(chunks, false)
+            .map_err(|e| Error::Tokenizer { path: f.clone(), msg: e.to_string() })?;
+        for e in encs {
+            tokens.extend_from_slice(e.get_ids());
+        }
+        tokens.extend(tok.eos_id);
+    }
+    TokenFile::write(&path, &tokens, tok.vocab_size())?;
+    let mut info = File::create(path.with_extension("json")).at(&path)?;
+    let sources: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+    let meta = serde_json::json!({"tokenizer": tok.path, "sources": sources, "tokens": tokens.len()});
+    let _ = writeln!(info, "{meta}");
+    tracing::info!(
+        tokens = tokens.len(),
+        secs = format!("{:.1}", started.elapsed().as_secs_f64()),
+        cache = %path.display(),
+        "{key}: tokenized {} file(s)",
+        files.len()
+    );
+    TokenFile::open(&path)
+}
+
+/// Splits `text` into pieces of about `size` bytes that end at line breaks.
+fn chunk_at_lines(text: &str, size: usize) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while rest.len() > size {
+        let mut cut = size;
+        while !rest.is_char_boundary(cut) {
+            cut += 1;
+        }
+        let end = rest[cut..].find('\n').map(|i| cut + i + 1).unwrap_or(rest.len());
+        out.push(&rest[..end]);
+        rest = &rest[end..];
+    }
+    if !rest.is_empty() {
+        out.push(rest);
+    }
+    out
+}
+
+/// A contiguous range of a token file.
+#[derive(Clone)]
+pub struct TokenSpan {
+    pub file: Arc<TokenFile>,
+    pub start: usize,
+    pub len: usize,
+}
+
+/// Training and validation tokens of a recipe.
+pub struct Dataset {
+    pub train: TokenSpan,
+    pub val: Option<TokenSpan>,
+}
+
+impl Dataset {
+    /// Tokenizes (or reuses) `[data]`'s sources and splits off validation tokens.
+    pub fn prepare(
+        cfg: &crate::config::DataConfig,
+        val_fraction: f64,
+        tok: &LoadedTokenizer,
+        block_size: usize,
+    ) -> Result<Dataset> {
+        let cache = cfg.cache_dir.clone().unwrap_or_else(default_cache_root).join("tokens");
+        let train_files = expand_inputs(&cfg.train, "data.train")?;
+        let train = Arc::new(tokenize_cached(&train_files, tok, &cache, "data.train")?);
+        let need = 2 * block_size + 2;
+        let short = |path: &Path, key: &str, n: usize| {
+            Error::data(path, format!("{key}: {n} tokens, fewer than the {need} needed for one window of model.block_size = {block_size} (plus one for each split)"))
+        };
+        let val = match &cfg.val {
+            Some(val_paths) => {
+                let files = expand_inputs(val_paths, "data.val")?;
+                let v = Arc::new(tokenize_cached(&files, tok, &cache, "data.val")?);
+                if v.len() < block_size + 1 {
+                    return Err(short(&files[0], "data.val", v.len()));
+                }
+                Some(TokenSpan { len: v.len(), file: v, start: 0 })
+            }
+            None if val_fraction > 0.0 => {
+                let n_val = (train.len() as f64 * val_fraction) as usize;
+                if n_val < block_size + 1 {
+                    return Err(short(&train_files[0], "data.val_fraction", n_val));
+                }
+                Some(TokenSpan { file: train.clone(), start: train.len() - n_val, len: n_val })
+            }
+            None => None,
+        };
+        let n_train = train.len() - val.as_ref().filter(|v| Arc::ptr_eq(&v.file, &train)).map_or(0, |v| v.len);
+        if n_train < need {
+            return Err(short(&train_files[0], "data.train", n_train));
+        }
+        Ok(Dataset { train: TokenSpan { file: train, start: 0, len: n_train }, val })
+    }
+}
+
+/// Seeded, world-size-independent order of training windows (see the module docs).
+pub struct Sampler {
+    span: TokenSpan,
+    block: usize,
+    seed: u64,
+    /// Windows per epoch.
+    pub n_windows: u64,
+    epoch: Option<(u64, usize, Vec<u32>)>,
+}
+
+impl Sampler {
+    pub fn new(span: TokenSpan, block_size: usize, seed: u64) -> Sampler {
+        // Leave room for an offset of up to block_size - 1 and the extra target token.
+        let n_windows = ((span.len - 1) / block_size - 1) as u64;
+        Sampler { span, block: block_size, seed, n_windows, epoch: None }
+    }
+
+    /// Start token (within the span) of global sample `g`.
+    fn window_start(&mut self, g: u64) -> usize {
+        let epoch = g / self.n_windows;
+        if self.epoch.as_ref().map(|e| e.0) != Some(epoch) {
+            let mut rng = ChaCha8Rng::seed_from_u64(self.seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            let offset = rng.random_range(0..self.block);
+            let mut perm: Vec<u32> = (0..self.n_windows as u32).collect();
+            perm.shuffle(&mut rng);
+            self.epoch = Some((epoch, offset, perm));
+        }
+        let (_, offset, perm) = self.epoch.as_ref().expect("set above");
+        offset + perm[(g % self.n_windows) as usize] as usize * self.block
+    }
+
+    /// Samples `range` of the global order as a `[n, block_size + 1]` i64 tensor.
+    pub fn batch(&mut self, range: std::ops::Range<u64>) -> Tensor {
+        let n = (range.end - range.start) as i64;
+        let mut ids = Vec::with_capacity(n as usize * (self.block + 1));
+        for g in range {
+            let s = self.window_start(g);
+            ids.extend(self.span.file.slice(self.span.start + s, self.block + 1));
+        }
+        Tensor::from_slice(&ids).view([n, self.block as i64 + 1])
+    }
+
+    /// Epoch (fractional) reached after `samples` global samples.
+    pub fn epoch_of(&self, samples: u64) -> f64 {
+        samples as f64 / self.n_windows as f64
+    }
+}
+
+/// Validation batches: the first `max_batches × micro` non-overlapping windows, in order.
+pub fn val_batches(span: &TokenSpan, block_size: usize, micro: usize, max_batches: usize) -> Vec<Tensor> {
+    let n_windows = (span.len - 1) / block_size;
+    let total = n_windows.min(micro * max_batches);
+    (0..total)
+        .step_by(micro)
+        .map(|first| {
+            let n = micro.min(total - first);
+            let mut ids = Vec::with_capacity(n * (block_size + 1));
+            for w in first..first + n {
+                ids.extend(span.file.slice(span.start + w * block_size, block_size + 1));
+            }
+            Tensor::from_slice(&ids).view([n as i64, block_size as i64 + 1])
+        })
+        .collect()
+}
+
+/// Global sample indices of optimizer step `step` that rank `rank` of `world` takes.
+pub fn rank_slice(step: u64, global_batch: usize, rank: usize, world: usize) -> std::ops::Range<u64> {
+    let base = step * global_batch as u64;
+    let lo = (global_batch * rank / world) as u64;
+    let hi = (global_batch * (rank + 1) / world) as u64;
+    base + lo..base + hi
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rank_slices_partition_the_global_batch() {
+        for world in 1..=5 {
+            let mut all = Vec::new();
+            for r in 0..world {
+                all.extend(rank_slice(3, 8, r, world));
+            }
+            assert_eq!(all, (24..32).collect::<Vec<u64>>(), "world {world}");
+        }
+    }
+
+    #[test]
+    fn chunks_cover_text_and_end_at_lines() {
+        let text = "alpha beta\ngamma\n".repeat(100);
+        let chunks = chunk_at_lines(&text, 50);
+        assert_eq!(chunks.concat(), text);
+        assert!(chunks[..chunks.len() - 1].iter().all(|c| c.ends_with('\n')));
+    }
+}

@@ -1,0 +1,73 @@
+//! The library's typed error. Every message names what the user has to look at: the file and
+//! dotted key of a recipe, the data file, the checkpoint directory, the tensor.
+//!
+//! `main` maps errors to exit codes (see [`Error::exit_code`]) so that a launcher can tell a
+//! fatal input error (do not retry) from a runtime failure (a restart may help).
+
+use std::path::PathBuf;
+
+/// Exit code for bad input: recipe, data, tokenizer, model files, prompt. Retrying cannot help.
+pub const EXIT_BAD_INPUT: i32 = 2;
+/// Exit code for failures while running (I/O, libtorch). A restart from a checkpoint may help.
+pub const EXIT_RUNTIME: i32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A recipe problem: `file: key: what is wrong`.
+    #[error("{}: {key}: {msg}", file.display())]
+    Config { file: PathBuf, key: String, msg: String },
+    /// Bad training or tokenizer-training data.
+    #[error("{}: {msg}", path.display())]
+    Data { path: PathBuf, msg: String },
+    /// A model directory or checkpoint that cannot be used.
+    #[error("{}: {msg}", path.display())]
+    Model { path: PathBuf, msg: String },
+    /// Any other bad user input (a command-line value, a prompt).
+    #[error("{0}")]
+    Input(String),
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("libtorch: {0}")]
+    Torch(#[from] tch::TchError),
+    #[error("tokenizer {}: {msg}", path.display())]
+    Tokenizer { path: PathBuf, msg: String },
+}
+
+impl Error {
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io { path: path.into(), source }
+    }
+
+    pub fn data(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
+        Error::Data { path: path.into(), msg: msg.into() }
+    }
+
+    pub fn model(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
+        Error::Model { path: path.into(), msg: msg.into() }
+    }
+
+    /// The process exit code `main` uses for this error.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Config { .. }
+            | Error::Data { .. }
+            | Error::Model { .. }
+            | Error::Input(_)
+            | Error::Tokenizer { .. } => EXIT_BAD_INPUT,
+            Error::Io { .. } | Error::Torch(_) => EXIT_RUNTIME,
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// `std::fs` calls with the path in the error.
+pub trait IoContext<T> {
+    fn at(self, path: impl Into<PathBuf>) -> Result<T>;
+}
+
+impl<T> IoContext<T> for std::io::Result<T> {
+    fn at(self, path: impl Into<PathBuf>) -> Result<T> {
+        self.map_err(|e| Error::io(path, e))
+    }
+}

@@ -1,0 +1,144 @@
+//! `rankforge generate`: autoregressive sampling with a KV cache, streamed to the caller.
+//!
+//! Per token: repetition penalty (HF/CTRL style: positive logits of seen tokens divided by
+//! `r`, negative ones multiplied), then temperature 0 → greedy argmax, else logits / T, top-k,
+//! top-p (nucleus) and a draw seeded by `seed`. Generation stops at the end-of-text token, at
+//! `max_new_tokens`, or when the context (`n_positions`) is full.
+
+use tch::{Kind, Tensor};
+
+use crate::error::{Error, Result};
+use crate::models::gpt::{Gpt, KvCache};
+use crate::tokenizer::LoadedTokenizer;
+
+#[derive(Debug, Clone)]
+pub struct GenOptions {
+    pub max_new_tokens: usize,
+    pub temperature: f64,
+    pub top_k: Option<usize>,
+    pub top_p: Option<f64>,
+    pub repetition_penalty: f64,
+    pub seed: u64,
+}
+
+impl GenOptions {
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: &str| Err(Error::Input(m.to_string()));
+        if !(self.temperature >= 0.0) {
+            return bad("--temperature must be >= 0 (0 is greedy)");
+        }
+        if self.top_k == Some(0) {
+            return bad("--top-k must be at least 1");
+        }
+        if self.top_p.is_some_and(|p| !(p > 0.0 && p <= 1.0)) {
+            return bad("--top-p must be in (0, 1]");
+        }
+        if !(self.repetition_penalty > 0.0) {
+            return bad("--repetition-penalty must be > 0 (1 = off)");
+        }
+        Ok(())
+    }
+}
+
+/// The result of a generation.
+pub struct Generated {
+    pub prompt_ids: Vec<u32>,
+    pub ids: Vec<u32>,
+    pub text: String,
+    /// Why generation stopped: "eos", "max_new_tokens" or "context".
+    pub stop: &'static str,
+}
+
+/// Generates a continuation of `prompt`, calling `on_text` with each newly decoded piece.
+pub fn generate(
+    model: &Gpt,
+    tok: &LoadedTokenizer,
+    prompt: &str,
+    opts: &GenOptions,
+    mut on_text: impl FnMut(&str),
+) -> Result<Generated> {
+    opts.validate()?;
+    let _guard = tch::no_grad_guard();
+    let ctx = model.cfg.n_positions;
+    let mut prompt_ids = tok.encode(prompt)?;
+    if prompt_ids.is_empty() {
+        prompt_ids.push(tok.eos_id.ok_or_else(|| Error::Input("the prompt is empty and the tokenizer has no end-of-text token to start from".into()))?);
+    }
+    if prompt_ids.len() > ctx {
+        return Err(Error::Input(format!(
+            "the prompt is {} tokens, longer than the model's context of {ctx} tokens (config.json n_positions)",
+            prompt_ids.len()
+        )));
+    }
+    tch::manual_seed(opts.seed as i64);
+    let device = model.vs.device();
+    let mut all: Vec<i64> = prompt_ids.iter().map(|&i| i as i64).collect();
+    let mut cache = KvCache::default();
+    let input = Tensor::from_slice(&all).to_device(device).unsqueeze(0); // (1, T)
+    let mut logits = last_logits(model, &input, &mut cache);
+    let (mut ids, mut printed, mut stop) = (Vec::new(), 0usize, "max_new_tokens");
+    for _ in 0..opts.max_new_tokens {
+        let next = choose(&logits, &all, opts);
+        ids.push(next as u32);
+        all.push(next);
+        let text = tok.decode(&ids)?;
+        // A byte-level token may end inside a UTF-8 character: wait for the rest.
+        if !text.ends_with('\u{FFFD}') && text.len() > printed {
+            on_text(&text[printed..]);
+            printed = text.len();
+        }
+        if Some(next as u32) == tok.eos_id {
+            stop = "eos";
+            break;
+        }
+        if all.len() >= ctx {
+            stop = "context";
+            break;
+        }
+        let input = Tensor::from_slice(&[next]).to_device(device).unsqueeze(0); // (1, 1)
+        logits = last_logits(model, &input, &mut cache);
+    }
+    let text = tok.decode(&ids)?;
+    if text.len() > printed {
+        on_text(&text[printed..]);
+    }
+    Ok(Generated { prompt_ids, ids, text, stop })
+}
+
+/// fp32 CPU logits `(V)` of the last position.
+fn last_logits(model: &Gpt, input: &Tensor, cache: &mut KvCache) -> Tensor {
+    let logits = model.forward(input, false, Some(cache)); // (1, T, V)
+    logits.get(0).get(-1).to_kind(Kind::Float).to_device(tch::Device::Cpu)
+}
+
+/// Picks the next token from `logits` (V) given the tokens so far.
+fn choose(logits: &Tensor, seen: &[i64], opts: &GenOptions) -> i64 {
+    let mut logits = logits.shallow_clone();
+    if opts.repetition_penalty != 1.0 {
+        let idx = Tensor::from_slice(seen);
+        let s = logits.gather(0, &idx, false);
+        let r = opts.repetition_penalty;
+        let penalised = (&s * r).where_self(&s.lt(0.0), &(&s / r)); // where(s < 0, s·r, s/r)
+        logits = logits.scatter(0, &idx, &penalised);
+    }
+    if opts.temperature == 0.0 {
+        return logits.argmax(0, false).int64_value(&[]);
+    }
+    logits = logits / opts.temperature;
+    let vocab = logits.size()[0];
+    if let Some(k) = opts.top_k.filter(|&k| (k as i64) < vocab) {
+        let (top, _) = logits.topk(k as i64, 0, true, true);
+        let threshold = top.get(k as i64 - 1);
+        logits = logits.masked_fill(&logits.lt_tensor(&threshold), f64::NEG_INFINITY);
+    }
+    if let Some(p) = opts.top_p.filter(|&p| p < 1.0) {
+        let (sorted, order) = logits.sort(0, true);
+        let probs = sorted.softmax(0, Kind::Float);
+        // Drop a token when the tokens ranked above it already cover `p`; the first stays.
+        let above = probs.cumsum(0, Kind::Float) - &probs;
+        let drop_sorted = above.gt(p);
+        let drop = drop_sorted.scatter(0, &order, &drop_sorted);
+        logits = logits.masked_fill(&drop, f64::NEG_INFINITY);
+    }
+    logits.softmax(0, Kind::Float).multinomial(1, false).int64_value(&[0])
+}

@@ -1,0 +1,29 @@
+//! rankforge: a Rust training coordinator for transformer models (tch/libtorch).
+//!
+//! Data flow of one rank: recipe ([`config`]) → tokenizer ([`tokenizer`]) → token cache and
+//! sampler ([`data`]) → model ([`models`]) → step (loss, backward, clip, [`optim`]) →
+//! checkpoints ([`checkpoint`]), metrics ([`metrics`]) and the Hugging Face export; the recipe
+//! loop itself is [`train`]. [`generate`] samples from a trained model, [`bench`] times steps.
+//!
+//! ```no_run
+//! use rankforge::config::Recipe;
+//! let recipe = Recipe::load("configs/tiny_cpu.toml".as_ref(), &["train.max_steps=5".into()])?;
+//! rankforge::train::run(recipe, None)?;
+//! # Ok::<(), rankforge::error::Error>(())
+//! ```
+
+pub mod bench;
+pub mod checkpoint;
+pub mod config;
+pub mod data;
+pub mod device;
+pub mod error;
+pub mod fsutil;
+pub mod generate;
+pub mod metrics;
+pub mod models;
+pub mod optim;
+pub mod progress;
+pub mod st;
+pub mod tokenizer;
+pub mod train;

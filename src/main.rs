@@ -1,0 +1,177 @@
+//! The `rankforge` command line: `train`, `tokenizer train`, `generate`, `bench`.
+//!
+//! Exit codes: 0 success; 1 runtime failure (I/O, libtorch: a restart may help); 2 bad input
+//! (recipe, data, tokenizer, model files, arguments: fix the input, do not retry).
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use rankforge::config::Recipe;
+use rankforge::error::{Error, Result};
+use rankforge::generate::GenOptions;
+use rankforge::tokenizer::{LoadedTokenizer, TokenizerKind, TrainOptions};
+
+#[derive(Parser)]
+#[command(name = "rankforge", version, about = "Train, fine-tune and sample transformer models (libtorch).")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train (or resume) the run a recipe describes.
+    Train {
+        /// The recipe (TOML), e.g. configs/tiny_cpu.toml.
+        #[arg(long)]
+        config: PathBuf,
+        /// Override a recipe value: section.key=value (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// Resume from this checkpoint directory instead of the run's newest.
+        #[arg(long)]
+        resume: Option<PathBuf>,
+    },
+    /// Tokenizer tools.
+    Tokenizer {
+        #[command(subcommand)]
+        command: TokenizerCommand,
+    },
+    /// Generate text from a model directory (final/ or a checkpoint).
+    Generate {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        prompt: String,
+        #[arg(long, default_value_t = 100)]
+        max_new_tokens: usize,
+        /// 0 = greedy.
+        #[arg(long, default_value_t = 1.0)]
+        temperature: f64,
+        #[arg(long)]
+        top_k: Option<usize>,
+        #[arg(long)]
+        top_p: Option<f64>,
+        /// > 1 discourages repeating tokens already in the text (1 = off).
+        #[arg(long, default_value_t = 1.0)]
+        repetition_penalty: f64,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// auto, cpu or cuda.
+        #[arg(long, default_value = "auto")]
+        device: String,
+        /// Print one JSON object (prompt_ids, ids, text, stop) instead of streaming text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Time training steps of a recipe's model on random tokens; prints one JSON line.
+    Bench {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// Timed steps (the median is reported).
+        #[arg(long, default_value_t = 10)]
+        steps: usize,
+        /// Untimed steps first.
+        #[arg(long, default_value_t = 3)]
+        warmup: usize,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenizerCommand {
+    /// Train a tokenizer on text files; writes tokenizer.json + tokenizer_config.json.
+    Train {
+        /// Text files or folders.
+        #[arg(long, required = true, num_args = 1..)]
+        input: Vec<PathBuf>,
+        #[arg(long)]
+        vocab_size: usize,
+        #[arg(long, value_enum, default_value = "bpe")]
+        kind: TokenizerKind,
+        #[arg(long)]
+        output: PathBuf,
+        /// Special tokens, ids from 0 (default: <|endoftext|>; unigram adds <unk>).
+        #[arg(long, num_args = 1.., value_delimiter = ',')]
+        special_tokens: Vec<String>,
+        /// Merges seen fewer times are not learned (bpe).
+        #[arg(long, default_value_t = 2)]
+        min_frequency: u64,
+    },
+}
+
+fn main() {
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!("rankforge: internal error (a bug, please report it): {info}");
+    }));
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("RANKFORGE_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let cli = Cli::parse();
+    if let Err(e) = run(cli.command) {
+        eprintln!("error: {e}");
+        std::process::exit(e.exit_code());
+    }
+}
+
+fn run(command: Command) -> Result<()> {
+    match command {
+        Command::Train { config, set, resume } => {
+            let recipe = Recipe::load(&config, &set)?;
+            rankforge::train::run(recipe, resume)
+        }
+        Command::Tokenizer { command: TokenizerCommand::Train { input, vocab_size, kind, output, special_tokens, min_frequency } } => {
+            let opts = TrainOptions { inputs: input, vocab_size, kind, output, special_tokens, min_frequency, show_progress: true };
+            let n = rankforge::tokenizer::train(&opts)?;
+            tracing::info!("tokenizer with {n} tokens written to {}", opts.output.display());
+            Ok(())
+        }
+        Command::Generate { model, prompt, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, device, json } => {
+            let choice = match device.as_str() {
+                "auto" => rankforge::config::DeviceChoice::Auto,
+                "cpu" => rankforge::config::DeviceChoice::Cpu,
+                "cuda" => rankforge::config::DeviceChoice::Cuda,
+                other => return Err(Error::Input(format!("--device {other:?}: expected auto, cpu or cuda"))),
+            };
+            let device = rankforge::device::select(choice)?;
+            if !model.join("config.json").exists() && model.join("final").exists() {
+                return Err(Error::model(&model, "is a run directory; pass its final/ or a checkpoints/step_* directory"));
+            }
+            let gpt = rankforge::models::gpt::Gpt::from_pretrained(&model, device)?;
+            let tok = LoadedTokenizer::load(&model)?;
+            let opts = GenOptions { max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed };
+            let mut out = std::io::stdout().lock();
+            let streamed = |piece: &str| {
+                if !json {
+                    let _ = write!(out, "{piece}");
+                    let _ = out.flush();
+                }
+            };
+            let g = rankforge::generate::generate(&gpt, &tok, &prompt, &opts, streamed)?;
+            if json {
+                let v = serde_json::json!({"prompt_ids": g.prompt_ids, "ids": g.ids, "text": g.text, "stop": g.stop});
+                println!("{v}");
+            } else {
+                println!();
+                if g.stop == "context" {
+                    tracing::warn!("stopped: the model's context of {} tokens is full", gpt.cfg.n_positions);
+                }
+            }
+            Ok(())
+        }
+        Command::Bench { config, set, steps, warmup } => {
+            if steps == 0 {
+                return Err(Error::Input("--steps must be at least 1".into()));
+            }
+            let recipe = Recipe::load(&config, &set)?;
+            println!("{}", rankforge::bench::run(&recipe, steps, warmup)?);
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,307 @@
+//! GPT-2 style decoder (the model trained from scratch by the `train` step).
+//!
+//! Pre-LayerNorm blocks, GELU (tanh approximation, GPT-2's `gelu_new`), learned positions, tied
+//! input/output embeddings, causal `scaled_dot_product_attention` (flash/memory-efficient
+//! kernels where libtorch has them), GPT-2 initialisation: N(0, 0.02) everywhere, residual
+//! projections scaled by 1/sqrt(2·n_layer). Parameter names are GPT-2's Hugging Face names
+//! (`transformer.h.0.attn.c_attn.weight`); the one unavoidable mapping is that HF stores the
+//! Conv1D weights `[in, out]` while we keep `[out, in]` (see [`CONV1D`]).
+//!
+//! References: Radford et al. 2019 (GPT-2); karpathy/nanoGPT `model.py`;
+//! transformers `modeling_gpt2.py`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde_json::json;
+use tch::nn::VarStore;
+use tch::{Device, Kind, Tensor};
+
+use super::layers::{embedding, LayerNorm, Linear};
+use crate::error::{Error, IoContext, Result};
+
+/// HF GPT-2 weights stored as Conv1D `[in, out]`: transposed on export and import.
+pub const CONV1D: [&str; 4] = ["attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight"];
+
+/// The architecture, as in HF's `GPT2Config`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GptConfig {
+    pub vocab_size: usize,
+    pub n_layer: usize,
+    pub n_head: usize,
+    pub n_embd: usize,
+    /// Size of the learned position table: the longest context (`n_positions`).
+    pub n_positions: usize,
+    pub dropout: f64,
+    pub bias: bool,
+    pub layer_norm_eps: f64,
+}
+
+impl GptConfig {
+    /// HF `config.json` for `GPT2LMHeadModel`.
+    pub fn to_hf_json(&self, eos_id: Option<u32>) -> serde_json::Value {
+        json!({
+            "activation_function": "gelu_new",
+            "architectures": ["GPT2LMHeadModel"],
+            "attn_pdrop": self.dropout,
+            "bos_token_id": eos_id,
+            "embd_pdrop": self.dropout,
+            "eos_token_id": eos_id,
+            "initializer_range": 0.02,
+            "layer_norm_epsilon": self.layer_norm_eps,
+            "model_type": "gpt2",
+            "n_ctx": self.n_positions,
+            "n_embd": self.n_embd,
+            "n_head": self.n_head,
+            "n_inner": null,
+            "n_layer": self.n_layer,
+            "n_positions": self.n_positions,
+            "resid_pdrop": self.dropout,
+            "scale_attn_by_inverse_layer_idx": false,
+            "reorder_and_upcast_attn": false,
+            "scale_attn_weights": true,
+            "tie_word_embeddings": true,
+            "torch_dtype": "float32",
+            "use_cache": true,
+            "vocab_size": self.vocab_size,
+        })
+    }
+
+    /// Reads a GPT-2 `config.json` (old and new spellings).
+    pub fn from_hf_json(path: &Path) -> Result<GptConfig> {
+        let text = std::fs::read_to_string(path).at(path)?;
+        let v: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| Error::model(path, format!("invalid JSON: {e}")))?;
+        let bad = |msg: String| Error::model(path, msg);
+        if v["model_type"] != "gpt2" {
+            return Err(bad(format!("model_type {} is not \"gpt2\"", v["model_type"])));
+        }
+        let int = |keys: &[&str]| -> Result<usize> {
+            keys.iter()
+                .find_map(|k| v[*k].as_u64())
+                .map(|n| n as usize)
+                .ok_or_else(|| bad(format!("missing integer key {}", keys.join(" or "))))
+        };
+        let act = v["activation_function"].as_str().unwrap_or("gelu_new");
+        if !matches!(act, "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast") {
+            return Err(bad(format!("activation_function {act:?} is not supported (gelu_new)")));
+        }
+        if v["tie_word_embeddings"] == false {
+            return Err(bad("tie_word_embeddings = false is not supported for gpt2".into()));
+        }
+        let n_inner = v["n_inner"].as_u64();
+        let n_embd = int(&["n_embd", "hidden_size"])?;
+        if n_inner.is_some_and(|n| n as usize != 4 * n_embd) {
+            return Err(bad("n_inner other than 4·n_embd is not supported".into()));
+        }
+        Ok(GptConfig {
+            vocab_size: int(&["vocab_size"])?,
+            n_layer: int(&["n_layer", "num_hidden_layers"])?,
+            n_head: int(&["n_head", "num_attention_heads"])?,
+            n_embd,
+            n_positions: int(&["n_positions", "n_ctx", "max_position_embeddings"])?,
+            dropout: v["resid_pdrop"].as_f64().unwrap_or(0.0),
+            bias: true,
+            layer_norm_eps: v["layer_norm_epsilon"].as_f64().unwrap_or(1e-5),
+        })
+    }
+}
+
+#[derive(Debug)]
+struct Block {
+    ln_1: LayerNorm,
+    c_attn: Linear,
+    attn_proj: Linear,
+    ln_2: LayerNorm,
+    c_fc: Linear,
+    mlp_proj: Linear,
+}
+
+/// Keys and values of past positions, one `(k, v)` of shape `(B, nh, T_past, hs)` per layer.
+#[derive(Default)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+    pub len: usize,
+}
+
+/// The model. Its VarStore holds the parameters under their HF names.
+pub struct Gpt {
+    pub vs: VarStore,
+    pub cfg: GptConfig,
+    wte: Tensor,
+    wpe: Tensor,
+    h: Vec<Block>,
+    ln_f: LayerNorm,
+}
+
+impl Gpt {
+    /// A freshly initialised model on `device` (seed tch's RNG first for reproducibility).
+    pub fn new(cfg: &GptConfig, device: Device) -> Gpt {
+        let vs = VarStore::new(device);
+        let t = vs.root() / "transformer";
+        let (c, bias, eps) = (cfg.n_embd, cfg.bias, cfg.layer_norm_eps);
+        let proj_std = 0.02 / (2.0 * cfg.n_layer as f64).sqrt();
+        let wte = embedding(&t / "wte", cfg.vocab_size, c, 0.02);
+        let wpe = embedding(&t / "wpe", cfg.n_positions, c, 0.02);
+        let h = (0..cfg.n_layer)
+            .map(|i| {
+                let p = &t / "h" / i;
+                Block {
+                    ln_1: LayerNorm::new(&p / "ln_1", c, bias, eps),
+                    c_attn: Linear::new(&p / "attn" / "c_attn", c, 3 * c, bias, 0.02),
+                    attn_proj: Linear::new(&p / "attn" / "c_proj", c, c, bias, proj_std),
+                    ln_2: LayerNorm::new(&p / "ln_2", c, bias, eps),
+                    c_fc: Linear::new(&p / "mlp" / "c_fc", c, 4 * c, bias, 0.02),
+                    mlp_proj: Linear::new(&p / "mlp" / "c_proj", 4 * c, c, bias, proj_std),
+                }
+            })
+            .collect();
+        let ln_f = LayerNorm::new(&t / "ln_f", c, bias, eps);
+        Gpt { vs, cfg: cfg.clone(), wte, wpe, h, ln_f }
+    }
+
+    /// Number of parameters (the tied embedding counted once).
+    pub fn num_params(&self) -> i64 {
+        self.vs.trainable_variables().iter().map(|t| t.numel() as i64).sum()
+    }
+
+    /// Logits `(B, T, V)` for token ids `(B, T)`; with a cache, `T` new positions after the
+    /// cached ones (prefill when the cache is empty, else one token at a time).
+    pub fn forward(&self, idx: &Tensor, train: bool, mut cache: Option<&mut KvCache>) -> Tensor {
+        let (_b, t) = idx.size2().expect("token ids are (B, T)");
+        let past = cache.as_ref().map_or(0, |c| c.len);
+        let pos = Tensor::arange_start(past as i64, past as i64 + t, (Kind::Int64, idx.device()));
+        let x = Tensor::embedding(&self.wte, idx, -1, false, false) + Tensor::embedding(&self.wpe, &pos, -1, false, false);
+        let mut x = x.dropout(self.cfg.dropout, train); // (B, T, C)
+        if let Some(c) = cache.as_deref_mut() {
+            c.layers.resize_with(self.h.len(), || None);
+        }
+        for (i, block) in self.h.iter().enumerate() {
+            let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
+            x = &x + self.attn(block, &block.ln_1.forward(&x), train, layer_cache);
+            x = &x + self.mlp(block, &block.ln_2.forward(&x), train);
+        }
+        if let Some(c) = cache {
+            c.len += t as usize;
+        }
+        self.ln_f.forward(&x).linear::<Tensor>(&self.wte, None) // tied lm_head: (B, T, V)
+    }
+
+    fn attn(&self, blk: &Block, x: &Tensor, train: bool, cache: Option<&mut Option<(Tensor, Tensor)>>) -> Tensor {
+        let (b, t, c) = x.size3().expect("activations are (B, T, C)");
+        let (nh, hs) = (self.cfg.n_head as i64, (self.cfg.n_embd / self.cfg.n_head) as i64);
+        let qkv = blk.c_attn.forward(x).split(c, 2); // 3 × (B, T, C)
+        let heads = |t_: &Tensor| t_.view([b, t, nh, hs]).transpose(1, 2); // (B, nh, T, hs)
+        let (q, mut k, mut v) = (heads(&qkv[0]), heads(&qkv[1]), heads(&qkv[2]));
+        let mut causal = true;
+        if let Some(slot) = cache {
+            if let Some((pk, pv)) = slot.as_ref() {
+                assert_eq!(t, 1, "cached attention takes one new token at a time");
+                k = Tensor::cat(&[pk, &k], 2);
+                v = Tensor::cat(&[pv, &v], 2);
+                causal = false; // the single query may see every cached position
+            }
+            *slot = Some((k.shallow_clone(), v.shallow_clone()));
+        }
+        let p = if train { self.cfg.dropout } else { 0.0 };
+        let y = Tensor::scaled_dot_product_attention::<Tensor>(&q, &k, &v, None, p, causal, None, false);
+        let y = y.transpose(1, 2).contiguous().view([b, t, c]); // (B, T, C)
+        blk.attn_proj.forward(&y).dropout(self.cfg.dropout, train)
+    }
+
+    fn mlp(&self, blk: &Block, x: &Tensor, train: bool) -> Tensor {
+        let h = blk.c_fc.forward(x).gelu("tanh"); // (B, T, 4C)
+        blk.mlp_proj.forward(&h).dropout(self.cfg.dropout, train)
+    }
+
+    /// Mean next-token cross-entropy of windows `(B, T+1)`: inputs `[.., :T]`, targets
+    /// `[.., 1:]`.
+    pub fn loss(&self, windows: &Tensor, train: bool) -> Tensor {
+        let t = windows.size()[1] - 1;
+        let x = windows.narrow(1, 0, t);
+        let y = windows.narrow(1, 1, t);
+        let logits = self.forward(&x, train, None);
+        let v = logits.size()[2];
+        logits
+            .view([-1, v])
+            .cross_entropy_loss::<Tensor>(&y.reshape([-1]), None, tch::Reduction::Mean, -100, 0.0)
+    }
+
+    /// Parameters under their HF names, in HF layout (Conv1D transposed), sorted by name.
+    /// A model without biases gets zero biases: GPT-2 always has them.
+    pub fn hf_state_dict(&self) -> Vec<(String, Tensor)> {
+        let vars = self.vs.variables();
+        let mut out: BTreeMap<String, Tensor> = BTreeMap::new();
+        for (name, t) in &vars {
+            let t = t.detach().to_kind(Kind::Float);
+            let t = if CONV1D.iter().any(|s| name.ends_with(s)) { t.tr().contiguous() } else { t };
+            out.insert(name.clone(), t);
+        }
+        if !self.cfg.bias {
+            for (name, t) in &vars {
+                if let Some(stem) = name.strip_suffix(".weight") {
+                    let n = t.size()[0]; // [out, in] linear or [dim] norm: the bias has `out`/`dim`
+                    if !stem.ends_with("wte") && !stem.ends_with("wpe") {
+                        out.insert(format!("{stem}.bias"), Tensor::zeros([n], (Kind::Float, Device::Cpu)));
+                    }
+                }
+            }
+        }
+        out.into_iter().collect()
+    }
+
+    /// Loads HF GPT-2 weights (with or without the `transformer.` prefix; the `attn.bias` /
+    /// `attn.masked_bias` mask buffers and a tied `lm_head.weight` are ignored). Missing and
+    /// unexpected keys are reported by name.
+    pub fn load_hf_state_dict(&mut self, tensors: Vec<(String, Tensor)>, path: &Path) -> Result<()> {
+        let mut vars = self.vs.variables();
+        let mut unexpected = Vec::new();
+        for (name, t) in tensors {
+            let full = if name.starts_with("transformer.") || name == "lm_head.weight" { name.clone() } else { format!("transformer.{name}") };
+            if full.ends_with(".attn.bias") || full.ends_with(".attn.masked_bias") || full == "lm_head.weight" {
+                continue;
+            }
+            let Some(var) = vars.remove(&full) else {
+                // A bias-free model reads its own export, whose biases are zero.
+                if !self.cfg.bias && full.ends_with(".bias") && t.abs().max().double_value(&[]) == 0.0 {
+                    continue;
+                }
+                unexpected.push(name);
+                continue;
+            };
+            let t = if CONV1D.iter().any(|s| full.ends_with(s)) { t.tr() } else { t };
+            if t.size() != var.size() {
+                return Err(Error::model(path, format!("tensor {name}: shape {:?}, the config needs {:?}", t.size(), var.size())));
+            }
+            let mut var = var;
+            tch::no_grad(|| var.copy_(&t.to_kind(var.kind())));
+        }
+        let mut missing: Vec<String> = vars.into_keys().collect();
+        missing.sort();
+        if !missing.is_empty() || !unexpected.is_empty() {
+            return Err(Error::model(path, format!("weights do not match the config: missing keys [{}], unexpected keys [{}]", missing.join(", "), unexpected.join(", "))));
+        }
+        Ok(())
+    }
+
+    /// Loads `config.json` + `model.safetensors` from an HF GPT-2 directory (also a rankforge
+    /// checkpoint or `final/`).
+    pub fn from_pretrained(dir: &Path, device: Device) -> Result<Gpt> {
+        let cfg = GptConfig::from_hf_json(&dir.join("config.json"))?;
+        let mut model = Gpt::new(&cfg, device);
+        let weights = dir.join("model.safetensors");
+        if !weights.exists() {
+            return Err(Error::model(&weights, "not found"));
+        }
+        model.load_hf_state_dict(crate::st::load(&weights)?, &weights)?;
+        Ok(model)
+    }
+
+    /// Writes `config.json`, `generation_config.json` and `model.safetensors` into `dir`.
+    pub fn save_pretrained(&self, dir: &Path, eos_id: Option<u32>) -> Result<()> {
+        crate::fsutil::write_json_atomic(&dir.join("config.json"), &self.cfg.to_hf_json(eos_id))?;
+        let gen = json!({"bos_token_id": eos_id, "eos_token_id": eos_id, "_from_model_config": true});
+        crate::fsutil::write_json_atomic(&dir.join("generation_config.json"), &gen)?;
+        crate::st::save(&dir.join("model.safetensors"), &self.hf_state_dict())
+    }
+}

@@ -1,0 +1,322 @@
+//! `rankforge train`: the pretraining recipe. Reads as setup → train → export:
+//! parts are built in dependency order (the tokenizer decides the vocabulary, which the model
+//! needs; the model's parameters are what the optimizer and a checkpoint hold), then
+//! `for step in start..max_steps { step; maybe eval; maybe checkpoint }`, then `final/`.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde_json::json;
+use tch::{Device, Kind, Tensor};
+
+use crate::checkpoint::{self, TrainState};
+use crate::config::{Recipe, TrainConfig};
+use crate::data::{rank_slice, val_batches, Dataset, Sampler};
+use crate::error::{Error, IoContext, Result};
+use crate::metrics::MetricsWriter;
+use crate::models::gpt::{Gpt, GptConfig};
+use crate::optim::{clip_grad_norm, lr_at, AdamW};
+use crate::progress::Progress;
+use crate::tokenizer::LoadedTokenizer;
+
+/// Everything a training run holds.
+struct Trainer {
+    recipe: Recipe,
+    device: Device,
+    bf16: bool,
+    tok: LoadedTokenizer,
+    model: Gpt,
+    opt: AdamW,
+    sampler: Sampler,
+    val: Vec<Tensor>,
+    state: TrainState,
+    metrics: MetricsWriter,
+}
+
+/// Runs (or resumes) the recipe. `resume`: a checkpoint directory to start from instead of the
+/// run directory's newest.
+pub fn run(recipe: Recipe, resume: Option<PathBuf>) -> Result<()> {
+    let mut t = Trainer::setup(recipe, resume)?;
+    t.train()?;
+    t.export_final()
+}
+
+/// The model architecture of a recipe, checked against the tokenizer.
+pub fn model_config(recipe: &Recipe, tok_vocab: Option<(usize, &Path)>) -> Result<GptConfig> {
+    let m = &recipe.model;
+    let vocab_size = match (m.vocab_size, tok_vocab) {
+        (Some(v), Some((tv, path))) if v < tv => {
+            return Err(Error::Input(format!(
+                "model.vocab_size = {v} is smaller than the tokenizer's vocabulary ({tv} tokens in {})",
+                path.display()
+            )))
+        }
+        (Some(v), _) => v,
+        (None, Some((tv, _))) => tv.div_ceil(64) * 64,
+        (None, None) => return Err(Error::Input("model.vocab_size is not set and there is no tokenizer to take it from".into())),
+    };
+    Ok(GptConfig {
+        vocab_size,
+        n_layer: m.n_layer,
+        n_head: m.n_head,
+        n_embd: m.n_embd,
+        n_positions: m.n_positions.unwrap_or(m.block_size),
+        dropout: m.dropout,
+        bias: m.bias,
+        layer_norm_eps: 1e-5,
+    })
+}
+
+/// A seed for step `step`'s randomness (dropout), so a resumed run draws what the
+/// uninterrupted one would have.
+fn step_seed(seed: u64, step: u64) -> i64 {
+    (seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ step.wrapping_mul(0xBF58_476D_1CE4_E5B9)) as i64 & i64::MAX
+}
+
+impl Trainer {
+    fn setup(recipe: Recipe, resume: Option<PathBuf>) -> Result<Trainer> {
+        let device = crate::device::select(recipe.train.device)?;
+        let bf16 = crate::device::use_bf16(recipe.train.precision, device)?;
+        if let Some(n) = recipe.train.threads {
+            tch::set_num_threads(n as i32);
+        }
+        let run_dir = recipe.run.dir.clone();
+        std::fs::create_dir_all(&run_dir).at(&run_dir)?;
+        // Tokenizer first: it fixes the vocabulary the model and the token cache depend on.
+        let tok = LoadedTokenizer::load(&recipe.data.tokenizer)?;
+        let cfg = model_config(&recipe, Some((tok.vocab_size(), &tok.path)))?;
+        let data = Dataset::prepare(&recipe.data, recipe.val_fraction(), &tok, recipe.model.block_size)?;
+        let sampler = Sampler::new(data.train.clone(), recipe.model.block_size, recipe.train.seed);
+        let val = data
+            .val
+            .as_ref()
+            .map(|v| val_batches(v, recipe.model.block_size, recipe.train.micro_batch_size, recipe.eval.max_batches))
+            .unwrap_or_default();
+        tch::manual_seed(recipe.train.seed as i64);
+        let mut model = Gpt::new(&cfg, device);
+        let mut params: Vec<(String, Tensor)> = model.vs.variables().into_iter().collect();
+        params.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut opt = AdamW::new(params, &recipe.train);
+        let hash = checkpoint::sha256_hex(recipe.to_toml().as_bytes());
+        let resume = match resume {
+            Some(p) => {
+                checkpoint::verify(&p)?;
+                Some(p)
+            }
+            None => checkpoint::latest_valid(&run_dir)?,
+        };
+        let state = match &resume {
+            Some(dir) => Self::restore(dir, &mut model, &mut opt, &recipe, &run_dir)?,
+            None => TrainState {
+                step: 0,
+                samples: 0,
+                tokens: 0,
+                epoch: 0.0,
+                optimizer_steps: 0,
+                elapsed_s: 0.0,
+                world_size: 1,
+                recipe_hash: hash.clone(),
+                seed: recipe.train.seed,
+                rankforge_version: env!("CARGO_PKG_VERSION").to_string(),
+            },
+        };
+        checkpoint::remove_stale_temps(&run_dir)?;
+        crate::fsutil::write_atomic(&run_dir.join("recipe.toml"), recipe.to_toml().as_bytes())?;
+        let metrics = MetricsWriter::open(&run_dir, state.step)?;
+        tracing::info!(
+            params = model.num_params(),
+            vocab = cfg.vocab_size,
+            train_tokens = data.train.len,
+            device = ?device,
+            bf16,
+            "model ready; {}",
+            if state.step > 0 { format!("resuming at step {}", state.step) } else { "starting at step 0".into() }
+        );
+        Ok(Trainer { recipe, device, bf16, tok, model, opt, sampler, val, state, metrics })
+    }
+
+    /// Loads a checkpoint into `model` and `opt`; warns about recipe values that changed.
+    fn restore(dir: &Path, model: &mut Gpt, opt: &mut AdamW, recipe: &Recipe, run_dir: &Path) -> Result<TrainState> {
+        let state = checkpoint::read_state(dir)?;
+        let weights = dir.join("model.safetensors");
+        model.load_hf_state_dict(crate::st::load(&weights)?, &weights)?;
+        let opt_path = dir.join("optimizer.safetensors");
+        opt.load_state(crate::st::load(&opt_path)?, state.optimizer_steps, &opt_path)?;
+        let old = run_dir.join("recipe.toml");
+        if let Ok(text) = std::fs::read_to_string(&old) {
+            if let Ok(old) = text.parse::<toml::Table>() {
+                let new: toml::Table = recipe.to_toml().parse().expect("our own TOML parses");
+                for (key, before, now) in diff_tables("", &old, &new) {
+                    tracing::warn!("recipe changed since the checkpoint: {key} = {before} before, {now} now; the new value wins");
+                }
+            }
+        }
+        tracing::info!(checkpoint = %dir.display(), step = state.step, "resuming");
+        Ok(state)
+    }
+
+    fn train(&mut self) -> Result<()> {
+        let cfg = self.recipe.train.clone();
+        let (max_steps, start) = (cfg.max_steps, self.state.step);
+        if start >= max_steps {
+            tracing::info!("run is already at step {start} of train.max_steps = {max_steps}; nothing to train");
+            return Ok(());
+        }
+        let mut progress = Progress::new(start, max_steps, cfg.log_every);
+        let run_started = Instant::now();
+        let elapsed_before = self.state.elapsed_s;
+        let mut last_saved = None;
+        for step in start..max_steps {
+            let t0 = Instant::now();
+            let (loss, grad_norm, lr, n_tokens) = self.train_step(step)?;
+            let dt = t0.elapsed().as_secs_f64();
+            self.state.elapsed_s = elapsed_before + run_started.elapsed().as_secs_f64();
+            let row = json!({
+                "step": step + 1, "loss": loss, "lr": lr, "grad_norm": grad_norm,
+                "tokens": self.state.tokens, "tokens_per_s": n_tokens as f64 / dt,
+                "elapsed_s": self.state.elapsed_s, "epoch": self.state.epoch,
+            });
+            self.metrics.write(&row)?;
+            progress.step(step + 1, loss, lr, n_tokens as f64 / dt);
+            let done = step + 1 == max_steps;
+            let every = |n: u64| n > 0 && (step + 1) % n == 0;
+            if !self.val.is_empty() && (done || every(self.recipe.eval.every_steps)) {
+                let val_loss = self.evaluate();
+                self.metrics.write(&json!({"step": step + 1, "val_loss": val_loss, "val_ppl": val_loss.exp()}))?;
+                progress.eval(step + 1, val_loss);
+            }
+            if done || every(self.recipe.checkpoint.every_steps) {
+                self.save_checkpoint()?;
+                last_saved = Some(step + 1);
+            }
+        }
+        progress.finish();
+        debug_assert_eq!(last_saved, Some(max_steps));
+        Ok(())
+    }
+
+    /// One optimizer step of the run: this rank's slice of the global batch, then
+    /// [`step_on_batch`], then the progress counters. Returns (loss, grad norm, lr, tokens).
+    fn train_step(&mut self, step: u64) -> Result<(f64, f64, f64, u64)> {
+        let cfg = &self.recipe.train;
+        tch::manual_seed(step_seed(cfg.seed, step));
+        let lr = lr_at(step, cfg);
+        let range = rank_slice(self.state.samples, cfg.global_batch_size, 0, 1);
+        let windows = self.sampler.batch(range).to_device(self.device); // (B_rank, T+1)
+        let (loss, grad_norm) = step_on_batch(&self.model, &mut self.opt, &windows, cfg, lr, self.bf16);
+        if !(loss.is_finite() && grad_norm.is_finite()) {
+            tracing::warn!(step = step + 1, loss, grad_norm, "non-finite loss or gradient: update skipped");
+        }
+        let n_tokens = (cfg.global_batch_size * self.recipe.model.block_size) as u64;
+        self.state.step = step + 1;
+        self.state.samples += cfg.global_batch_size as u64;
+        self.state.tokens += n_tokens;
+        self.state.epoch = self.sampler.epoch_of(self.state.samples);
+        self.state.optimizer_steps = self.opt.steps;
+        Ok((loss, grad_norm, lr, n_tokens))
+    }
+
+    /// Mean validation loss over the fixed validation batches.
+    fn evaluate(&self) -> f64 {
+        let _guard = tch::no_grad_guard();
+        let (mut sum, mut count) = (0.0, 0i64);
+        for b in &self.val {
+            let b = b.to_device(self.device);
+            let n = b.size()[0];
+            let loss = tch::autocast(self.bf16, || self.model.loss(&b, false));
+            sum += loss.double_value(&[]) * n as f64;
+            count += n;
+        }
+        sum / count as f64
+    }
+
+    /// Writes a loadable model directory (weights, config, tokenizer) into `dir`.
+    fn write_model_dir(&self, dir: &Path) -> Result<()> {
+        self.model.save_pretrained(dir, self.tok.eos_id)?;
+        self.tok.save_pretrained(dir, Some(self.model.cfg.n_positions))
+    }
+
+    fn save_checkpoint(&self) -> Result<()> {
+        let run_dir = &self.recipe.run.dir;
+        let dir = checkpoint::save(run_dir, self.state.step, |tmp| {
+            self.write_model_dir(tmp)?;
+            crate::st::save(&tmp.join("optimizer.safetensors"), &self.opt.state_tensors())?;
+            let state = serde_json::to_value(&self.state).expect("TrainState serialises");
+            crate::fsutil::write_json_atomic(&tmp.join("train_state.json"), &state)
+        })?;
+        checkpoint::prune(run_dir, self.recipe.checkpoint.keep_last)?;
+        tracing::info!(step = self.state.step, path = %dir.display(), "checkpoint saved");
+        Ok(())
+    }
+
+    /// `<run.dir>/final/`: an HF GPT-2 directory with tokenizer files and a model card.
+    fn export_final(&self) -> Result<()> {
+        let run_dir = &self.recipe.run.dir;
+        let staged = run_dir.join(format!(".tmp-final-{}", std::process::id()));
+        if staged.exists() {
+            std::fs::remove_dir_all(&staged).at(&staged)?;
+        }
+        std::fs::create_dir_all(&staged).at(&staged)?;
+        self.write_model_dir(&staged)?;
+        crate::fsutil::write_atomic(&staged.join("README.md"), self.model_card().as_bytes())?;
+        let target = run_dir.join("final");
+        crate::fsutil::replace_dir(&staged, &target)?;
+        tracing::info!(path = %target.display(), "final model written (transformers: GPT2LMHeadModel.from_pretrained)");
+        Ok(())
+    }
+
+    fn model_card(&self) -> String {
+        let c = &self.model.cfg;
+        format!(
+            "---\nlibrary_name: transformers\nlicense: other\npipeline_tag: text-generation\ntags:\n- rankforge\n- gpt2\n- text-generation\n---\n\n\
+             # GPT-2 style model trained with rankforge\n\n\
+             {} layers, {} heads, {} dims, context {}, vocabulary {} ({} parameters).\n\
+             Trained from scratch for {} steps on {} tokens.\n\n\
+             ```python\nfrom transformers import AutoTokenizer, GPT2LMHeadModel\n\
+             tok = AutoTokenizer.from_pretrained(\"path/to/final\")\n\
+             model = GPT2LMHeadModel.from_pretrained(\"path/to/final\")\n```\n\n\
+             ## Recipe\n\n```toml\n{}```\n",
+            c.n_layer, c.n_head, c.n_embd, c.n_positions, c.vocab_size, self.model.num_params(),
+            self.state.step, self.state.tokens, self.recipe.to_toml()
+        )
+    }
+}
+
+/// micro-batches → loss → backward → clip → finite check → AdamW, on `windows` `(B, T+1)`.
+/// Each micro-batch's loss is weighted by its share of the batch, so the gradient is the
+/// batch mean however the batch is split. Returns (loss, grad norm before clipping).
+pub fn step_on_batch(model: &Gpt, opt: &mut AdamW, windows: &Tensor, cfg: &TrainConfig, lr: f64, bf16: bool) -> (f64, f64) {
+    opt.zero_grad();
+    let n = windows.size()[0];
+    let mut total = Tensor::zeros([], (Kind::Float, windows.device()));
+    for chunk in windows.split(cfg.micro_batch_size as i64, 0) {
+        let weight = chunk.size()[0] as f64 / n as f64;
+        let loss = tch::autocast(bf16, || model.loss(&chunk, true)) * weight;
+        loss.backward();
+        total += loss.detach().to_kind(Kind::Float);
+    }
+    let loss = total.double_value(&[]);
+    let grad_norm = clip_grad_norm(opt.params(), cfg.grad_clip);
+    if loss.is_finite() && grad_norm.is_finite() {
+        opt.step(lr);
+    }
+    (loss, grad_norm)
+}
+
+/// `(dotted key, old, new)` for every value that differs between two TOML tables.
+fn diff_tables(prefix: &str, old: &toml::Table, new: &toml::Table) -> Vec<(String, String, String)> {
+    let mut out = Vec::new();
+    let keys: std::collections::BTreeSet<&String> = old.keys().chain(new.keys()).collect();
+    for k in keys {
+        let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+        match (old.get(k), new.get(k)) {
+            (Some(toml::Value::Table(a)), Some(toml::Value::Table(b))) => out.extend(diff_tables(&key, a, b)),
+            (a, b) if a != b => {
+                let show = |v: Option<&toml::Value>| v.map_or("(unset)".to_string(), |v| v.to_string());
+                out.push((key, show(a), show(b)));
+            }
+            _ => {}
+        }
+    }
+    out
+}
