@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 
 /// A whole recipe, resolved: overrides applied, defaults filled in, validated.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -263,7 +263,8 @@ impl Recipe {
     /// Reads `file`, applies `overrides` (`section.key=value`, values in TOML syntax; a bare
     /// word is taken as a string), deserialises and validates.
     pub fn load(file: &Path, overrides: &[String]) -> Result<Recipe> {
-        let text = std::fs::read_to_string(file).at(file)?;
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| Error::Input(format!("--config {}: cannot read the recipe: {e}", file.display())))?;
         Self::from_toml(&text, file, overrides)
     }
 

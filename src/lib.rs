@@ -7,7 +7,7 @@
 //!
 //! ```no_run
 //! use rankforge::config::Recipe;
-//! let recipe = Recipe::load("configs/tiny_cpu.toml".as_ref(), &["train.max_steps=5".into()])?;
+//! let recipe = Recipe::load("configs/gpt_tiny_pretrain_cpu.toml".as_ref(), &["train.max_steps=5".into()])?;
 //! rankforge::train::run(recipe, None)?;
 //! # Ok::<(), rankforge::error::Error>(())
 //! ```

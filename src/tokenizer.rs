@@ -100,6 +100,14 @@ pub fn train(opts: &TrainOptions) -> Result<usize> {
         ),
     };
     let names: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
+    let bytes: u64 = files.iter().filter_map(|f| std::fs::metadata(f).ok()).map(|m| m.len()).sum();
+    tracing::info!(
+        "training a {:?} tokenizer with {} tokens on {} file(s), {:.1} MB",
+        opts.kind,
+        opts.vocab_size,
+        files.len(),
+        bytes as f64 / 1e6
+    );
     tokenizer
         .train_from_files(&mut trainer, names)
         .map_err(|e| Error::Tokenizer { path: files[0].clone(), msg: format!("training failed: {e}") })?;

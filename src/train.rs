@@ -81,7 +81,6 @@ impl Trainer {
             tch::set_num_threads(n as i32);
         }
         let run_dir = recipe.run.dir.clone();
-        std::fs::create_dir_all(&run_dir).at(&run_dir)?;
         // Tokenizer first: it fixes the vocabulary the model and the token cache depend on.
         let tok = LoadedTokenizer::load(&recipe.data.tokenizer)?;
         let cfg = model_config(&recipe, Some((tok.vocab_size(), &tok.path)))?;
@@ -120,6 +119,8 @@ impl Trainer {
                 rankforge_version: env!("CARGO_PKG_VERSION").to_string(),
             },
         };
+        // Inputs are valid: only now touch the run directory.
+        std::fs::create_dir_all(&run_dir).at(&run_dir)?;
         checkpoint::remove_stale_temps(&run_dir)?;
         crate::fsutil::write_atomic(&run_dir.join("recipe.toml"), recipe.to_toml().as_bytes())?;
         let metrics = MetricsWriter::open(&run_dir, state.step)?;

@@ -1,1 +1,10 @@
+//! rankforge's integration tests, compiled into one binary (it links libtorch once).
+//! They run the real `rankforge` binary on a slice of the bundled corpus with a tiny model
+//! (2 layers, 64 dims); the Python conformance checks use the venv from scripts/setup.sh.
 
+mod bad_input;
+mod common;
+mod generate;
+mod hf;
+mod tokenizer;
+mod train;

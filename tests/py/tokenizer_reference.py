@@ -14,7 +14,7 @@ from transformers import AutoTokenizer
 
 def main() -> None:
     tok_dir, text_file = sys.argv[1:3]
-    text = open(text_file, encoding="utf-8").read()
+    text = open(text_file, encoding="utf-8", newline="").read()
     raw = Tokenizer.from_file(os.path.join(tok_dir, "tokenizer.json"))
     auto = AutoTokenizer.from_pretrained(tok_dir)
     raw_ids = raw.encode(text, add_special_tokens=False).ids
