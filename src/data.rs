@@ -13,7 +13,6 @@
 //! different number of ranks continues on exactly the data it would have seen.
 
 use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -193,10 +192,10 @@ pub fn tokenize_cached(
         tokens.extend(tok.eos_id);
     }
     TokenFile::write(&path, &tokens, tok.vocab_size())?;
-    let mut info = File::create(path.with_extension("json")).at(&path)?;
+    // A description beside the cache, for people looking into it.
     let sources: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
     let meta = serde_json::json!({"tokenizer": tok.path, "sources": sources, "tokens": tokens.len()});
-    let _ = writeln!(info, "{meta}");
+    crate::fsutil::write_json_atomic(&path.with_extension("json"), &meta)?;
     tracing::info!(
         tokens = tokens.len(),
         secs = format!("{:.1}", started.elapsed().as_secs_f64()),

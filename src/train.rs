@@ -105,7 +105,8 @@ impl Trainer {
             None => checkpoint::latest_valid(&run_dir)?,
         };
         let state = match &resume {
-            Some(dir) => Self::restore(dir, &mut model, &mut opt, &recipe, &run_dir)?,
+            // Checkpoints written from now on come from the current recipe.
+            Some(dir) => TrainState { recipe_hash: hash.clone(), ..Self::restore(dir, &mut model, &mut opt, &recipe, &run_dir)? },
             None => TrainState {
                 step: 0,
                 samples: 0,
@@ -166,7 +167,6 @@ impl Trainer {
         let mut progress = Progress::new(start, max_steps, cfg.log_every);
         let run_started = Instant::now();
         let elapsed_before = self.state.elapsed_s;
-        let mut last_saved = None;
         for step in start..max_steps {
             let t0 = Instant::now();
             let (loss, grad_norm, lr, n_tokens) = self.train_step(step)?;
@@ -188,11 +188,9 @@ impl Trainer {
             }
             if done || every(self.recipe.checkpoint.every_steps) {
                 self.save_checkpoint()?;
-                last_saved = Some(step + 1);
             }
         }
         progress.finish();
-        debug_assert_eq!(last_saved, Some(max_steps));
         Ok(())
     }
 
