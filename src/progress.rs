@@ -44,6 +44,14 @@ impl Progress {
         }
     }
 
+    /// Runs `f` (which may log) with the bar cleared, then redraws it.
+    pub fn suspend<R>(&self, f: impl FnOnce() -> R) -> R {
+        match &self.bar {
+            Some(bar) => bar.suspend(f),
+            None => f(),
+        }
+    }
+
     pub fn finish(&mut self) {
         if let Some(bar) = self.bar.take() {
             bar.finish();

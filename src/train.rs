@@ -187,7 +187,7 @@ impl Trainer {
                 progress.eval(step + 1, val_loss);
             }
             if done || every(self.recipe.checkpoint.every_steps) {
-                self.save_checkpoint()?;
+                progress.suspend(|| self.save_checkpoint())?;
             }
         }
         progress.finish();

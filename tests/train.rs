@@ -106,3 +106,37 @@ fn damaged_newest_checkpoint_falls_back_to_previous() {
     assert_eq!(losses(&run).len(), 20);
     rankforge::checkpoint::verify(&run.join("checkpoints/step_00000020")).unwrap();
 }
+
+/// `data.train` as a folder (files in sorted order, hidden ones skipped) and a separate
+/// `data.val` file instead of a held-out fraction.
+#[test]
+fn folder_input_and_separate_validation_file() {
+    let f = fixture();
+    let dir = scratch("folder");
+    let corpus = std::fs::read_to_string(&f.corpus).unwrap();
+    let data = dir.join("data");
+    std::fs::create_dir_all(data.join("sub")).unwrap();
+    std::fs::write(data.join("a.txt"), &corpus[..150_000]).unwrap();
+    std::fs::write(data.join("sub/b.txt"), &corpus[150_000..300_000]).unwrap();
+    std::fs::write(data.join(".hidden"), "not text \u{0}").unwrap();
+    let val = dir.join("val.txt");
+    std::fs::write(&val, &corpus[300_000..]).unwrap();
+    let run = dir.join("run");
+    let recipe = tiny_recipe(&dir, &f.corpus, &f.tokenizer, &run);
+    let text = std::fs::read_to_string(&recipe).unwrap().replace("val_fraction = 0.01", &format!("val = {:?}", val.display().to_string()));
+    std::fs::write(&recipe, text).unwrap();
+    ok(&["train", "--config", recipe.to_str().unwrap(), "--set", &format!("data.train={:?}", data.display().to_string()), "--set", "train.max_steps=6"]);
+    assert_eq!(losses(&run).len(), 6);
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    assert!(metrics.lines().any(|l| l.contains("val_loss")), "evaluated on data.val");
+    // The token cache describes its sources: both files, in order, not the hidden one.
+    let caches: Vec<_> = std::fs::read_dir(dir.join("cache/tokens")).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "json")).collect();
+    let sources: Vec<String> = caches
+        .iter()
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .filter(|t| t.contains("a.txt"))
+        .collect();
+    assert_eq!(sources.len(), 1);
+    let (a, b) = (sources[0].find("a.txt").unwrap(), sources[0].find("b.txt").unwrap());
+    assert!(a < b && !sources[0].contains(".hidden"), "{}", sources[0]);
+}
