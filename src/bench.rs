@@ -14,11 +14,7 @@ use crate::optim::AdamW;
 use crate::tokenizer::LoadedTokenizer;
 
 pub fn run(recipe: &Recipe, steps: usize, warmup: usize) -> Result<serde_json::Value> {
-    let device = crate::device::select(recipe.train.device)?;
-    let bf16 = crate::device::use_bf16(recipe.train.precision, device)?;
-    if let Some(n) = recipe.train.threads {
-        tch::set_num_threads(n as i32);
-    }
+    let (device, bf16) = crate::device::setup(&recipe.train)?;
     // The tokenizer only supplies the vocabulary size when the recipe does not.
     let tok = match recipe.model.vocab_size {
         Some(_) => None,
@@ -27,9 +23,7 @@ pub fn run(recipe: &Recipe, steps: usize, warmup: usize) -> Result<serde_json::V
     let cfg = crate::train::model_config(recipe, tok.as_ref().map(|t| (t.vocab_size(), t.path.as_path())))?;
     tch::manual_seed(recipe.train.seed as i64);
     let model = Gpt::new(&cfg, device);
-    let mut params: Vec<(String, Tensor)> = model.vs.variables().into_iter().collect();
-    params.sort_by(|a, b| a.0.cmp(&b.0));
-    let mut opt = AdamW::new(params, &recipe.train);
+    let mut opt = AdamW::new(model.named_parameters(), &recipe.train);
     let (b, t) = (recipe.train.global_batch_size as i64, recipe.model.block_size as i64);
     let windows = Tensor::randint(cfg.vocab_size as i64, [b, t + 1], (Kind::Int64, device));
     let mut times = Vec::with_capacity(steps);

@@ -111,7 +111,7 @@ pub enum Schedule {
 }
 
 /// Where tensors live. `auto` = CUDA device 0 when available, else CPU.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum DeviceChoice {
     Auto,

@@ -2,7 +2,7 @@
 
 use tch::Device;
 
-use crate::config::{DeviceChoice, Precision};
+use crate::config::{DeviceChoice, Precision, TrainConfig};
 use crate::error::{Error, Result};
 
 /// Resolves `choice` to a device; `cuda` without a usable GPU is an error naming the key.
@@ -15,6 +15,17 @@ pub fn select(choice: DeviceChoice) -> Result<Device> {
             "train.device = \"cuda\" but libtorch sees no CUDA device (CPU-only libtorch, no GPU, or no driver)".into(),
         )),
     }
+}
+
+/// Applies `[train]`'s device, precision and thread settings: returns the device and whether
+/// forward passes run under bf16 autocast.
+pub fn setup(cfg: &TrainConfig) -> Result<(Device, bool)> {
+    let device = select(cfg.device)?;
+    let bf16 = use_bf16(cfg.precision, device)?;
+    if let Some(n) = cfg.threads {
+        tch::set_num_threads(n as i32);
+    }
+    Ok((device, bf16))
 }
 
 /// Whether to run forward passes under bf16 autocast.

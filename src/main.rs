@@ -58,9 +58,8 @@ enum Command {
         repetition_penalty: f64,
         #[arg(long, default_value_t = 0)]
         seed: u64,
-        /// auto, cpu or cuda.
-        #[arg(long, default_value = "auto")]
-        device: String,
+        #[arg(long, value_enum, default_value = "auto")]
+        device: rankforge::config::DeviceChoice,
         /// Print one JSON object (prompt_ids, ids, text, stop) instead of streaming text.
         #[arg(long)]
         json: bool,
@@ -133,13 +132,7 @@ fn run(command: Command) -> Result<()> {
             Ok(())
         }
         Command::Generate { model, prompt, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, device, json } => {
-            let choice = match device.as_str() {
-                "auto" => rankforge::config::DeviceChoice::Auto,
-                "cpu" => rankforge::config::DeviceChoice::Cpu,
-                "cuda" => rankforge::config::DeviceChoice::Cuda,
-                other => return Err(Error::Input(format!("--device {other:?}: expected auto, cpu or cuda"))),
-            };
-            let device = rankforge::device::select(choice)?;
+            let device = rankforge::device::select(device)?;
             if !model.join("config.json").exists() && model.join("final").exists() {
                 return Err(Error::model(&model, "is a run directory; pass its final/ or a checkpoints/step_* directory"));
             }

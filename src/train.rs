@@ -75,11 +75,7 @@ fn step_seed(seed: u64, step: u64) -> i64 {
 
 impl Trainer {
     fn setup(recipe: Recipe, resume: Option<PathBuf>) -> Result<Trainer> {
-        let device = crate::device::select(recipe.train.device)?;
-        let bf16 = crate::device::use_bf16(recipe.train.precision, device)?;
-        if let Some(n) = recipe.train.threads {
-            tch::set_num_threads(n as i32);
-        }
+        let (device, bf16) = crate::device::setup(&recipe.train)?;
         let run_dir = recipe.run.dir.clone();
         // Tokenizer first: it fixes the vocabulary the model and the token cache depend on.
         let tok = LoadedTokenizer::load(&recipe.data.tokenizer)?;
@@ -93,9 +89,7 @@ impl Trainer {
             .unwrap_or_default();
         tch::manual_seed(recipe.train.seed as i64);
         let mut model = Gpt::new(&cfg, device);
-        let mut params: Vec<(String, Tensor)> = model.vs.variables().into_iter().collect();
-        params.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut opt = AdamW::new(params, &recipe.train);
+        let mut opt = AdamW::new(model.named_parameters(), &recipe.train);
         let hash = checkpoint::sha256_hex(recipe.to_toml().as_bytes());
         let resume = match resume {
             Some(p) => {

@@ -160,6 +160,13 @@ impl Gpt {
         Gpt { vs, cfg: cfg.clone(), wte, wpe, h, ln_f }
     }
 
+    /// Parameters under their HF names, sorted by name (the optimizer's and checkpoints' order).
+    pub fn named_parameters(&self) -> Vec<(String, Tensor)> {
+        let mut params: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
+        params.sort_by(|a, b| a.0.cmp(&b.0));
+        params
+    }
+
     /// Number of parameters (the tied embedding counted once).
     pub fn num_params(&self) -> i64 {
         self.vs.trainable_variables().iter().map(|t| t.numel() as i64).sum()
