@@ -1,20 +1,33 @@
 //! `rankforge bench`: times training steps of a recipe's model on random tokens (no data,
-//! no checkpoints), with the same step function as `rankforge train`. Prints one JSON line to
-//! compare with `bench/pytorch_gpt.py` (see BENCHMARKS.md).
+//! no checkpoints), with the same step function as `rankforge train`, and `rankforge bench
+//! collective`: all-reduce bus bandwidth between the ranks of a launched job. Each prints JSON
+//! lines (rank 0 only) to compare with the PyTorch references in `bench/` (see BENCHMARKS.md).
 
 use std::time::Instant;
 
 use serde_json::json;
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
-use crate::config::Recipe;
-use crate::error::Result;
+use crate::config::{DeviceChoice, Recipe};
+use crate::data::rank_slice;
+use crate::dist::Dist;
+use crate::error::{Error, Result};
 use crate::models::gpt::Gpt;
 use crate::optim::AdamW;
 use crate::tokenizer::LoadedTokenizer;
+use crate::train::{step_on_batch, Batch};
 
-pub fn run(recipe: &Recipe, steps: usize, warmup: usize) -> Result<serde_json::Value> {
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Data-parallel training steps; under the launcher each rank takes its slice of the global
+/// batch, exactly as in training. The reported time is rank 0's median step.
+pub fn run(recipe: &Recipe, steps: usize, warmup: usize) -> Result<Option<serde_json::Value>> {
     let (device, bf16) = crate::device::setup(&recipe.train)?;
+    let hash = crate::checkpoint::sha256_hex(recipe.to_toml().as_bytes());
+    let mut dist = Dist::init(&hash, device)?;
     // The tokenizer only supplies the vocabulary size when the recipe does not.
     let tok = match recipe.model.vocab_size {
         Some(_) => None,
@@ -24,12 +37,19 @@ pub fn run(recipe: &Recipe, steps: usize, warmup: usize) -> Result<serde_json::V
     tch::manual_seed(recipe.train.seed as i64);
     let model = Gpt::new(&cfg, device);
     let mut opt = AdamW::new(model.named_parameters(), &recipe.train);
-    let (b, t) = (recipe.train.global_batch_size as i64, recipe.model.block_size as i64);
-    let windows = Tensor::randint(cfg.vocab_size as i64, [b, t + 1], (Kind::Int64, device));
+    let (b, t) = (recipe.train.global_batch_size, recipe.model.block_size as i64);
+    let windows = Tensor::randint(cfg.vocab_size as i64, [b as i64, t + 1], (Kind::Int64, device));
     let mut times = Vec::with_capacity(steps);
     for i in 0..warmup + steps {
+        let range = rank_slice(0, b, dist.rank(), dist.world());
+        let batch = Batch {
+            windows: windows.narrow(0, range.start as i64, (range.end - range.start) as i64),
+            first_sample: range.start,
+            global_batch: b,
+            step: i as u64,
+        };
         let t0 = Instant::now();
-        let (loss, _) = crate::train::step_on_batch(&model, &mut opt, &windows, &recipe.train, recipe.train.lr, bf16);
+        let (loss, _) = step_on_batch(&model, &mut opt, &batch, &recipe.train, recipe.train.lr, bf16, &mut dist)?;
         if device.is_cuda() {
             tch::Cuda::synchronize(0);
         }
@@ -38,19 +58,93 @@ pub fn run(recipe: &Recipe, steps: usize, warmup: usize) -> Result<serde_json::V
         }
         tracing::debug!(step = i, loss, "bench step");
     }
-    times.sort_by(f64::total_cmp);
-    let median = times[times.len() / 2];
-    Ok(json!({
-        "impl": "rankforge",
-        "tokens_per_s": (b * t) as f64 / median,
-        "step_ms": median * 1e3,
-        "params": model.num_params(),
-        "threads": tch::get_num_threads(),
-        "batch": b,
-        "block_size": t,
-        "device": format!("{device:?}").to_lowercase(),
-        "dtype": if bf16 { "bf16" } else { "fp32" },
-        "optimizer": "adamw",
-        "steps": steps,
+    let step = median(times);
+    Ok(dist.is_main().then(|| {
+        json!({
+            "impl": "rankforge",
+            "tokens_per_s": (b as i64 * t) as f64 / step,
+            "step_ms": step * 1e3,
+            "params": model.num_params(),
+            "threads": tch::get_num_threads(),
+            "ranks": dist.world(),
+            "batch": b,
+            "block_size": t,
+            "device": format!("{device:?}").to_lowercase(),
+            "dtype": if bf16 { "bf16" } else { "fp32" },
+            "optimizer": "adamw",
+            "steps": steps,
+        })
     }))
+}
+
+/// Parses `1048576`, `64K`, `16M`, `1G` (powers of 1024).
+pub fn parse_bytes(s: &str) -> Result<usize> {
+    let s = s.trim();
+    let (digits, mult) = match s.char_indices().last() {
+        Some((i, c)) if c.eq_ignore_ascii_case(&'k') => (&s[..i], 1 << 10),
+        Some((i, c)) if c.eq_ignore_ascii_case(&'m') => (&s[..i], 1 << 20),
+        Some((i, c)) if c.eq_ignore_ascii_case(&'g') => (&s[..i], 1 << 30),
+        _ => (s, 1),
+    };
+    let n: usize = digits.parse().map_err(|_| Error::Input(format!("--bytes {s:?}: expected a size like 1048576, 64K, 16M or 1G")))?;
+    let n = n * mult;
+    if n == 0 || n % 4 != 0 {
+        return Err(Error::Input(format!("--bytes {s:?}: the size must be a positive multiple of 4 (f32 elements)")));
+    }
+    Ok(n)
+}
+
+/// All-reduce bus bandwidth for each size in `sizes` (bytes of f32). Each timed iteration
+/// starts after a barrier; an iteration's time is the slowest rank's (max-reduced), and the
+/// median over iterations is reported: busbw = bytes / time × 2(n−1)/n (nccl-tests' definition).
+pub fn collective(sizes: &[usize], iters: usize, warmup: usize, device: DeviceChoice) -> Result<Vec<serde_json::Value>> {
+    let device = crate::device::select(device)?;
+    let mut dist = Dist::init("bench-collective", device)?;
+    let n = dist.world() as f64;
+    let mut out = Vec::new();
+    for &bytes in sizes {
+        let elems = (bytes / 4) as i64;
+        let mut buf = Tensor::ones([elems], (Kind::Float, device));
+        let mut times = Vec::with_capacity(iters);
+        for i in 0..warmup + iters {
+            dist.barrier()?;
+            let t0 = Instant::now();
+            dist.all_reduce_sum(&mut buf)?;
+            if device.is_cuda() {
+                tch::Cuda::synchronize(0);
+            }
+            if i >= warmup {
+                times.push(t0.elapsed().as_secs_f64());
+            }
+        }
+        // The slowest rank's time per iteration: sum of one-hot rows = a gather of all times.
+        let mut all = Tensor::zeros([dist.world() as i64, iters as i64], (Kind::Float, device));
+        let _ = all.get(dist.rank() as i64).copy_(&Tensor::from_slice(&times.iter().map(|t| *t as f32).collect::<Vec<_>>()).to_device(device));
+        dist.all_reduce_sum(&mut all)?;
+        let slowest: Vec<f64> = Vec::<f32>::try_from(all.amax([0], false).to_device(Device::Cpu))?.into_iter().map(f64::from).collect();
+        // Check the result once: every element of ones summed over n ranks, then scaled.
+        let mut check = Tensor::ones([elems], (Kind::Float, device)) * (dist.rank() as f64 + 1.0);
+        dist.all_reduce_sum(&mut check)?;
+        let want = n * (n + 1.0) / 2.0;
+        let (lo, hi) = (check.min().double_value(&[]), check.max().double_value(&[]));
+        if lo != want || hi != want {
+            return Err(Error::Dist(format!("all-reduce of {bytes} bytes gave values in [{lo}, {hi}], expected {want}")));
+        }
+        let t = median(slowest);
+        let algbw = bytes as f64 / t / 1e9;
+        out.push(json!({
+            "impl": "rankforge",
+            "collective": if dist.world() == 1 { "local" } else if device.is_cuda() { "nccl" } else { "tcp-ring" },
+            "world": dist.world(),
+            "bytes": bytes,
+            "iters": iters,
+            "time_ms": t * 1e3,
+            "algbw_gbps": algbw,
+            "busbw_gbps": algbw * 2.0 * (n - 1.0) / n,
+        }));
+        if dist.is_main() {
+            println!("{}", out.last().unwrap());
+        }
+    }
+    Ok(out)
 }

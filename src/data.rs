@@ -345,9 +345,10 @@ pub fn val_batches(span: &TokenSpan, block_size: usize, micro: usize, max_batche
         .collect()
 }
 
-/// Global sample indices of optimizer step `step` that rank `rank` of `world` takes.
-pub fn rank_slice(step: u64, global_batch: usize, rank: usize, world: usize) -> std::ops::Range<u64> {
-    let base = step * global_batch as u64;
+/// The global sample indices rank `rank` of `world` takes from the global batch of
+/// `global_batch` samples that starts at sample `base` (the data cursor). Rank r takes a
+/// contiguous slice, so the global batch is the same whatever the world size.
+pub fn rank_slice(base: u64, global_batch: usize, rank: usize, world: usize) -> std::ops::Range<u64> {
     let lo = (global_batch * rank / world) as u64;
     let hi = (global_batch * (rank + 1) / world) as u64;
     base + lo..base + hi
@@ -362,7 +363,7 @@ mod tests {
         for world in 1..=5 {
             let mut all = Vec::new();
             for r in 0..world {
-                all.extend(rank_slice(3, 8, r, world));
+                all.extend(rank_slice(24, 8, r, world));
             }
             assert_eq!(all, (24..32).collect::<Vec<u64>>(), "world {world}");
         }

@@ -31,6 +31,9 @@ pub enum Error {
     Torch(#[from] tch::TchError),
     #[error("tokenizer {}: {msg}", path.display())]
     Tokenizer { path: PathBuf, msg: String },
+    /// The control plane or a collective failed (a peer died, the coordinator is gone).
+    #[error("{0}")]
+    Dist(String),
 }
 
 impl Error {
@@ -54,7 +57,7 @@ impl Error {
             | Error::Model { .. }
             | Error::Input(_)
             | Error::Tokenizer { .. } => EXIT_BAD_INPUT,
-            Error::Io { .. } | Error::Torch(_) => EXIT_RUNTIME,
+            Error::Io { .. } | Error::Torch(_) | Error::Dist(_) => EXIT_RUNTIME,
         }
     }
 }

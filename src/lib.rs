@@ -16,6 +16,7 @@ pub mod bench;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
+pub mod dist;
 pub mod device;
 pub mod error;
 pub mod fsutil;

@@ -64,10 +64,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Time training steps of a recipe's model on random tokens; prints one JSON line.
+    /// Time training steps of a recipe's model on random tokens (data-parallel under
+    /// rankforge-launch); prints one JSON line. `bench collective`: all-reduce bandwidth.
+    #[command(args_conflicts_with_subcommands = true)]
     Bench {
+        #[command(subcommand)]
+        what: Option<BenchCommand>,
         #[arg(long)]
-        config: PathBuf,
+        config: Option<PathBuf>,
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
         /// Timed steps (the median is reported).
@@ -76,6 +80,25 @@ enum Command {
         /// Untimed steps first.
         #[arg(long, default_value_t = 3)]
         warmup: usize,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// All-reduce bus bandwidth between the ranks of a job: run it under rankforge-launch
+    /// (`rankforge-launch --nproc-per-node 2 -- bench collective --bytes 1M,16M`).
+    Collective {
+        /// Buffer sizes in bytes, comma-separated: 1048576, 64K, 16M, 1G.
+        #[arg(long, value_delimiter = ',', required = true)]
+        bytes: Vec<String>,
+        /// Timed all-reduces per size (the median is reported).
+        #[arg(long, default_value_t = 20)]
+        iters: usize,
+        #[arg(long, default_value_t = 3)]
+        warmup: usize,
+        /// cpu: the TCP ring; cuda: NCCL.
+        #[arg(long, value_enum, default_value = "cpu")]
+        device: rankforge::config::DeviceChoice,
     },
 }
 
@@ -108,6 +131,7 @@ fn main() {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("RANKFORGE_LOG").unwrap_or_else(|_| "info".into()),
         )
@@ -158,12 +182,25 @@ fn run(command: Command) -> Result<()> {
             }
             Ok(())
         }
-        Command::Bench { config, set, steps, warmup } => {
+        Command::Bench { what: Some(BenchCommand::Collective { bytes, iters, warmup, device }), .. } => {
+            if iters == 0 {
+                return Err(Error::Input("--iters must be at least 1".into()));
+            }
+            let sizes = bytes.iter().map(|b| rankforge::bench::parse_bytes(b)).collect::<Result<Vec<_>>>()?;
+            rankforge::bench::collective(&sizes, iters, warmup, device)?;
+            Ok(())
+        }
+        Command::Bench { what: None, config, set, steps, warmup } => {
+            let Some(config) = config else {
+                return Err(Error::Input("bench needs --config RECIPE (or `bench collective`)".into()));
+            };
             if steps == 0 {
                 return Err(Error::Input("--steps must be at least 1".into()));
             }
             let recipe = Recipe::load(&config, &set)?;
-            println!("{}", rankforge::bench::run(&recipe, steps, warmup)?);
+            if let Some(line) = rankforge::bench::run(&recipe, steps, warmup)? {
+                println!("{line}");
+            }
             Ok(())
         }
     }

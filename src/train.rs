@@ -12,6 +12,7 @@ use tch::{Device, Kind, Tensor};
 use crate::checkpoint::{self, TrainState};
 use crate::config::{Recipe, TrainConfig};
 use crate::data::{rank_slice, val_batches, Dataset, Sampler};
+use crate::dist::Dist;
 use crate::error::{Error, IoContext, Result};
 use crate::metrics::MetricsWriter;
 use crate::models::gpt::{Gpt, GptConfig};
@@ -30,7 +31,9 @@ struct Trainer {
     sampler: Sampler,
     val: Vec<Tensor>,
     state: TrainState,
-    metrics: MetricsWriter,
+    /// Rank 0 only: ranks > 0 write nothing to the run directory.
+    metrics: Option<MetricsWriter>,
+    dist: Dist,
 }
 
 /// Runs (or resumes) the recipe. `resume`: a checkpoint directory to start from instead of the
@@ -38,7 +41,11 @@ struct Trainer {
 pub fn run(recipe: Recipe, resume: Option<PathBuf>) -> Result<()> {
     let mut t = Trainer::setup(recipe, resume)?;
     t.train()?;
-    t.export_final()
+    if t.dist.is_main() {
+        t.export_final()?;
+    }
+    t.dist.status.set_phase(rankforge_proto::Phase::Done);
+    Ok(())
 }
 
 /// The model architecture of a recipe, checked against the tokenizer.
@@ -67,68 +74,113 @@ pub fn model_config(recipe: &Recipe, tok_vocab: Option<(usize, &Path)>) -> Resul
     })
 }
 
-/// A seed for step `step`'s randomness (dropout), so a resumed run draws what the
-/// uninterrupted one would have.
-fn step_seed(seed: u64, step: u64) -> i64 {
-    (seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ step.wrapping_mul(0xBF58_476D_1CE4_E5B9)) as i64 & i64::MAX
+/// The seed of the randomness (dropout) of the micro-batch that starts at global sample
+/// `sample` in step `step`: a resumed run draws what the uninterrupted one would have, and a
+/// micro-batch draws the same masks on whichever rank it lands (when micro-batch boundaries
+/// coincide, e.g. 1 and 2 ranks with an even split).
+fn micro_seed(seed: u64, step: u64, sample: u64) -> i64 {
+    (seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ step.wrapping_mul(0xBF58_476D_1CE4_E5B9) ^ sample.wrapping_mul(0x94D0_49BB_1331_11EB))
+        as i64
+        & i64::MAX
 }
 
 impl Trainer {
     fn setup(recipe: Recipe, resume: Option<PathBuf>) -> Result<Trainer> {
         let (device, bf16) = crate::device::setup(&recipe.train)?;
         let run_dir = recipe.run.dir.clone();
+        let hash = checkpoint::sha256_hex(recipe.to_toml().as_bytes());
+        // Join the job first (a world of one without a launcher): a rank with a different
+        // recipe is refused before anyone tokenizes data.
+        let mut dist = Dist::init(&hash, device)?;
+        let main = dist.is_main();
         // Tokenizer first: it fixes the vocabulary the model and the token cache depend on.
         let tok = LoadedTokenizer::load(&recipe.data.tokenizer)?;
         let cfg = model_config(&recipe, Some((tok.vocab_size(), &tok.path)))?;
-        let data = Dataset::prepare(&recipe.data, recipe.val_fraction(), &tok, recipe.model.block_size)?;
+        // Rank 0 fills the token cache; the others then find it there (on a shared disk).
+        let prepare = || Dataset::prepare(&recipe.data, recipe.val_fraction(), &tok, recipe.model.block_size);
+        let data = if main { Some(prepare()?) } else { None };
+        dist.gather_small("token-cache", Vec::new())?;
+        let data = match data {
+            Some(d) => d,
+            None => prepare()?,
+        };
         let sampler = Sampler::new(data.train.clone(), recipe.model.block_size, recipe.train.seed);
-        let val = data
-            .val
-            .as_ref()
-            .map(|v| val_batches(v, recipe.model.block_size, recipe.train.micro_batch_size, recipe.eval.max_batches))
-            .unwrap_or_default();
+        let val = match (&data.val, main) {
+            (Some(v), true) => val_batches(v, recipe.model.block_size, recipe.train.micro_batch_size, recipe.eval.max_batches),
+            _ => Vec::new(),
+        };
         tch::manual_seed(recipe.train.seed as i64);
         let mut model = Gpt::new(&cfg, device);
         let mut opt = AdamW::new(model.named_parameters(), &recipe.train);
-        let hash = checkpoint::sha256_hex(recipe.to_toml().as_bytes());
-        let resume = match resume {
-            Some(p) => {
+        // Rank 0 picks the resume point and restores it; the others receive its state below.
+        let resume = match (resume, main) {
+            (_, false) => None,
+            (Some(p), true) => {
                 checkpoint::verify(&p)?;
                 Some(p)
             }
-            None => checkpoint::latest_valid(&run_dir)?,
+            (None, true) => checkpoint::latest_valid(&run_dir)?,
+        };
+        let fresh = TrainState {
+            step: 0,
+            samples: 0,
+            tokens: 0,
+            epoch: 0.0,
+            optimizer_steps: 0,
+            elapsed_s: 0.0,
+            world_size: dist.world(),
+            recipe_hash: hash.clone(),
+            seed: recipe.train.seed,
+            rankforge_version: env!("CARGO_PKG_VERSION").to_string(),
         };
         let state = match &resume {
-            // Checkpoints written from now on come from the current recipe.
-            Some(dir) => TrainState { recipe_hash: hash.clone(), ..Self::restore(dir, &mut model, &mut opt, &recipe, &run_dir)? },
-            None => TrainState {
-                step: 0,
-                samples: 0,
-                tokens: 0,
-                epoch: 0.0,
-                optimizer_steps: 0,
-                elapsed_s: 0.0,
-                world_size: 1,
+            // Checkpoints written from now on come from the current recipe and world.
+            Some(dir) => TrainState {
                 recipe_hash: hash.clone(),
-                seed: recipe.train.seed,
-                rankforge_version: env!("CARGO_PKG_VERSION").to_string(),
+                world_size: dist.world(),
+                ..Self::restore(dir, &mut model, &mut opt, &recipe, &run_dir)?
             },
+            None => fresh,
         };
-        // Inputs are valid: only now touch the run directory.
-        std::fs::create_dir_all(&run_dir).at(&run_dir)?;
-        checkpoint::remove_stale_temps(&run_dir)?;
-        crate::fsutil::write_atomic(&run_dir.join("recipe.toml"), recipe.to_toml().as_bytes())?;
-        let metrics = MetricsWriter::open(&run_dir, state.step)?;
+        let state = Self::sync_start(&mut dist, state, &model, &mut opt)?;
+        let metrics = if main {
+            // Inputs are valid: only now touch the run directory.
+            std::fs::create_dir_all(&run_dir).at(&run_dir)?;
+            checkpoint::remove_stale_temps(&run_dir)?;
+            crate::fsutil::write_atomic(&run_dir.join("recipe.toml"), recipe.to_toml().as_bytes())?;
+            Some(MetricsWriter::open(&run_dir, state.step)?)
+        } else {
+            None
+        };
         tracing::info!(
             params = model.num_params(),
             vocab = cfg.vocab_size,
             train_tokens = data.train.len,
             device = ?device,
             bf16,
+            ranks = dist.world(),
             "model ready; {}",
             if state.step > 0 { format!("resuming at step {}", state.step) } else { "starting at step 0".into() }
         );
-        Ok(Trainer { recipe, device, bf16, tok, model, opt, sampler, val, state, metrics })
+        Ok(Trainer { recipe, device, bf16, tok, model, opt, sampler, val, state, metrics, dist })
+    }
+
+    /// Makes every rank start from rank 0's state: the progress counters through the
+    /// coordinator, the weights and optimizer moments by broadcast. Identical starting weights
+    /// do not rely on identical seeding, and ranks on other hosts need no copy of the
+    /// checkpoint.
+    fn sync_start(dist: &mut Dist, state: TrainState, model: &Gpt, opt: &mut AdamW) -> Result<TrainState> {
+        if dist.world() == 1 {
+            return Ok(state);
+        }
+        let payload = serde_json::to_vec(&state).expect("TrainState serialises");
+        let all = dist.gather_small("start-state", payload)?;
+        let state: TrainState = serde_json::from_slice(&all[0]).map_err(|e| Error::Dist(format!("rank 0 sent an unreadable start state: {e}")))?;
+        let mut tensors: Vec<Tensor> = model.named_parameters().into_iter().map(|(_, t)| t).collect();
+        tensors.extend(opt.state_tensors().into_iter().map(|(_, t)| t));
+        dist.broadcast_tensors(&tensors, 0)?;
+        opt.steps = state.optimizer_steps;
+        Ok(state)
     }
 
     /// Loads a checkpoint into `model` and `opt`; warns about recipe values that changed.
@@ -158,33 +210,41 @@ impl Trainer {
             tracing::info!("run is already at step {start} of train.max_steps = {max_steps}; nothing to train");
             return Ok(());
         }
-        let mut progress = Progress::new(start, max_steps, cfg.log_every);
+        let main = self.dist.is_main();
+        let mut progress = main.then(|| Progress::new(start, max_steps, cfg.log_every));
         let run_started = Instant::now();
         let elapsed_before = self.state.elapsed_s;
         for step in start..max_steps {
             let t0 = Instant::now();
+            self.dist.status.step.store(step, std::sync::atomic::Ordering::Relaxed);
             let (loss, grad_norm, lr, n_tokens) = self.train_step(step)?;
             let dt = t0.elapsed().as_secs_f64();
             self.state.elapsed_s = elapsed_before + run_started.elapsed().as_secs_f64();
+            let (Some(metrics), Some(progress)) = (self.metrics.as_mut(), progress.as_mut()) else {
+                continue; // ranks > 0: compute and all-reduce only
+            };
             let row = json!({
                 "step": step + 1, "loss": loss, "lr": lr, "grad_norm": grad_norm,
                 "tokens": self.state.tokens, "tokens_per_s": n_tokens as f64 / dt,
                 "elapsed_s": self.state.elapsed_s, "epoch": self.state.epoch,
             });
-            self.metrics.write(&row)?;
+            metrics.write(&row)?;
             progress.step(step + 1, loss, lr, n_tokens as f64 / dt);
             let done = step + 1 == max_steps;
             let every = |n: u64| n > 0 && (step + 1) % n == 0;
             if !self.val.is_empty() && (done || every(self.recipe.eval.every_steps)) {
                 let val_loss = self.evaluate();
-                self.metrics.write(&json!({"step": step + 1, "val_loss": val_loss, "val_ppl": val_loss.exp()}))?;
+                let row = json!({"step": step + 1, "val_loss": val_loss, "val_ppl": val_loss.exp()});
+                self.metrics.as_mut().expect("rank 0").write(&row)?;
                 progress.eval(step + 1, val_loss);
             }
             if done || every(self.recipe.checkpoint.every_steps) {
                 progress.suspend(|| self.save_checkpoint())?;
             }
         }
-        progress.finish();
+        if let Some(mut p) = progress {
+            p.finish();
+        }
         Ok(())
     }
 
@@ -192,12 +252,16 @@ impl Trainer {
     /// [`step_on_batch`], then the progress counters. Returns (loss, grad norm, lr, tokens).
     fn train_step(&mut self, step: u64) -> Result<(f64, f64, f64, u64)> {
         let cfg = &self.recipe.train;
-        tch::manual_seed(step_seed(cfg.seed, step));
         let lr = lr_at(step, cfg);
-        let range = rank_slice(self.state.samples, cfg.global_batch_size, 0, 1);
-        let windows = self.sampler.batch(range).to_device(self.device); // (B_rank, T+1)
-        let (loss, grad_norm) = step_on_batch(&self.model, &mut self.opt, &windows, cfg, lr, self.bf16);
-        if !(loss.is_finite() && grad_norm.is_finite()) {
+        let range = rank_slice(self.state.samples, cfg.global_batch_size, self.dist.rank(), self.dist.world());
+        let batch = Batch {
+            windows: self.sampler.batch(range.clone()).to_device(self.device), // (B_rank, T+1)
+            first_sample: range.start,
+            global_batch: cfg.global_batch_size,
+            step,
+        };
+        let (loss, grad_norm) = step_on_batch(&self.model, &mut self.opt, &batch, cfg, lr, self.bf16, &mut self.dist)?;
+        if !(loss.is_finite() && grad_norm.is_finite()) && self.dist.is_main() {
             tracing::warn!(step = step + 1, loss, grad_norm, "non-finite loss or gradient: update skipped");
         }
         let n_tokens = (cfg.global_batch_size * self.recipe.model.block_size) as u64;
@@ -230,6 +294,7 @@ impl Trainer {
     }
 
     fn save_checkpoint(&self) -> Result<()> {
+        self.dist.status.set_phase(rankforge_proto::Phase::Checkpoint);
         let run_dir = &self.recipe.run.dir;
         let dir = checkpoint::save(run_dir, self.state.step, |tmp| {
             self.write_model_dir(tmp)?;
@@ -275,25 +340,47 @@ impl Trainer {
     }
 }
 
-/// micro-batches → loss → backward → clip → finite check → AdamW, on `windows` `(B, T+1)`.
-/// Each micro-batch's loss is weighted by its share of the batch, so the gradient is the
-/// batch mean however the batch is split. Returns (loss, grad norm before clipping).
-pub fn step_on_batch(model: &Gpt, opt: &mut AdamW, windows: &Tensor, cfg: &TrainConfig, lr: f64, bf16: bool) -> (f64, f64) {
+/// One rank's share of a global batch.
+pub struct Batch {
+    /// `(B_rank, T+1)` token windows.
+    pub windows: Tensor,
+    /// Global index of the first window (seeds each micro-batch's dropout).
+    pub first_sample: u64,
+    /// Windows in the global batch, all ranks together.
+    pub global_batch: usize,
+    pub step: u64,
+}
+
+/// micro-batches → loss → backward → all-reduce → clip → finite check → AdamW.
+/// Each micro-batch's loss is weighted by its share of the *global* batch and the ranks' sums
+/// are added, so the gradient is the global batch mean however the batch is split across
+/// ranks and micro-batches. Every rank gets the same reduced gradient, hence the same norm, the
+/// same finite-or-skip decision and the same update. Returns (global loss, grad norm before
+/// clipping).
+pub fn step_on_batch(model: &Gpt, opt: &mut AdamW, batch: &Batch, cfg: &TrainConfig, lr: f64, bf16: bool, dist: &mut Dist) -> Result<(f64, f64)> {
     opt.zero_grad();
-    let n = windows.size()[0];
-    let mut total = Tensor::zeros([], (Kind::Float, windows.device()));
-    for chunk in windows.split(cfg.micro_batch_size as i64, 0) {
-        let weight = chunk.size()[0] as f64 / n as f64;
+    let mut total = Tensor::zeros([], (Kind::Float, batch.windows.device()));
+    let mut first = batch.first_sample;
+    for chunk in batch.windows.split(cfg.micro_batch_size as i64, 0) {
+        let n = chunk.size()[0];
+        tch::manual_seed(micro_seed(cfg.seed, batch.step, first));
+        let weight = n as f64 / batch.global_batch as f64;
         let loss = tch::autocast(bf16, || model.loss(&chunk, true)) * weight;
         loss.backward();
         total += loss.detach().to_kind(Kind::Float);
+        first += n as u64;
     }
-    let loss = total.double_value(&[]);
+    let mut sums = [total.double_value(&[])];
+    let params: Vec<Tensor> = opt.params().map(|p| p.shallow_clone()).collect();
+    dist.status.set_phase(rankforge_proto::Phase::Collective);
+    dist.reduce_grads(&params, &mut sums)?;
+    dist.status.set_phase(rankforge_proto::Phase::Compute);
+    let loss = sums[0];
     let grad_norm = clip_grad_norm(opt.params(), cfg.grad_clip);
     if loss.is_finite() && grad_norm.is_finite() {
         opt.step(lr);
     }
-    (loss, grad_norm)
+    Ok((loss, grad_norm))
 }
 
 /// `(dotted key, old, new)` for every value that differs between two TOML tables.

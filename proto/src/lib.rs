@@ -1,6 +1,34 @@
 //! The rankforge control-plane protocol: the gRPC `Coordinator` service (rendezvous,
-//! heartbeats, barriers, failure reports, restarts) that `rankforge-launch` hosts and every rank
-//! talks to. The `.proto` definitions will live in `proto/rankforge/v1/`.
+//! heartbeats, barriers, failure reports, server→rank commands) that node 0's
+//! `rankforge-launch` hosts and every launcher and rank talks to.
 //!
-//! Status: placeholder crate. The service definition and its generated code arrive with the
-//! launcher (multi-rank training); see the README's feature list.
+//! The definition is `proto/rankforge/v1/coordinator.proto`; `build.rs` compiles it with protox,
+//! so no system `protoc` is needed.
+
+#![allow(clippy::all)]
+
+pub mod v1 {
+    tonic::include_proto!("rankforge.v1");
+}
+
+pub use v1::*;
+
+/// Environment variables the launcher hands to every rank (besides torchrun's).
+pub mod env {
+    /// `host:port` of the coordinator.
+    pub const COORDINATOR: &str = "RANKFORGE_COORDINATOR";
+    /// The per-job secret every RPC carries.
+    pub const JOB_TOKEN: &str = "RANKFORGE_JOB_TOKEN";
+    /// The generation (restart round) the rank belongs to.
+    pub const GENERATION: &str = "RANKFORGE_GENERATION";
+    /// The address this node advertises to peers (CPU ring listeners bind to it).
+    pub const LOCAL_ADDR: &str = "RANKFORGE_LOCAL_ADDR";
+    /// Seconds a client keeps retrying an unreachable coordinator.
+    pub const JOIN_TIMEOUT: &str = "RANKFORGE_JOIN_TIMEOUT";
+}
+
+/// gRPC metadata is not used for auth: the token travels in every request's `Auth`, so a
+/// message logged or replayed without it is refused the same way.
+pub fn auth(token: &str, generation: u64) -> Option<Auth> {
+    Some(Auth { token: token.to_string(), generation })
+}

@@ -1,0 +1,537 @@
+//! The job's coordinator: a pure state machine ([`State`]) and the gRPC service around it
+//! ([`Service`]), hosted by node 0's launcher.
+//!
+//! Rendezvous runs in two rounds: the launchers (`JoinNode`: how many ranks each node starts),
+//! then the ranks (`Join`: where each rank's ring listens, which recipe it runs). Blocking calls
+//! (the two joins and `Barrier`) wait on a change counter and give up with `ABORTED` as soon as
+//! the job has failed, so no client waits on a job that is already lost.
+
+use std::collections::{BTreeMap, HashMap};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rankforge_proto::{command, coordinator_server, Auth, Command, Phase};
+use rankforge_proto::{
+    BarrierReply, BarrierRequest, CommandsRequest, HeartbeatReply, HeartbeatRequest, JoinNodeReply,
+    JoinNodeRequest, JoinReply, JoinRequest, ReportReply, ReportRequest,
+};
+use tokio::sync::{mpsc, watch};
+use tonic::{Request, Response, Status};
+
+/// Where the job is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobPhase {
+    /// Nodes and ranks are joining.
+    Assembling,
+    /// Every rank has joined; training.
+    Running,
+    /// Every node reported success.
+    Done,
+    /// A rank or node failed (see [`State::root_cause`]).
+    Failed,
+}
+
+/// One rank's registration and latest heartbeat.
+#[derive(Debug, Clone)]
+pub struct RankInfo {
+    pub host: String,
+    pub pid: u32,
+    pub recipe_hash: String,
+    pub ring_addr: String,
+    pub step: u64,
+    pub collective_seq: u64,
+    pub phase: Phase,
+    pub last_seen: Instant,
+}
+
+/// A failure report.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Failure {
+    /// The rank, or `None` for a node-level failure.
+    pub rank: Option<u32>,
+    pub node_rank: u32,
+    pub host: String,
+    /// Exit code, or `-signal` for a death by signal.
+    pub exit_code: i32,
+    pub message: String,
+    pub timestamp: f64,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.rank {
+            Some(r) => write!(f, "rank {r} on {} (node {})", self.host, self.node_rank)?,
+            None => write!(f, "node {} ({})", self.node_rank, self.host)?,
+        }
+        match self.exit_code {
+            c if c < 0 => write!(f, " was killed by signal {}", -c)?,
+            c => write!(f, " exited with code {c}")?,
+        }
+        if !self.message.is_empty() {
+            write!(f, ": {}", self.message)?;
+        }
+        Ok(())
+    }
+}
+
+/// The coordinator's state. Methods are synchronous and socket-free; the service maps their
+/// `Err(Status)` onto replies and waits (on [`Shared::changed`]) where a call must block.
+#[derive(Debug)]
+pub struct State {
+    pub token: String,
+    pub generation: u64,
+    pub nnodes: u32,
+    pub phase: JobPhase,
+    /// node rank → (nproc, host)
+    pub nodes: BTreeMap<u32, (u32, String)>,
+    pub world_size: Option<u32>,
+    pub ranks: BTreeMap<u32, RankInfo>,
+    /// Set once every rank has joined and the recipes agree (or the error that they do not).
+    join_result: Option<Result<(), Status>>,
+    /// barrier name → rank → payload
+    barriers: HashMap<String, BTreeMap<u32, Vec<u8>>>,
+    /// barrier name → ranks that have collected the result
+    collected: HashMap<String, usize>,
+    pub failures: Vec<Failure>,
+    pub nodes_done: BTreeMap<u32, bool>,
+}
+
+/// Equal-time comparison, so the token cannot be guessed byte by byte from reply timings.
+fn same_token(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl State {
+    pub fn new(token: String, nnodes: u32) -> State {
+        State {
+            token,
+            generation: 0,
+            nnodes,
+            phase: JobPhase::Assembling,
+            nodes: BTreeMap::new(),
+            world_size: None,
+            ranks: BTreeMap::new(),
+            join_result: None,
+            barriers: HashMap::new(),
+            collected: HashMap::new(),
+            failures: Vec::new(),
+            nodes_done: BTreeMap::new(),
+        }
+    }
+
+    /// Refuses a missing or wrong token (`UNAUTHENTICATED`) and a generation other than the
+    /// current one (`FAILED_PRECONDITION`).
+    pub fn check(&self, auth: Option<&Auth>) -> Result<(), Status> {
+        let Some(auth) = auth else {
+            return Err(Status::unauthenticated("request carries no job token"));
+        };
+        if !same_token(&auth.token, &self.token) {
+            return Err(Status::unauthenticated(
+                "wrong job token: this process does not belong to this job (RANKFORGE_JOB_TOKEN differs)",
+            ));
+        }
+        if auth.generation != self.generation {
+            return Err(Status::failed_precondition(format!(
+                "stale generation {}: the job is at generation {} (it restarted; this process belongs to an earlier attempt)",
+                auth.generation, self.generation
+            )));
+        }
+        Ok(())
+    }
+
+    fn check_alive(&self) -> Result<(), Status> {
+        match self.root_cause() {
+            Some(f) => Err(Status::aborted(format!("the job failed: {f}"))),
+            None => Ok(()),
+        }
+    }
+
+    /// Registers a node's launcher. `Ok(Some(reply))` once every node is in.
+    pub fn join_node(&mut self, req: &JoinNodeRequest) -> Result<Option<JoinNodeReply>, Status> {
+        self.check(req.auth.as_ref())?;
+        self.check_alive()?;
+        if req.node_rank >= self.nnodes {
+            return Err(Status::invalid_argument(format!(
+                "node rank {} is out of range: the job has {} nodes (--node-rank must be below --nnodes)",
+                req.node_rank, self.nnodes
+            )));
+        }
+        if req.nproc == 0 {
+            return Err(Status::invalid_argument(format!("node {} starts no ranks", req.node_rank)));
+        }
+        match self.nodes.get(&req.node_rank) {
+            Some((n, host)) if (*n, host) != (req.nproc, &req.host) => {
+                return Err(Status::already_exists(format!(
+                    "node rank {} joined twice (from {host} and from {}): give each launcher its own --node-rank",
+                    req.node_rank, req.host
+                )))
+            }
+            _ => {
+                self.nodes.insert(req.node_rank, (req.nproc, req.host.clone()));
+            }
+        }
+        if self.nodes.len() < self.nnodes as usize {
+            return Ok(None);
+        }
+        let world: u32 = self.nodes.values().map(|(n, _)| n).sum();
+        self.world_size = Some(world);
+        let rank_offset = self.nodes.range(..req.node_rank).map(|(_, (n, _))| n).sum();
+        Ok(Some(JoinNodeReply { generation: self.generation, world_size: world, rank_offset, nnodes: self.nnodes }))
+    }
+
+    /// Registers a rank. `Ok(Some(reply))` once every rank is in and all run the same recipe.
+    pub fn join(&mut self, req: &JoinRequest) -> Result<Option<JoinReply>, Status> {
+        self.check(req.auth.as_ref())?;
+        self.check_alive()?;
+        let Some(world) = self.world_size else {
+            return Err(Status::failed_precondition("ranks joined before their launchers did"));
+        };
+        if req.rank >= world {
+            return Err(Status::invalid_argument(format!("rank {} is out of range: the world has {world} ranks", req.rank)));
+        }
+        if let Some(r) = self.ranks.get(&req.rank) {
+            if r.pid != req.pid || r.host != req.host {
+                return Err(Status::already_exists(format!(
+                    "rank {} joined twice (pid {} on {} and pid {} on {})",
+                    req.rank, r.pid, r.host, req.pid, req.host
+                )));
+            }
+        }
+        self.ranks.insert(
+            req.rank,
+            RankInfo {
+                host: req.host.clone(),
+                pid: req.pid,
+                recipe_hash: req.recipe_hash.clone(),
+                ring_addr: req.ring_addr.clone(),
+                step: 0,
+                collective_seq: 0,
+                phase: Phase::Setup,
+                last_seen: Instant::now(),
+            },
+        );
+        if self.ranks.len() < world as usize {
+            return Ok(None);
+        }
+        if self.join_result.is_none() {
+            self.join_result = Some(self.recipes_agree());
+            self.phase = JobPhase::Running;
+        }
+        self.join_result.clone().expect("set above")?;
+        Ok(Some(JoinReply {
+            rank: req.rank,
+            world_size: world,
+            generation: self.generation,
+            peers: self.ranks.values().map(|r| r.ring_addr.clone()).collect(),
+            hosts: self.ranks.values().map(|r| r.host.clone()).collect(),
+        }))
+    }
+
+    fn recipes_agree(&self) -> Result<(), Status> {
+        let reference = &self.ranks[&0];
+        for (rank, r) in &self.ranks {
+            if r.recipe_hash != reference.recipe_hash {
+                return Err(Status::invalid_argument(format!(
+                    "ranks were started with different recipes: rank 0 on {} runs recipe {}, rank {rank} on {} runs recipe {} \
+                     (every node must get the same --config file contents and --set overrides)",
+                    reference.host,
+                    short(&reference.recipe_hash),
+                    r.host,
+                    short(&r.recipe_hash)
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn heartbeat(&mut self, req: &HeartbeatRequest) -> Result<(), Status> {
+        self.check(req.auth.as_ref())?;
+        let Some(r) = self.ranks.get_mut(&req.rank) else {
+            return Err(Status::failed_precondition(format!("rank {} sent a heartbeat before joining", req.rank)));
+        };
+        r.step = req.step;
+        r.collective_seq = req.collective_seq;
+        r.phase = Phase::try_from(req.phase).unwrap_or(Phase::Unspecified);
+        r.last_seen = Instant::now();
+        Ok(())
+    }
+
+    /// Adds a rank to barrier `name`. `Ok(Some(payloads))` once every rank has arrived.
+    pub fn barrier(&mut self, req: &BarrierRequest) -> Result<Option<Vec<Vec<u8>>>, Status> {
+        self.check(req.auth.as_ref())?;
+        self.check_alive()?;
+        let world = self.world_size.unwrap_or(0);
+        if req.rank >= world {
+            return Err(Status::invalid_argument(format!("rank {} is out of range: the world has {world} ranks", req.rank)));
+        }
+        let arrived = self.barriers.entry(req.name.clone()).or_default();
+        arrived.entry(req.rank).or_insert_with(|| req.payload.clone());
+        if arrived.len() < world as usize {
+            return Ok(None);
+        }
+        let payloads: Vec<Vec<u8>> = arrived.values().cloned().collect();
+        Ok(Some(payloads))
+    }
+
+    /// A rank has its barrier result; the barrier is forgotten once every rank has.
+    pub fn barrier_collected(&mut self, name: &str) {
+        let n = self.collected.entry(name.to_string()).or_default();
+        *n += 1;
+        if *n >= self.world_size.unwrap_or(0) as usize {
+            self.collected.remove(name);
+            self.barriers.remove(name);
+        }
+    }
+
+    /// Records a report; returns the root cause when the job has failed.
+    pub fn report(&mut self, req: &ReportRequest) -> Result<Option<Failure>, Status> {
+        self.check(req.auth.as_ref())?;
+        if req.success {
+            if req.rank < 0 {
+                self.nodes_done.insert(req.node_rank, true);
+                if self.nodes_done.len() == self.nnodes as usize && self.failures.is_empty() {
+                    self.phase = JobPhase::Done;
+                }
+            }
+        } else {
+            self.failures.push(Failure {
+                rank: u32::try_from(req.rank).ok(),
+                node_rank: req.node_rank,
+                host: req.host.clone(),
+                exit_code: req.exit_code,
+                message: req.message.clone(),
+                timestamp: req.timestamp,
+            });
+            self.phase = JobPhase::Failed;
+        }
+        Ok(self.root_cause())
+    }
+
+    /// The failure with the smallest timestamp (torchelastic's root cause).
+    pub fn root_cause(&self) -> Option<Failure> {
+        self.failures.iter().min_by(|a, b| a.timestamp.total_cmp(&b.timestamp)).cloned()
+    }
+
+    /// Starts generation + 1: forgets ranks, barriers and failures of the previous one.
+    pub fn next_generation(&mut self) {
+        self.generation += 1;
+        self.phase = JobPhase::Assembling;
+        self.ranks.clear();
+        self.join_result = None;
+        self.barriers.clear();
+        self.collected.clear();
+        self.failures.clear();
+        self.nodes_done.clear();
+    }
+}
+
+fn short(hash: &str) -> &str {
+    &hash[..hash.len().min(12)]
+}
+
+/// The state plus what waiting callers and command subscribers need.
+pub struct Shared {
+    pub state: Mutex<State>,
+    changed: watch::Sender<u64>,
+    subscribers: Mutex<Vec<mpsc::Sender<Result<Command, Status>>>>,
+}
+
+impl Shared {
+    pub fn new(state: State) -> Arc<Shared> {
+        Arc::new(Shared { state: Mutex::new(state), changed: watch::channel(0).0, subscribers: Mutex::new(Vec::new()) })
+    }
+
+    fn notify(&self) {
+        self.changed.send_modify(|v| *v += 1);
+    }
+
+    /// Sends `kind` to every subscribed rank and launcher.
+    pub fn broadcast(&self, kind: command::Kind, reason: &str) {
+        let cmd = Command { kind: kind as i32, reason: reason.to_string() };
+        let mut subs = self.subscribers.lock().unwrap();
+        subs.retain(|tx| tx.try_send(Ok(cmd.clone())).is_ok() || !tx.is_closed());
+    }
+
+    /// Runs `step` under the lock until it yields a value, waiting for changes in between.
+    async fn wait_for<T>(&self, mut step: impl FnMut(&mut State) -> Result<Option<T>, Status>) -> Result<T, Status> {
+        let mut rx = self.changed.subscribe();
+        loop {
+            rx.borrow_and_update();
+            let done = {
+                let mut st = self.state.lock().unwrap();
+                step(&mut st)?
+            };
+            if let Some(v) = done {
+                self.notify();
+                return Ok(v);
+            }
+            self.notify();
+            // Re-check at least every second (and at once on any change).
+            let _ = tokio::time::timeout(Duration::from_secs(1), rx.changed()).await;
+        }
+    }
+}
+
+/// The tonic service.
+#[derive(Clone)]
+pub struct Service(pub Arc<Shared>);
+
+type CommandStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<Command, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl coordinator_server::Coordinator for Service {
+    async fn join_node(&self, req: Request<JoinNodeRequest>) -> Result<Response<JoinNodeReply>, Status> {
+        let req = req.into_inner();
+        self.0.wait_for(|st| st.join_node(&req)).await.map(Response::new)
+    }
+
+    async fn join(&self, req: Request<JoinRequest>) -> Result<Response<JoinReply>, Status> {
+        let req = req.into_inner();
+        self.0.wait_for(|st| st.join(&req)).await.map(Response::new)
+    }
+
+    async fn heartbeat(&self, req: Request<HeartbeatRequest>) -> Result<Response<HeartbeatReply>, Status> {
+        self.0.state.lock().unwrap().heartbeat(&req.into_inner())?;
+        Ok(Response::new(HeartbeatReply {}))
+    }
+
+    async fn barrier(&self, req: Request<BarrierRequest>) -> Result<Response<BarrierReply>, Status> {
+        let req = req.into_inner();
+        let payloads = self.0.wait_for(|st| st.barrier(&req)).await?;
+        self.0.state.lock().unwrap().barrier_collected(&req.name);
+        Ok(Response::new(BarrierReply { payloads }))
+    }
+
+    async fn report(&self, req: Request<ReportRequest>) -> Result<Response<ReportReply>, Status> {
+        let req = req.into_inner();
+        let (root, first) = {
+            let mut st = self.0.state.lock().unwrap();
+            let before = st.failures.len();
+            let root = st.report(&req)?;
+            (root, before == 0 && !st.failures.is_empty())
+        };
+        self.0.notify();
+        if first {
+            let root = root.as_ref().expect("a failure was just recorded");
+            self.0.broadcast(command::Kind::Abort, &format!("the job failed: {root}"));
+        }
+        Ok(Response::new(ReportReply { failure: root.map(|f| f.to_string()).unwrap_or_default() }))
+    }
+
+    type CommandsStream = CommandStream;
+
+    async fn commands(&self, req: Request<CommandsRequest>) -> Result<Response<CommandStream>, Status> {
+        let req = req.into_inner();
+        let failed = {
+            let st = self.0.state.lock().unwrap();
+            st.check(req.auth.as_ref())?;
+            st.root_cause()
+        };
+        let (tx, rx) = mpsc::channel(16);
+        if let Some(f) = failed {
+            let _ = tx.try_send(Ok(Command { kind: command::Kind::Abort as i32, reason: format!("the job failed: {f}") }));
+        }
+        self.0.subscribers.lock().unwrap().push(tx);
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rankforge_proto::auth;
+
+    fn node(token: &str, gen: u64, node_rank: u32, nproc: u32) -> JoinNodeRequest {
+        JoinNodeRequest { auth: auth(token, gen), node_rank, nproc, host: format!("h{node_rank}") }
+    }
+
+    fn rank(token: &str, gen: u64, r: u32, hash: &str) -> JoinRequest {
+        JoinRequest { auth: auth(token, gen), rank: r, host: "h".into(), recipe_hash: hash.into(), ring_addr: format!("a{r}"), pid: r }
+    }
+
+    #[test]
+    fn nodes_then_ranks_assemble_with_offsets_by_node_rank() {
+        let mut st = State::new("t".into(), 2);
+        assert!(st.join_node(&node("t", 0, 1, 3)).unwrap().is_none());
+        let r0 = st.join_node(&node("t", 0, 0, 2)).unwrap().unwrap();
+        assert_eq!((r0.world_size, r0.rank_offset), (5, 0));
+        let r1 = st.join_node(&node("t", 0, 1, 3)).unwrap().unwrap();
+        assert_eq!((r1.world_size, r1.rank_offset), (5, 2));
+        for r in 0..4 {
+            assert!(st.join(&rank("t", 0, r, "abc")).unwrap().is_none());
+        }
+        let reply = st.join(&rank("t", 0, 4, "abc")).unwrap().unwrap();
+        assert_eq!(reply.peers, ["a0", "a1", "a2", "a3", "a4"]);
+        assert_eq!(st.phase, JobPhase::Running);
+    }
+
+    #[test]
+    fn wrong_token_and_stale_generation_are_refused() {
+        let mut st = State::new("secret".into(), 1);
+        let e = st.join_node(&node("guess", 0, 0, 1)).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unauthenticated);
+        let e = st.join_node(&JoinNodeRequest { auth: None, ..node("", 0, 0, 1) }).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unauthenticated);
+        st.next_generation();
+        let e = st.join_node(&node("secret", 0, 0, 1)).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+        assert!(e.message().contains("stale generation 0"), "{}", e.message());
+        assert!(st.join_node(&node("secret", 1, 0, 1)).unwrap().is_some());
+    }
+
+    #[test]
+    fn different_recipes_are_refused_naming_both_ranks() {
+        let mut st = State::new("t".into(), 1);
+        st.join_node(&node("t", 0, 0, 2)).unwrap();
+        assert!(st.join(&rank("t", 0, 1, "bbbbbbbbbbbbbbbb")).unwrap().is_none());
+        let e = st.join(&rank("t", 0, 0, "aaaaaaaaaaaaaaaa")).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(e.message().contains("rank 0 on h runs recipe aaaaaaaaaaaa, rank 1 on h runs recipe bbbbbbbbbbbb"), "{}", e.message());
+        // The other rank gets the same answer.
+        assert_eq!(st.join(&rank("t", 0, 1, "bbbbbbbbbbbbbbbb")).unwrap_err().message(), e.message());
+    }
+
+    #[test]
+    fn duplicate_node_rank_is_refused() {
+        let mut st = State::new("t".into(), 2);
+        st.join_node(&node("t", 0, 0, 1)).unwrap();
+        let mut other = node("t", 0, 0, 1);
+        other.host = "elsewhere".into();
+        assert_eq!(st.join_node(&other).unwrap_err().code(), tonic::Code::AlreadyExists);
+    }
+
+    #[test]
+    fn barrier_gathers_payloads_by_rank_and_is_forgotten_after_collection() {
+        let mut st = State::new("t".into(), 1);
+        st.join_node(&node("t", 0, 0, 2)).unwrap();
+        let b = |r: u32, p: &[u8]| BarrierRequest { auth: auth("t", 0), rank: r, name: "x#0".into(), payload: p.to_vec() };
+        assert!(st.barrier(&b(1, b"one")).unwrap().is_none());
+        assert_eq!(st.barrier(&b(0, b"zero")).unwrap().unwrap(), vec![b"zero".to_vec(), b"one".to_vec()]);
+        st.barrier_collected("x#0");
+        st.barrier_collected("x#0");
+        assert!(st.barriers.is_empty());
+    }
+
+    #[test]
+    fn root_cause_is_the_earliest_failure_and_blocks_further_joins() {
+        let mut st = State::new("t".into(), 1);
+        st.join_node(&node("t", 0, 0, 2)).unwrap();
+        let fail = |r: i32, code: i32, ts: f64| ReportRequest {
+            auth: auth("t", 0),
+            rank: r,
+            node_rank: 0,
+            success: false,
+            exit_code: code,
+            host: "h".into(),
+            message: String::new(),
+            timestamp: ts,
+        };
+        st.report(&fail(1, -15, 20.0)).unwrap();
+        let root = st.report(&fail(0, 2, 10.0)).unwrap().unwrap();
+        assert_eq!((root.rank, root.exit_code), (Some(0), 2));
+        assert_eq!(root.to_string(), "rank 0 on h (node 0) exited with code 2");
+        assert_eq!(st.phase, JobPhase::Failed);
+        assert_eq!(st.join(&rank("t", 0, 0, "x")).unwrap_err().code(), tonic::Code::Aborted);
+    }
+}

@@ -1,0 +1,483 @@
+//! One node's life: (node 0: host the coordinator, start the hostfile's other nodes) → join →
+//! spawn ranks → relay their output → watch exits, coordinator commands and signals → on any
+//! failure, stop every rank (SIGTERM to its process group, grace period, SIGKILL) and print the
+//! root cause once.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::io::Write;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, Context, Result};
+use rankforge_proto::coordinator_client::CoordinatorClient;
+use rankforge_proto::{auth, command, env as rfenv, CommandsRequest, JoinNodeRequest, ReportRequest};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+use tonic::transport::Channel;
+
+use crate::coordinator::{JobPhase, Shared, State};
+use crate::plan::{route_addr, Args, DeviceMode, Plan};
+
+/// Lines of a failed rank's log shown in the failure report.
+const TAIL_LINES: usize = 20;
+
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "localhost".into())
+}
+
+fn now() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
+/// How a process ended, torchelastic style: its exit code, or `-signal`.
+fn exit_code(status: std::process::ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    status.code().unwrap_or_else(|| -status.signal().unwrap_or(0))
+}
+
+/// The launcher's own exit code for a rank's: a signal N becomes 128 + N, like a shell.
+fn launcher_code(code: i32) -> i32 {
+    if code < 0 { 128 - code } else { code.max(1) }
+}
+
+fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGINT => "SIGINT",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGUSR1 => "SIGUSR1",
+        _ => "signal",
+    }
+}
+
+/// A rank process this node started.
+struct Rank {
+    global: u32,
+    pid: i32,
+    tail: Arc<Mutex<VecDeque<String>>>,
+    pumps: Vec<tokio::task::JoinHandle<()>>,
+    log: std::path::PathBuf,
+}
+
+/// What ended the node's watch.
+enum Outcome {
+    AllSucceeded,
+    /// local rank, exit code
+    RankFailed(usize, i32),
+    Aborted(String),
+    Signal(i32),
+    CoordinatorLost(String),
+    RemoteFailed(String, i32),
+}
+
+pub async fn run(args: &Args, plan: Plan) -> Result<i32> {
+    let host = hostname();
+    let grace = Duration::from_secs_f64(args.grace_period.max(0.0));
+    let join_timeout = Duration::from_secs_f64(args.join_timeout.max(0.0));
+    let (chost, cport) = plan.coordinator.clone();
+
+    // Node 0 hosts the coordinator, on exactly the address it was given.
+    let shared = if plan.node_rank == 0 { Some(Shared::new(State::new(plan.token.clone(), plan.nnodes))) } else { None };
+    let coord_addr = match &shared {
+        Some(s) => {
+            let bound = crate::serve(&chost, cport, s.clone()).await?;
+            eprintln!("rankforge-launch: coordinator listening on {bound} (job {}, {} node(s))", plan.run_id, plan.nnodes);
+            bound.to_string()
+        }
+        None => format!("{chost}:{cport}"),
+    };
+    let mut remotes = start_remotes(args, &plan, &coord_addr)?;
+
+    let mut client = crate::connect(&coord_addr, join_timeout).await?;
+    let joined = tokio::time::timeout(
+        join_timeout,
+        client.join_node(JoinNodeRequest { auth: auth(&plan.token, 0), node_rank: plan.node_rank, nproc: plan.nproc, host: host.clone() }),
+    )
+    .await
+    .map_err(|_| anyhow!("not every node joined within {:.0} s (--join-timeout): {} node(s) expected", join_timeout.as_secs_f64(), plan.nnodes))?
+    .map_err(|s| anyhow!("the coordinator at {coord_addr} refused this node: {}", s.message()))?
+    .into_inner();
+    let generation = joined.generation;
+    let mut commands = client
+        .commands(CommandsRequest { auth: auth(&plan.token, generation), rank: -1, node_rank: plan.node_rank })
+        .await
+        .map_err(|s| anyhow!("coordinator at {coord_addr}: {}", s.message()))?
+        .into_inner();
+
+    let local_addr = plan.local_addr.clone().or_else(|| route_addr(&chost, cport)).unwrap_or_else(|| "127.0.0.1".into());
+    std::fs::create_dir_all(&plan.log_dir).with_context(|| format!("cannot create the log directory {}", plan.log_dir.display()))?;
+    let (exit_tx, mut exit_rx) = mpsc::unbounded_channel::<(usize, i32)>();
+    let mut ranks = Vec::new();
+    for local in 0..plan.nproc as usize {
+        let global = joined.rank_offset + local as u32;
+        let r = spawn_rank(args, &plan, local, global, joined.world_size, generation, &coord_addr, &local_addr, exit_tx.clone())
+            .with_context(|| format!("cannot start rank {global} ({})", plan.rank_binary.display()))?;
+        ranks.push(r);
+    }
+    drop(exit_tx);
+    if plan.node_rank == 0 {
+        eprintln!(
+            "rankforge-launch: {} rank(s) on {} node(s), {} thread(s) per rank, logs in {}",
+            joined.world_size,
+            plan.nnodes,
+            plan.threads_per_rank,
+            plan.log_dir.display()
+        );
+    }
+
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let (remote_tx, mut remote_rx) = mpsc::unbounded_channel::<(String, i32)>();
+    for (host, mut child) in remotes.drain(..) {
+        let tx = remote_tx.clone();
+        tokio::spawn(async move {
+            let code = child.wait().await.map(exit_code).unwrap_or(-1);
+            let _ = tx.send((host, code));
+        });
+    }
+    drop(remote_tx);
+    let mut running: BTreeMap<usize, i32> = ranks.iter().enumerate().map(|(i, r)| (i, r.pid)).collect();
+    let outcome = loop {
+        tokio::select! {
+            Some((local, code)) = exit_rx.recv() => {
+                running.remove(&local);
+                if code != 0 {
+                    break Outcome::RankFailed(local, code);
+                }
+                if running.is_empty() {
+                    break Outcome::AllSucceeded;
+                }
+            }
+            msg = commands.message() => match msg {
+                Ok(Some(cmd)) if cmd.kind == command::Kind::Abort as i32 => break Outcome::Aborted(cmd.reason),
+                Ok(Some(_)) => {}
+                Ok(None) => break Outcome::CoordinatorLost("it closed the command stream".into()),
+                Err(s) => break Outcome::CoordinatorLost(s.message().to_string()),
+            },
+            Some((host, code)) = remote_rx.recv(), if plan.node_rank == 0 => {
+                if code != 0 {
+                    break Outcome::RemoteFailed(host, code);
+                }
+            }
+            _ = sigint.recv() => break Outcome::Signal(libc::SIGINT),
+            _ = sigterm.recv() => break Outcome::Signal(libc::SIGTERM),
+        }
+    };
+
+    let report = |rank: i32, success: bool, code: i32, message: String| ReportRequest {
+        auth: auth(&plan.token, generation),
+        rank,
+        node_rank: plan.node_rank,
+        success,
+        exit_code: code,
+        host: host.clone(),
+        message,
+        timestamp: now(),
+    };
+    let code = match outcome {
+        Outcome::AllSucceeded => {
+            let _ = client.report(report(-1, true, 0, String::new())).await;
+            if let Some(shared) = &shared {
+                wait_for_nodes(shared, join_timeout).await
+            } else {
+                0
+            }
+        }
+        Outcome::RankFailed(local, code) => {
+            drain(&mut ranks[local].pumps).await;
+            let r = &ranks[local];
+            let tail: Vec<String> = r.tail.lock().unwrap().iter().cloned().collect();
+            let what = match code {
+                c if c < 0 => format!("killed by {} (signal {})", signal_name(-c), -c),
+                c => format!("exit code {c}"),
+            };
+            let msg = format!("pid {}, {what}, log {}", r.pid, r.log.display());
+            let detail = if tail.is_empty() { msg.clone() } else { format!("{msg}\n    | {}", tail.join("\n    | ")) };
+            let root = match client.report(report(r.global as i32, false, code, detail.clone())).await {
+                Ok(reply) => reply.into_inner().failure,
+                Err(_) => String::new(),
+            };
+            teardown(&mut running, &mut exit_rx, grace).await;
+            let root = if root.is_empty() { format!("rank {} on {host} {what}: {detail}", r.global) } else { root };
+            eprintln!("rankforge-launch: job failed; root cause: {root}");
+            launcher_code(code)
+        }
+        Outcome::Aborted(reason) => {
+            teardown(&mut running, &mut exit_rx, grace).await;
+            eprintln!("rankforge-launch: stopped this node's ranks: {reason}");
+            1
+        }
+        Outcome::RemoteFailed(rhost, code) => {
+            let _ = client.report(report(-1, false, code, format!("the launcher on {rhost} exited with code {code}"))).await;
+            teardown(&mut running, &mut exit_rx, grace).await;
+            eprintln!("rankforge-launch: job failed; root cause: the launcher on {rhost} exited with code {code}");
+            launcher_code(code)
+        }
+        Outcome::Signal(sig) => {
+            eprintln!("rankforge-launch: received {}: stopping all ranks", signal_name(sig));
+            let _ = client.report(report(-1, false, -sig, format!("the launcher received {}", signal_name(sig)))).await;
+            teardown(&mut running, &mut exit_rx, grace).await;
+            128 + sig
+        }
+        Outcome::CoordinatorLost(why) => {
+            teardown(&mut running, &mut exit_rx, grace).await;
+            eprintln!("rankforge-launch: lost the coordinator at {coord_addr} ({why}): stopped this node's ranks");
+            1
+        }
+    };
+    for r in &mut ranks {
+        drain(&mut r.pumps).await;
+    }
+    let _ = std::io::stdout().flush();
+    Ok(code)
+}
+
+/// Node 0, after its own ranks succeeded: waits for the other nodes, so the coordinator outlives
+/// their last calls. Returns the exit code.
+async fn wait_for_nodes(shared: &Arc<Shared>, timeout: Duration) -> i32 {
+    let started = Instant::now();
+    loop {
+        let (phase, root) = {
+            let st = shared.state.lock().unwrap();
+            (st.phase, st.root_cause())
+        };
+        match phase {
+            JobPhase::Done => return 0,
+            JobPhase::Failed => {
+                eprintln!("rankforge-launch: job failed; root cause: {}", root.map(|f| f.to_string()).unwrap_or_default());
+                return 1;
+            }
+            _ if started.elapsed() > timeout => {
+                eprintln!("rankforge-launch: this node finished, but not every node reported within {:.0} s", timeout.as_secs_f64());
+                return 1;
+            }
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+async fn drain(pumps: &mut Vec<tokio::task::JoinHandle<()>>) {
+    for p in pumps.drain(..) {
+        let _ = tokio::time::timeout(Duration::from_secs(2), p).await;
+    }
+}
+
+/// SIGTERM to every running rank's process group, up to `grace` to exit, then SIGKILL.
+async fn teardown(running: &mut BTreeMap<usize, i32>, exits: &mut mpsc::UnboundedReceiver<(usize, i32)>, grace: Duration) {
+    for pid in running.values() {
+        unsafe { libc::kill(-pid, libc::SIGTERM) };
+    }
+    let deadline = tokio::time::Instant::now() + grace;
+    while !running.is_empty() {
+        match tokio::time::timeout_at(deadline, exits.recv()).await {
+            Ok(Some((local, _))) => {
+                running.remove(&local);
+            }
+            Ok(None) => break,
+            Err(_) => {
+                for pid in running.values() {
+                    unsafe { libc::kill(-pid, libc::SIGKILL) };
+                }
+                while !running.is_empty() {
+                    match tokio::time::timeout(Duration::from_secs(5), exits.recv()).await {
+                        Ok(Some((local, _))) => {
+                            running.remove(&local);
+                        }
+                        _ => break,
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn spawn_rank(
+    args: &Args,
+    plan: &Plan,
+    local: usize,
+    global: u32,
+    world: u32,
+    generation: u64,
+    coord_addr: &str,
+    local_addr: &str,
+    exits: mpsc::UnboundedSender<(usize, i32)>,
+) -> Result<Rank> {
+    let mut cmd = Command::new(&plan.rank_binary);
+    cmd.args(&plan.rank_args);
+    let (maddr, mport) = coord_addr.rsplit_once(':').unwrap_or((coord_addr, "0"));
+    let vars: Vec<(&str, String)> = vec![
+        ("RANK", global.to_string()),
+        ("LOCAL_RANK", local.to_string()),
+        ("WORLD_SIZE", world.to_string()),
+        ("LOCAL_WORLD_SIZE", plan.nproc.to_string()),
+        ("GROUP_RANK", plan.node_rank.to_string()),
+        ("GROUP_WORLD_SIZE", plan.nnodes.to_string()),
+        ("ROLE_NAME", "default".into()),
+        ("ROLE_RANK", global.to_string()),
+        ("ROLE_WORLD_SIZE", world.to_string()),
+        ("MASTER_ADDR", maddr.to_string()),
+        ("MASTER_PORT", mport.to_string()),
+        ("TORCHELASTIC_RESTART_COUNT", "0".into()),
+        ("TORCHELASTIC_MAX_RESTARTS", "0".into()),
+        ("TORCHELASTIC_RUN_ID", plan.run_id.clone()),
+        (rfenv::COORDINATOR, coord_addr.to_string()),
+        (rfenv::JOB_TOKEN, plan.token.clone()),
+        (rfenv::GENERATION, generation.to_string()),
+        (rfenv::LOCAL_ADDR, local_addr.to_string()),
+        (rfenv::JOIN_TIMEOUT, args.join_timeout.to_string()),
+    ];
+    cmd.envs(vars);
+    if std::env::var_os("OMP_NUM_THREADS").is_none() {
+        cmd.env("OMP_NUM_THREADS", plan.threads_per_rank.to_string());
+    }
+    if plan.mode == DeviceMode::Gpu {
+        cmd.env("CUDA_VISIBLE_DEVICES", &plan.gpus[local]);
+    }
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(false);
+    // Own process group (teardown signals the whole group); die with the launcher.
+    cmd.process_group(0);
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::getppid() == 1 {
+                libc::_exit(1); // the launcher died before the signal was armed
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn()?;
+    let pid = child.id().ok_or_else(|| anyhow!("rank exited at once"))? as i32;
+    let log = plan.log_dir.join(format!("rank{global}.log"));
+    let file = Arc::new(Mutex::new(std::fs::File::create(&log).with_context(|| format!("cannot create {}", log.display()))?));
+    let tail = Arc::new(Mutex::new(VecDeque::with_capacity(TAIL_LINES)));
+    let show = args.all_ranks || global == 0;
+    let mut pumps = Vec::new();
+    let stdout = child.stdout.take().expect("piped");
+    let stderr = child.stderr.take().expect("piped");
+    pumps.push(tokio::spawn(pump(stdout, global, show, false, file.clone(), tail.clone())));
+    pumps.push(tokio::spawn(pump(stderr, global, show, true, file, tail.clone())));
+    tokio::spawn(async move {
+        let code = child.wait().await.map(exit_code).unwrap_or(-1);
+        let _ = exits.send((local, code));
+    });
+    Ok(Rank { global, pid, tail, pumps, log })
+}
+
+/// Copies a rank's output line by line into its log, its tail buffer and (if shown) the console.
+async fn pump(
+    stream: impl tokio::io::AsyncRead + Unpin,
+    rank: u32,
+    show: bool,
+    is_err: bool,
+    file: Arc<Mutex<std::fs::File>>,
+    tail: Arc<Mutex<VecDeque<String>>>,
+) {
+    let mut lines = BufReader::new(stream).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let _ = writeln!(file.lock().unwrap(), "{line}");
+        {
+            let mut t = tail.lock().unwrap();
+            if t.len() == TAIL_LINES {
+                t.pop_front();
+            }
+            t.push_back(line.clone());
+        }
+        if show {
+            if is_err {
+                eprintln!("[rank {rank}] {line}");
+            } else {
+                println!("[rank {rank}] {line}");
+            }
+        }
+    }
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// Hostfile mode: starts node i's launcher on host i over `$RANKFORGE_SSH` (default `ssh`),
+/// in the same working directory; the job token travels on ssh's stdin, not its command line.
+fn start_remotes(args: &Args, plan: &Plan, coord_addr: &str) -> Result<Vec<(String, tokio::process::Child)>> {
+    if plan.remotes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ssh = std::env::var("RANKFORGE_SSH").unwrap_or_else(|_| "ssh -o BatchMode=yes".into());
+    let mut ssh = ssh.split_whitespace().map(str::to_string);
+    let ssh_bin = ssh.next().ok_or_else(|| anyhow!("RANKFORGE_SSH is empty"))?;
+    let ssh_args: Vec<String> = ssh.collect();
+    let exe = std::env::current_exe()?;
+    let cwd = std::env::current_dir()?;
+    let mut out = Vec::new();
+    for node in &plan.remotes {
+        let mut a: Vec<String> = vec![
+            exe.display().to_string(),
+            "--nnodes".into(),
+            plan.nnodes.to_string(),
+            "--node-rank".into(),
+            node.node_rank.to_string(),
+            "--nproc-per-node".into(),
+            node.slots.to_string(),
+            "--coordinator".into(),
+            coord_addr.into(),
+            "--join-timeout".into(),
+            args.join_timeout.to_string(),
+            "--grace-period".into(),
+            args.grace_period.to_string(),
+            "--run-id".into(),
+            plan.run_id.clone(),
+            "--rank-binary".into(),
+            plan.rank_binary.display().to_string(),
+        ];
+        if args.all_ranks {
+            a.push("--all-ranks".into());
+        }
+        if let Some(d) = &args.log_dir {
+            a.extend(["--log-dir".into(), d.display().to_string()]);
+        }
+        if let Some(c) = &args.config {
+            a.extend(["--config".into(), c.display().to_string()]);
+        }
+        for s in &args.set {
+            a.extend(["--set".into(), s.clone()]);
+        }
+        if !args.command.is_empty() {
+            a.push("--".into());
+            a.extend(args.command.iter().cloned());
+        }
+        let remote = format!(
+            "cd {} && read -r {tok} && export {tok} && exec {}",
+            shell_quote(&cwd.display().to_string()),
+            a.iter().map(|s| shell_quote(s)).collect::<Vec<_>>().join(" "),
+            tok = rfenv::JOB_TOKEN
+        );
+        let mut child = Command::new(&ssh_bin)
+            .args(&ssh_args)
+            .arg(&node.host)
+            .arg(remote)
+            .stdin(Stdio::piped())
+            .env_remove(rfenv::JOB_TOKEN)
+            .spawn()
+            .with_context(|| format!("cannot start {ssh_bin} to {}", node.host))?;
+        let mut stdin = child.stdin.take().expect("piped");
+        let token = format!("{}\n", plan.token);
+        tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            let _ = stdin.write_all(token.as_bytes()).await;
+        });
+        out.push((node.host.clone(), child));
+    }
+    Ok(out)
+}
+
+/// The client's type, for callers that want to talk to the coordinator themselves.
+pub type Client = CoordinatorClient<Channel>;

@@ -1,0 +1,434 @@
+//! From flags, `PET_*` variables (Kubeflow), Slurm variables and a hostfile to one [`Plan`]:
+//! which node this is, how many ranks it starts, where the coordinator is. Precedence: command
+//! line, then `PET_*` (clap's `env`), then Slurm, then single-node defaults.
+
+use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::Parser;
+
+use crate::slurm;
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "rankforge-launch",
+    version,
+    about = "Start one rankforge rank per GPU (or CPU slot) on each host, and the job's coordinator on node 0.",
+    after_help = "Examples:\n  rankforge-launch --nproc-per-node 2 --config configs/gpt_tiny_pretrain_cpu.toml\n  \
+                  rankforge-launch --nnodes 2 --node-rank 0 --coordinator 10.0.0.1:29400 --config recipe.toml   (on each node)\n  \
+                  rankforge-launch --hostfile hosts.txt --config recipe.toml\n  \
+                  rankforge-launch --nproc-per-node 2 -- bench collective --bytes 16M"
+)]
+pub struct Args {
+    /// Ranks on this node: a number, `auto` (the visible GPUs, else one CPU rank), `gpu` or
+    /// `cpu` (one rank per core).
+    #[arg(long, env = "PET_NPROC_PER_NODE")]
+    pub nproc_per_node: Option<String>,
+    /// Number of nodes (`N`, or `N:N`).
+    #[arg(long, env = "PET_NNODES")]
+    pub nnodes: Option<String>,
+    /// This node's index, 0 hosts the coordinator.
+    #[arg(long, env = "PET_NODE_RANK")]
+    pub node_rank: Option<u32>,
+    /// The coordinator's HOST:PORT. Node 0 listens there (port 0: a free port, printed); the
+    /// other nodes connect to it. Default on one node: 127.0.0.1:0.
+    #[arg(long, visible_alias = "rdzv-endpoint", env = "PET_RDZV_ENDPOINT")]
+    pub coordinator: Option<String>,
+    /// One node on loopback with a free port (the default when --nnodes is 1).
+    #[arg(long)]
+    pub standalone: bool,
+    /// The address this node advertises to its peers (CPU ring). Default: the address that
+    /// routes to the coordinator.
+    #[arg(long, env = "PET_LOCAL_ADDR")]
+    pub local_addr: Option<String>,
+    /// Where every rank's output goes (`rank<N>.log`). Default: `<run.dir>/logs`.
+    #[arg(long, env = "PET_LOG_DIR")]
+    pub log_dir: Option<PathBuf>,
+    /// Print every rank's output on the console (default: rank 0's only).
+    #[arg(long)]
+    pub all_ranks: bool,
+    /// `host slots=N` lines: this launcher is node 0 (the first host) and starts the others
+    /// over ssh (`$RANKFORGE_SSH`, default `ssh`).
+    #[arg(long)]
+    pub hostfile: Option<PathBuf>,
+    /// Seconds to keep trying an unreachable coordinator, and to wait for all nodes to join.
+    #[arg(long, env = "RANKFORGE_JOIN_TIMEOUT", default_value_t = 300.0)]
+    pub join_timeout: f64,
+    /// Seconds between SIGTERM and SIGKILL when ranks are stopped.
+    #[arg(long, default_value_t = 30.0)]
+    pub grace_period: f64,
+    /// An id for the job (default: Slurm's job id, else random).
+    #[arg(long, visible_alias = "rdzv-id", env = "PET_RDZV_ID")]
+    pub run_id: Option<String>,
+    /// The recipe, passed to every rank (`rankforge train --config FILE`).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Recipe overrides, passed to every rank.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// The rank binary (default: `rankforge` beside this executable).
+    #[arg(long, env = "RANKFORGE_BINARY")]
+    pub rank_binary: Option<PathBuf>,
+    /// Instead of `train --config ...`: the rankforge command every rank runs, after `--`.
+    #[arg(last = true)]
+    pub command: Vec<String>,
+}
+
+/// How ranks use devices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceMode {
+    Cpu,
+    /// One GPU per rank; `CUDA_VISIBLE_DEVICES` = the GPU's index.
+    Gpu,
+}
+
+/// A remote node started over ssh (hostfile mode).
+#[derive(Debug, Clone)]
+pub struct RemoteNode {
+    pub host: String,
+    pub node_rank: u32,
+    pub slots: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub nnodes: u32,
+    pub node_rank: u32,
+    pub nproc: u32,
+    pub mode: DeviceMode,
+    /// Physical GPU index per local rank (GPU mode).
+    pub gpus: Vec<String>,
+    /// Node 0 binds this; the others connect to it (host, port; port 0 = pick one).
+    pub coordinator: (String, u16),
+    pub local_addr: Option<String>,
+    pub log_dir: PathBuf,
+    pub token: String,
+    pub run_id: String,
+    pub rank_binary: PathBuf,
+    /// Arguments of `rankforge` for every rank.
+    pub rank_args: Vec<String>,
+    pub remotes: Vec<RemoteNode>,
+    pub threads_per_rank: usize,
+}
+
+/// The recipe values the launcher needs (it never loads the recipe as rankforge does).
+#[derive(Debug, Default)]
+pub struct RecipeView {
+    pub run_dir: Option<PathBuf>,
+    pub device: Option<String>,
+}
+
+/// Reads `run.dir` and `train.device` from a recipe file with `--set` overrides applied.
+pub fn recipe_view(file: &Path, overrides: &[String]) -> Result<RecipeView> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("{}: cannot read the recipe", file.display()))?;
+    let table: toml::Table = text.parse().map_err(|e| anyhow!("{}: not valid TOML: {e}", file.display()))?;
+    let get = |section: &str, key: &str| -> Option<String> {
+        let over = overrides.iter().rev().find_map(|o| {
+            let (k, v) = o.split_once('=')?;
+            (k.trim() == format!("{section}.{key}")).then(|| v.trim().trim_matches('"').to_string())
+        });
+        over.or_else(|| table.get(section)?.get(key)?.as_str().map(str::to_string))
+    };
+    Ok(RecipeView { run_dir: get("run", "dir").map(PathBuf::from), device: get("train", "device") })
+}
+
+/// GPUs this process may use: `CUDA_VISIBLE_DEVICES` when set, else the driver's list.
+pub fn visible_gpus() -> Vec<String> {
+    if let Ok(v) = std::env::var("CUDA_VISIBLE_DEVICES") {
+        let v = v.trim();
+        if v.is_empty() || v == "-1" || v.eq_ignore_ascii_case("NoDevFiles") {
+            return Vec::new();
+        }
+        return v.split(',').map(|s| s.trim().to_string()).collect();
+    }
+    let n = std::fs::read_dir("/proc/driver/nvidia/gpus").map(|d| d.count()).unwrap_or(0);
+    (0..n).map(|i| i.to_string()).collect()
+}
+
+fn parse_hostport(s: &str, what: &str) -> Result<(String, u16)> {
+    let (host, port) = s.rsplit_once(':').ok_or_else(|| anyhow!("{what} = {s:?}: expected HOST:PORT"))?;
+    let port = port.parse().map_err(|_| anyhow!("{what} = {s:?}: {port:?} is not a port number"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        bail!("{what} = {s:?}: the host is empty");
+    }
+    Ok((host.to_string(), port))
+}
+
+/// `host slots=N` lines (`#` comments, blank lines ignored); slots default to 1.
+pub fn parse_hostfile(path: &Path) -> Result<Vec<(String, u32)>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read the hostfile", path.display()))?;
+    let mut hosts = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let mut parts = line.split_whitespace();
+        let host = parts.next().expect("non-empty line").to_string();
+        let mut slots = 1;
+        for p in parts {
+            match p.strip_prefix("slots=").map(str::parse::<u32>) {
+                Some(Ok(n)) if n > 0 => slots = n,
+                _ => bail!("{}:{}: expected `host slots=N` with N ≥ 1, found {p:?}", path.display(), i + 1),
+            }
+        }
+        if hosts.iter().any(|(h, _)| *h == host) {
+            bail!("{}:{}: host {host} is listed twice", path.display(), i + 1);
+        }
+        hosts.push((host, slots));
+    }
+    if hosts.is_empty() {
+        bail!("{}: the hostfile lists no hosts", path.display());
+    }
+    Ok(hosts)
+}
+
+fn random_token() -> Result<String> {
+    let mut bytes = [0u8; 16];
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .context("cannot read /dev/urandom for the job token")?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// The local address that routes to `host` (no packet is sent).
+pub fn route_addr(host: &str, port: u16) -> Option<String> {
+    let target: SocketAddr = (host, port.max(1)).to_socket_addrs().ok()?.next()?;
+    if target.ip().is_loopback() {
+        return Some(target.ip().to_string());
+    }
+    let sock = UdpSocket::bind(if target.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }).ok()?;
+    sock.connect(target).ok()?;
+    Some(sock.local_addr().ok()?.ip().to_string())
+}
+
+impl Plan {
+    pub fn resolve(args: &Args) -> Result<Plan> {
+        let slurm = slurm::from_env(|k| std::env::var(k).ok()).map_err(|e| anyhow!("Slurm environment: {e}"))?;
+        let hostfile = match &args.hostfile {
+            Some(p) => Some(parse_hostfile(p)?),
+            None => None,
+        };
+        if args.config.is_none() && args.command.is_empty() {
+            bail!("nothing to run: give --config RECIPE (each rank runs `rankforge train`), or a rankforge command after `--`");
+        }
+        if args.config.is_some() && !args.command.is_empty() {
+            bail!("give either --config (each rank trains) or a command after `--`, not both");
+        }
+        let recipe = match &args.config {
+            Some(c) => recipe_view(c, &args.set)?,
+            None => RecipeView::default(),
+        };
+
+        // Nodes: flags/PET, else hostfile, else Slurm, else one.
+        let nnodes = match &args.nnodes {
+            Some(s) => parse_nnodes(s)?,
+            None => match (&hostfile, &slurm) {
+                (Some(h), _) => h.len() as u32,
+                (None, Some(s)) => s.nnodes as u32,
+                _ => 1,
+            },
+        };
+        if let Some(s) = &slurm {
+            if args.nnodes.is_none() && s.ntasks != s.nnodes {
+                bail!(
+                    "under srun, run one launcher per node (srun --ntasks-per-node=1 rankforge-launch ...): \
+                     SLURM_NTASKS = {} but SLURM_NNODES = {}",
+                    s.ntasks,
+                    s.nnodes
+                );
+            }
+        }
+        let node_rank = match (args.node_rank, &slurm) {
+            (Some(r), _) => r,
+            (None, Some(s)) if hostfile.is_none() => s.node_id as u32,
+            _ => 0,
+        };
+        if node_rank >= nnodes {
+            bail!("--node-rank {node_rank} is out of range for --nnodes {nnodes}");
+        }
+        if hostfile.is_some() && node_rank != 0 {
+            bail!("--hostfile is for node 0's launcher (it starts the other nodes itself)");
+        }
+        let run_id = args
+            .run_id
+            .clone()
+            .or_else(|| slurm.as_ref().map(|s| s.job_id.clone()))
+            .unwrap_or_else(|| format!("rankforge-{}", std::process::id()));
+
+        // The coordinator.
+        let env_master = || -> Option<String> {
+            let addr = std::env::var("PET_MASTER_ADDR").or_else(|_| std::env::var("MASTER_ADDR")).ok()?;
+            let port = std::env::var("PET_MASTER_PORT").or_else(|_| std::env::var("MASTER_PORT")).ok()?;
+            Some(format!("{addr}:{port}"))
+        };
+        let coordinator = match (&args.coordinator, &hostfile, &slurm) {
+            (Some(c), _, _) => parse_hostport(c, "--coordinator")?,
+            (None, Some(h), _) => (h[0].0.clone(), 0),
+            (None, None, _) if nnodes == 1 || args.standalone => ("127.0.0.1".to_string(), 0),
+            (None, None, _) if env_master().is_some() => parse_hostport(&env_master().unwrap(), "MASTER_ADDR:MASTER_PORT")?,
+            (None, None, Some(s)) => (s.nodes[0].clone(), slurm::coordinator_port(&s.job_id)),
+            (None, None, None) => bail!("a job of {nnodes} nodes needs --coordinator HOST:PORT (node 0's address, reachable from every node)"),
+        };
+        if coordinator.1 == 0 && nnodes > 1 && hostfile.is_none() {
+            bail!("--coordinator {}:0 picks a free port, which the other {} nodes cannot know: give a fixed port", coordinator.0, nnodes - 1);
+        }
+
+        // This node's ranks and devices.
+        let gpus = visible_gpus();
+        let slots = hostfile.as_ref().map(|h| h[0].1);
+        let spec = args.nproc_per_node.clone().or(slots.map(|n| n.to_string())).unwrap_or_else(|| "auto".into());
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let wants_gpu = match recipe.device.as_deref() {
+            Some("cuda") => Some(true),
+            Some("cpu") => Some(false),
+            _ => None,
+        };
+        let (nproc, mode) = match spec.as_str() {
+            "auto" => match wants_gpu {
+                Some(false) => (1, DeviceMode::Cpu),
+                _ if !gpus.is_empty() => (gpus.len() as u32, DeviceMode::Gpu),
+                Some(true) => bail!("train.device = \"cuda\" but this host has no visible GPU (CUDA_VISIBLE_DEVICES, /proc/driver/nvidia)"),
+                None => (1, DeviceMode::Cpu),
+            },
+            "gpu" if gpus.is_empty() => bail!("--nproc-per-node gpu: this host has no visible GPU"),
+            "gpu" => (gpus.len() as u32, DeviceMode::Gpu),
+            "cpu" => (cores as u32, DeviceMode::Cpu),
+            n => {
+                let n: u32 = n
+                    .parse()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| anyhow!("--nproc-per-node {n:?}: expected a positive number, auto, gpu or cpu"))?;
+                let gpu = wants_gpu.unwrap_or(!gpus.is_empty() && args.config.is_some());
+                if gpu && n as usize > gpus.len() {
+                    bail!(
+                        "{n} ranks requested on this node but only {} GPU(s) are visible{}; lower --nproc-per-node or run on CPU (--set train.device=\"cpu\")",
+                        gpus.len(),
+                        std::env::var("CUDA_VISIBLE_DEVICES").map(|v| format!(" (CUDA_VISIBLE_DEVICES={v})")).unwrap_or_default()
+                    );
+                }
+                (n, if gpu { DeviceMode::Gpu } else { DeviceMode::Cpu })
+            }
+        };
+        if mode == DeviceMode::Cpu && nproc as usize > cores {
+            eprintln!("rankforge-launch: warning: {nproc} CPU ranks on {cores} cores: ranks share cores");
+        }
+        let threads_per_rank = (cores / nproc as usize).max(1);
+
+        let log_dir = match (&args.log_dir, &recipe.run_dir) {
+            (Some(d), _) => d.clone(),
+            (None, Some(run)) => run.join("logs"),
+            (None, None) => std::env::temp_dir().join(format!("{run_id}-logs")),
+        };
+        let token = match std::env::var(rankforge_proto::env::JOB_TOKEN) {
+            Ok(t) if !t.is_empty() => t,
+            _ if nnodes == 1 || hostfile.is_some() => random_token()?,
+            _ => {
+                eprintln!(
+                    "rankforge-launch: warning: {} is not set, so the job token is derived from the run id {run_id:?}, \
+                     which is not secret; export the same random {} on every node",
+                    rankforge_proto::env::JOB_TOKEN,
+                    rankforge_proto::env::JOB_TOKEN
+                );
+                format!("derived-{}", fnv_hex(&run_id))
+            }
+        };
+        let rank_binary = match &args.rank_binary {
+            Some(b) => b.clone(),
+            None => std::env::current_exe().context("cannot find this executable")?.with_file_name("rankforge"),
+        };
+        if !rank_binary.exists() {
+            bail!("the rank binary {} does not exist (build it, or pass --rank-binary)", rank_binary.display());
+        }
+        let rank_args = if args.command.is_empty() {
+            let mut a = vec!["train".to_string(), "--config".into(), args.config.as_ref().unwrap().display().to_string()];
+            for s in &args.set {
+                a.push("--set".into());
+                a.push(s.clone());
+            }
+            a
+        } else {
+            args.command.clone()
+        };
+        let remotes = hostfile
+            .iter()
+            .flat_map(|h| h.iter().enumerate().skip(1))
+            .map(|(i, (host, slots))| RemoteNode { host: host.clone(), node_rank: i as u32, slots: *slots })
+            .collect();
+        Ok(Plan {
+            nnodes,
+            node_rank,
+            nproc,
+            mode,
+            gpus: if mode == DeviceMode::Gpu { gpus } else { Vec::new() },
+            coordinator,
+            local_addr: args.local_addr.clone(),
+            log_dir,
+            token,
+            run_id,
+            rank_binary,
+            rank_args,
+            remotes,
+            threads_per_rank,
+        })
+    }
+}
+
+fn parse_nnodes(s: &str) -> Result<u32> {
+    let (lo, hi) = s.split_once(':').unwrap_or((s, s));
+    let parse = |v: &str| v.trim().parse::<u32>().ok().filter(|n| *n > 0);
+    match (parse(lo), parse(hi)) {
+        (Some(a), Some(b)) if a == b => Ok(a),
+        (Some(_), Some(_)) => bail!("--nnodes {s}: elastic membership (MIN:MAX with MIN < MAX) is not supported yet; give a fixed node count"),
+        _ => bail!("--nnodes {s:?}: expected N or N:N with N ≥ 1"),
+    }
+}
+
+fn fnv_hex(s: &str) -> String {
+    let h = s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
+    format!("{h:016x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostfile_lines_and_errors() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("hosts");
+        std::fs::write(&p, "# cluster\nnode1 slots=4\n\nnode2   slots=2 # half\nnode3\n").unwrap();
+        assert_eq!(parse_hostfile(&p).unwrap(), vec![("node1".into(), 4), ("node2".into(), 2), ("node3".into(), 1)]);
+        std::fs::write(&p, "node1 slots=4\nnode2 slots=x\n").unwrap();
+        let e = parse_hostfile(&p).unwrap_err().to_string();
+        assert!(e.ends_with("hosts:2: expected `host slots=N` with N ≥ 1, found \"slots=x\""), "{e}");
+    }
+
+    #[test]
+    fn nnodes_forms() {
+        assert_eq!(parse_nnodes("2").unwrap(), 2);
+        assert_eq!(parse_nnodes("3:3").unwrap(), 3);
+        assert!(parse_nnodes("1:2").unwrap_err().to_string().contains("not supported yet"));
+        assert!(parse_nnodes("0").is_err());
+    }
+
+    #[test]
+    fn recipe_view_applies_overrides() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("r.toml");
+        std::fs::write(&p, "[run]\ndir = \"runs/a\"\n[train]\ndevice = \"auto\"\n").unwrap();
+        let v = recipe_view(&p, &["run.dir=runs/b".into(), "train.device=\"cpu\"".into()]).unwrap();
+        assert_eq!((v.run_dir.unwrap(), v.device.unwrap()), (PathBuf::from("runs/b"), "cpu".to_string()));
+    }
+
+    #[test]
+    fn hostport() {
+        assert_eq!(parse_hostport("10.0.0.1:29400", "x").unwrap(), ("10.0.0.1".into(), 29400));
+        assert_eq!(parse_hostport("[::1]:5", "x").unwrap(), ("::1".into(), 5));
+        assert!(parse_hostport("host", "x").is_err());
+    }
+}

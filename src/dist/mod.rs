@@ -1,0 +1,431 @@
+//! Data parallelism: who this rank is ([`RankContext`], from the launcher's environment), the
+//! control plane ([`control`]), and the collectives that make N ranks train like one big batch
+//! ([`Collective`]: [`Local`] for a world of one, [`ring::TcpRing`] between CPU ranks, [`Nccl`]
+//! between GPUs).
+//!
+//! A rank started without `rankforge-launch` is a world of one: no control plane, no traffic.
+
+pub mod control;
+pub mod ring;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rankforge_proto::{env as rfenv, Phase};
+use tch::{Device, Kind, Tensor};
+
+use crate::error::{Error, Result};
+use control::{ControlPlane, RankStatus};
+
+/// Gradients are reduced in flat buckets of at most this many bytes.
+pub const BUCKET_BYTES: usize = 32 << 20;
+
+/// This rank's place in the job, from the launcher's (torchrun-compatible) environment.
+#[derive(Debug, Clone)]
+pub struct RankContext {
+    pub rank: usize,
+    pub local_rank: usize,
+    pub world_size: usize,
+    pub node_rank: usize,
+    pub generation: u64,
+    /// `host:port` of the coordinator; `None` without a launcher.
+    pub coordinator: Option<String>,
+    pub token: String,
+    /// The address this rank's ring listener binds (its node's advertised address).
+    pub local_addr: String,
+    pub join_timeout: Duration,
+}
+
+fn env_num<T: std::str::FromStr>(key: &str, default: T) -> Result<T> {
+    match std::env::var(key) {
+        Ok(v) => v.trim().parse().map_err(|_| Error::Input(format!("environment variable {key} = {v:?} is not a valid number"))),
+        Err(_) => Ok(default),
+    }
+}
+
+impl RankContext {
+    /// A world of one (no launcher).
+    pub fn single() -> RankContext {
+        RankContext {
+            rank: 0,
+            local_rank: 0,
+            world_size: 1,
+            node_rank: 0,
+            generation: 0,
+            coordinator: None,
+            token: String::new(),
+            local_addr: "127.0.0.1".into(),
+            join_timeout: Duration::from_secs(300),
+        }
+    }
+
+    pub fn from_env() -> Result<RankContext> {
+        let world: usize = env_num("WORLD_SIZE", 1)?;
+        let Ok(coordinator) = std::env::var(rfenv::COORDINATOR) else {
+            if world > 1 {
+                return Err(Error::Input(format!(
+                    "WORLD_SIZE = {world} but {} is not set: start multi-rank jobs with rankforge-launch (torchrun's environment alone is not enough)",
+                    rfenv::COORDINATOR
+                )));
+            }
+            return Ok(RankContext::single());
+        };
+        let ctx = RankContext {
+            rank: env_num("RANK", 0)?,
+            local_rank: env_num("LOCAL_RANK", 0)?,
+            world_size: world,
+            node_rank: env_num("GROUP_RANK", 0)?,
+            generation: env_num(rfenv::GENERATION, 0)?,
+            coordinator: Some(coordinator),
+            token: std::env::var(rfenv::JOB_TOKEN).unwrap_or_default(),
+            local_addr: std::env::var(rfenv::LOCAL_ADDR).unwrap_or_else(|_| "127.0.0.1".into()),
+            join_timeout: Duration::from_secs_f64(env_num(rfenv::JOIN_TIMEOUT, 300.0)?),
+        };
+        if ctx.rank >= ctx.world_size {
+            return Err(Error::Input(format!("RANK = {} is not below WORLD_SIZE = {}", ctx.rank, ctx.world_size)));
+        }
+        Ok(ctx)
+    }
+}
+
+/// Collective operations on flat, contiguous f32 tensors, in place.
+pub trait Collective: Send {
+    /// Sums `t` over all ranks; every rank ends with identical values.
+    fn all_reduce_sum(&mut self, t: &mut Tensor) -> Result<()>;
+    /// Copies rank `root`'s `t` to every rank.
+    fn broadcast(&mut self, t: &mut Tensor, root: usize) -> Result<()>;
+    /// Returns once every rank has called it.
+    fn barrier(&mut self) -> Result<()>;
+    fn name(&self) -> &'static str;
+}
+
+/// A world of one: every operation is the identity.
+pub struct Local;
+
+impl Collective for Local {
+    fn all_reduce_sum(&mut self, _t: &mut Tensor) -> Result<()> {
+        Ok(())
+    }
+    fn broadcast(&mut self, _t: &mut Tensor, _root: usize) -> Result<()> {
+        Ok(())
+    }
+    fn barrier(&mut self) -> Result<()> {
+        Ok(())
+    }
+    fn name(&self) -> &'static str {
+        "local"
+    }
+}
+
+/// The f32 storage of a flat CPU tensor.
+fn cpu_f32(t: &mut Tensor) -> Result<&mut [f32]> {
+    if t.device() != Device::Cpu || t.kind() != Kind::Float || !t.is_contiguous() {
+        return Err(Error::Dist(format!("the CPU ring needs a contiguous f32 CPU tensor, got {:?} on {:?}", t.kind(), t.device())));
+    }
+    let n = t.numel();
+    // SAFETY: a contiguous f32 tensor of n elements owns n floats at data_ptr; `t` is borrowed
+    // mutably for the slice's lifetime.
+    Ok(unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut f32, n) })
+}
+
+impl Collective for ring::TcpRing {
+    fn all_reduce_sum(&mut self, t: &mut Tensor) -> Result<()> {
+        let buf = cpu_f32(t)?;
+        ring::TcpRing::all_reduce_sum(self, buf).map_err(|e| Error::Dist(e.to_string()))
+    }
+    fn broadcast(&mut self, t: &mut Tensor, root: usize) -> Result<()> {
+        let buf = cpu_f32(t)?;
+        ring::TcpRing::broadcast(self, buf, root).map_err(|e| Error::Dist(e.to_string()))
+    }
+    fn barrier(&mut self) -> Result<()> {
+        ring::TcpRing::barrier(self).map_err(|e| Error::Dist(e.to_string()))
+    }
+    fn name(&self) -> &'static str {
+        "tcp-ring"
+    }
+}
+
+/// NCCL between GPU ranks (one GPU per rank), through cudarc's bindings to the libnccl that
+/// ships with libtorch, loaded at run time. Collectives run on the legacy default CUDA stream,
+/// the one libtorch's kernels use, so they are ordered with the backward pass without a sync.
+/// The communicator is never destroyed implicitly (dropping one aborts it); [`Nccl::finish`]
+/// destroys it after the last collective.
+pub struct Nccl {
+    comm: cudarc::nccl::sys::ncclComm_t,
+}
+
+// SAFETY: the communicator is used from one thread at a time (the rank's training loop).
+unsafe impl Send for Nccl {}
+
+fn nccl_err(what: &str, e: cudarc::nccl::result::NcclError) -> Error {
+    Error::Dist(format!("NCCL {what} failed: {e:?}"))
+}
+
+impl Nccl {
+    /// Creates the communicator; rank 0's unique id travels through a coordinator barrier.
+    pub fn init(control: &mut ControlPlane, rank: usize, world: usize) -> Result<Nccl> {
+        use cudarc::nccl::{result, sys};
+        // SAFETY: only probes the dynamic loader.
+        if !unsafe { sys::is_culib_present() } {
+            return Err(Error::Dist("GPU ranks need NCCL, but libnccl.so.2 was not found next to libtorch or on the library path".into()));
+        }
+        let payload = if rank == 0 {
+            let id = result::get_uniqueid().map_err(|e| nccl_err("get unique id", e))?;
+            id.internal.iter().map(|c| *c as u8).collect()
+        } else {
+            Vec::new()
+        };
+        let ids = control.barrier("nccl-unique-id", payload)?;
+        let mut id = sys::ncclUniqueId { internal: [0; 128] };
+        if ids[0].len() != 128 {
+            return Err(Error::Dist(format!("rank 0 sent an NCCL id of {} bytes, expected 128", ids[0].len())));
+        }
+        for (d, s) in id.internal.iter_mut().zip(&ids[0]) {
+            *d = *s as _;
+        }
+        let mut comm = std::ptr::null_mut();
+        // SAFETY: `comm` is a valid out pointer; libtorch has made the rank's GPU current.
+        unsafe { result::comm_init_rank(&mut comm, world as i32, id, rank as i32) }.map_err(|e| nccl_err("init", e))?;
+        Ok(Nccl { comm })
+    }
+
+    fn check(t: &Tensor) -> Result<()> {
+        if !t.device().is_cuda() || t.kind() != Kind::Float || !t.is_contiguous() {
+            return Err(Error::Dist(format!("NCCL needs a contiguous f32 CUDA tensor, got {:?} on {:?}", t.kind(), t.device())));
+        }
+        Ok(())
+    }
+
+    /// Destroys the communicator after the last collective.
+    pub fn finish(self) {
+        // SAFETY: no collective is in flight: all were issued from this thread.
+        unsafe {
+            let _ = cudarc::nccl::result::comm_destroy(self.comm);
+        }
+    }
+}
+
+impl Collective for Nccl {
+    fn all_reduce_sum(&mut self, t: &mut Tensor) -> Result<()> {
+        use cudarc::nccl::{result, sys};
+        Self::check(t)?;
+        let p = t.data_ptr();
+        // SAFETY: p points to numel f32 on this rank's GPU, alive until the stream runs it
+        // (the tensor outlives the call and later kernels on the same stream).
+        unsafe {
+            result::all_reduce(p, p, t.numel(), sys::ncclDataType_t::ncclFloat32, sys::ncclRedOp_t::ncclSum, self.comm, std::ptr::null_mut())
+        }
+        .map_err(|e| nccl_err("all-reduce", e))?;
+        Ok(())
+    }
+    fn broadcast(&mut self, t: &mut Tensor, root: usize) -> Result<()> {
+        use cudarc::nccl::{result, sys};
+        Self::check(t)?;
+        let p = t.data_ptr();
+        // SAFETY: as for all_reduce.
+        unsafe { result::broadcast(p, p, t.numel(), sys::ncclDataType_t::ncclFloat32, root as i32, self.comm, std::ptr::null_mut()) }
+            .map_err(|e| nccl_err("broadcast", e))?;
+        Ok(())
+    }
+    fn barrier(&mut self) -> Result<()> {
+        let mut x = Tensor::zeros([1], (Kind::Float, Device::Cuda(0)));
+        self.all_reduce_sum(&mut x)?;
+        tch::Cuda::synchronize(0);
+        Ok(())
+    }
+    fn name(&self) -> &'static str {
+        "nccl"
+    }
+}
+
+/// The rank's view of the job: context, control plane and collective.
+pub struct Dist {
+    pub ctx: RankContext,
+    control: Option<ControlPlane>,
+    coll: Box<dyn Collective>,
+    pub status: Arc<RankStatus>,
+    pub hosts: Vec<String>,
+}
+
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "localhost".into())
+}
+
+impl Dist {
+    /// A world of one.
+    pub fn single() -> Dist {
+        Dist { ctx: RankContext::single(), control: None, coll: Box::new(Local), status: Arc::default(), hosts: vec![hostname()] }
+    }
+
+    /// Joins the job the launcher started (or returns a world of one): rendezvous with the
+    /// recipe's hash, then the collective for `device`.
+    pub fn init(recipe_hash: &str, device: Device) -> Result<Dist> {
+        let ctx = RankContext::from_env()?;
+        let Some(addr) = ctx.coordinator.clone() else {
+            return Ok(Dist::single());
+        };
+        let mut control = ControlPlane::connect(&addr, &ctx.token, ctx.generation, ctx.rank as u32, ctx.join_timeout)?;
+        let (listener, ring_addr) = if device.is_cuda() {
+            (None, String::new())
+        } else {
+            let (l, a) = ring::listen(&ctx.local_addr).map_err(|e| {
+                Error::Dist(format!("rank {}: cannot listen on {} ({}): {e}", ctx.rank, ctx.local_addr, rfenv::LOCAL_ADDR))
+            })?;
+            (Some(l), a)
+        };
+        let host = hostname();
+        let reply = control.join(recipe_hash, &ring_addr, &host)?;
+        if reply.world_size as usize != ctx.world_size {
+            return Err(Error::Dist(format!(
+                "the coordinator reports a world of {} ranks, the environment WORLD_SIZE = {}",
+                reply.world_size, ctx.world_size
+            )));
+        }
+        control.start_background(Duration::from_secs(2));
+        let status = control.status.clone();
+        let coll: Box<dyn Collective> = match listener {
+            None => {
+                // Make the rank's GPU current for NCCL.
+                let _ = Tensor::zeros([1], (Kind::Float, device));
+                Box::new(Nccl::init(&mut control, ctx.rank, ctx.world_size)?)
+            }
+            Some(l) => Box::new(
+                ring::TcpRing::connect(l, ctx.rank, ctx.world_size, &reply.peers, &ctx.token, ctx.generation, ctx.join_timeout)
+                    .map_err(|e| Error::Dist(format!("rank {}: cannot connect the CPU ring: {e}", ctx.rank)))?,
+            ),
+        };
+        tracing::info!(rank = ctx.rank, world = ctx.world_size, collective = coll.name(), "joined the job");
+        Ok(Dist { ctx, control: Some(control), coll, status, hosts: reply.hosts })
+    }
+
+    pub fn rank(&self) -> usize {
+        self.ctx.rank
+    }
+
+    pub fn world(&self) -> usize {
+        self.ctx.world_size
+    }
+
+    /// Rank 0 writes metrics, checkpoints and `final/`.
+    pub fn is_main(&self) -> bool {
+        self.ctx.rank == 0
+    }
+
+    fn counted<T>(&mut self, f: impl FnOnce(&mut dyn Collective) -> Result<T>) -> Result<T> {
+        let before = self.status.phase();
+        self.status.set_phase(Phase::Collective);
+        let out = f(self.coll.as_mut());
+        self.status.collective_seq.fetch_add(1, Ordering::Relaxed);
+        self.status.set_phase(before);
+        out
+    }
+
+    pub fn all_reduce_sum(&mut self, t: &mut Tensor) -> Result<()> {
+        if self.world() == 1 && self.coll.name() == "local" {
+            return Ok(());
+        }
+        self.counted(|c| c.all_reduce_sum(t))
+    }
+
+    pub fn broadcast(&mut self, t: &mut Tensor, root: usize) -> Result<()> {
+        self.counted(|c| c.broadcast(t, root))
+    }
+
+    pub fn barrier(&mut self) -> Result<()> {
+        self.counted(|c| c.barrier())
+    }
+
+    /// Every rank's `payload`, by rank, through the coordinator (small data only).
+    pub fn gather_small(&mut self, name: &str, payload: Vec<u8>) -> Result<Vec<Vec<u8>>> {
+        match &mut self.control {
+            Some(c) => c.barrier(name, payload),
+            None => Ok(vec![payload]),
+        }
+    }
+
+    /// Sums the gradients of `params` (in flat buckets) and `extra` over all ranks. `extra`
+    /// rides in the last bucket (the loss, agreement flags) and comes back summed.
+    pub fn reduce_grads(&mut self, params: &[Tensor], extra: &mut [f64]) -> Result<()> {
+        if self.world() == 1 && self.coll.name() == "local" {
+            return Ok(());
+        }
+        let _guard = tch::no_grad_guard();
+        let grads: Vec<Tensor> = params.iter().map(|p| p.grad()).filter(|g| g.defined()).collect();
+        let device = params.first().map_or(Device::Cpu, |p| p.device());
+        let extra_t = Tensor::from_slice(&extra.iter().map(|x| *x as f32).collect::<Vec<f32>>()).to_device(device);
+        let buckets = buckets(&grads, BUCKET_BYTES / 4);
+        let last = buckets.len() - 1;
+        for (i, range) in buckets.into_iter().enumerate() {
+            let mut parts: Vec<Tensor> = grads[range.clone()].iter().map(|g| g.reshape([-1])).collect();
+            if i == last {
+                parts.push(extra_t.shallow_clone());
+            }
+            let mut flat = Tensor::cat(&parts, 0);
+            self.all_reduce_sum(&mut flat)?;
+            let mut off = 0;
+            for g in &grads[range] {
+                let n = g.numel() as i64;
+                g.shallow_clone().copy_(&flat.narrow(0, off, n).view_as(g));
+                off += n;
+            }
+            if i == last {
+                let sums = Vec::<f32>::try_from(flat.narrow(0, off, extra.len() as i64).to_device(Device::Cpu))?;
+                for (e, s) in extra.iter_mut().zip(sums) {
+                    *e = s as f64;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Copies rank `root`'s values of `tensors` to every rank (flat buckets).
+    pub fn broadcast_tensors(&mut self, tensors: &[Tensor], root: usize) -> Result<()> {
+        if self.world() == 1 {
+            return Ok(());
+        }
+        let _guard = tch::no_grad_guard();
+        for range in buckets(tensors, BUCKET_BYTES / 4) {
+            let parts: Vec<Tensor> = tensors[range.clone()].iter().map(|t| t.to_kind(Kind::Float).reshape([-1])).collect();
+            let mut flat = Tensor::cat(&parts, 0);
+            self.broadcast(&mut flat, root)?;
+            let mut off = 0;
+            for t in &tensors[range] {
+                let n = t.numel() as i64;
+                t.shallow_clone().copy_(&flat.narrow(0, off, n).view_as(t));
+                off += n;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Consecutive index ranges of `tensors` holding at most `max_elems` elements each (a tensor
+/// larger than that gets a bucket of its own). Always at least one (possibly empty) bucket.
+fn buckets(tensors: &[Tensor], max_elems: usize) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let (mut start, mut size) = (0, 0);
+    for (i, t) in tensors.iter().enumerate() {
+        let n = t.numel();
+        if size > 0 && size + n > max_elems {
+            out.push(start..i);
+            (start, size) = (i, 0);
+        }
+        size += n;
+    }
+    out.push(start..tensors.len());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_split_by_size_and_keep_order() {
+        let ts: Vec<Tensor> = [3, 3, 5, 1, 10, 2].iter().map(|n| Tensor::zeros([*n], (Kind::Float, Device::Cpu))).collect();
+        assert_eq!(buckets(&ts, 6), vec![0..2, 2..4, 4..5, 5..6]);
+        assert_eq!(buckets(&ts, 100), vec![0..6]);
+        assert_eq!(buckets(&[], 10), vec![0..0]);
+    }
+}
