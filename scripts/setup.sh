@@ -46,6 +46,6 @@ torch_dir=$(.venv/bin/python -c 'import os, torch; print(os.path.dirname(torch._
 
 if [ "${RANKFORGE_SKIP_BUILD:-0}" != 1 ]; then
   command -v cargo >/dev/null || { echo "setup: cargo not found; install Rust (https://rustup.rs)" >&2; exit 1; }
-  cargo build --release --quiet --bins
+  cargo build --release --quiet --workspace --bins
   echo "setup: ok: target/release/rankforge, target/release/rankforge-launch (libtorch $TORCH_VERSION from $torch_dir)"
 fi

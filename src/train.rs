@@ -370,6 +370,7 @@ pub fn step_on_batch(model: &Gpt, opt: &mut AdamW, batch: &Batch, cfg: &TrainCon
         total += loss.detach().to_kind(Kind::Float);
         first += n as u64;
     }
+    model.zero_null_grads();
     let mut sums = [total.double_value(&[])];
     let params: Vec<Tensor> = opt.params().map(|p| p.shallow_clone()).collect();
     dist.status.set_phase(rankforge_proto::Phase::Collective);

@@ -4,6 +4,7 @@
 
 mod bad_input;
 mod common;
+mod dist;
 mod generate;
 mod hf;
 mod tokenizer;

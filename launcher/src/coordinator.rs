@@ -347,8 +347,8 @@ impl Shared {
     }
 
     /// Sends `kind` to every subscribed rank and launcher.
-    pub fn broadcast(&self, kind: command::Kind, reason: &str) {
-        let cmd = Command { kind: kind as i32, reason: reason.to_string() };
+    pub fn broadcast(&self, kind: command::Kind, reason: &str, exit_code: i32) {
+        let cmd = Command { kind: kind as i32, reason: reason.to_string(), exit_code };
         let mut subs = self.subscribers.lock().unwrap();
         subs.retain(|tx| tx.try_send(Ok(cmd.clone())).is_ok() || !tx.is_closed());
     }
@@ -414,7 +414,7 @@ impl coordinator_server::Coordinator for Service {
         self.0.notify();
         if first {
             let root = root.as_ref().expect("a failure was just recorded");
-            self.0.broadcast(command::Kind::Abort, &format!("the job failed: {root}"));
+            self.0.broadcast(command::Kind::Abort, &format!("the job failed: {root}"), root.exit_code);
         }
         Ok(Response::new(ReportReply { failure: root.map(|f| f.to_string()).unwrap_or_default() }))
     }
@@ -430,7 +430,7 @@ impl coordinator_server::Coordinator for Service {
         };
         let (tx, rx) = mpsc::channel(16);
         if let Some(f) = failed {
-            let _ = tx.try_send(Ok(Command { kind: command::Kind::Abort as i32, reason: format!("the job failed: {f}") }));
+            let _ = tx.try_send(Ok(Command { kind: command::Kind::Abort as i32, reason: format!("the job failed: {f}"), exit_code: f.exit_code }));
         }
         self.0.subscribers.lock().unwrap().push(tx);
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))

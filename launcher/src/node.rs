@@ -70,7 +70,7 @@ enum Outcome {
     AllSucceeded,
     /// local rank, exit code
     RankFailed(usize, i32),
-    Aborted(String),
+    Aborted(String, i32),
     Signal(i32),
     CoordinatorLost(String),
     RemoteFailed(String, i32),
@@ -155,7 +155,7 @@ pub async fn run(args: &Args, plan: Plan) -> Result<i32> {
                 }
             }
             msg = commands.message() => match msg {
-                Ok(Some(cmd)) if cmd.kind == command::Kind::Abort as i32 => break Outcome::Aborted(cmd.reason),
+                Ok(Some(cmd)) if cmd.kind == command::Kind::Abort as i32 => break Outcome::Aborted(cmd.reason, cmd.exit_code),
                 Ok(Some(_)) => {}
                 Ok(None) => break Outcome::CoordinatorLost("it closed the command stream".into()),
                 Err(s) => break Outcome::CoordinatorLost(s.message().to_string()),
@@ -208,10 +208,10 @@ pub async fn run(args: &Args, plan: Plan) -> Result<i32> {
             eprintln!("rankforge-launch: job failed; root cause: {root}");
             launcher_code(code)
         }
-        Outcome::Aborted(reason) => {
+        Outcome::Aborted(reason, code) => {
             teardown(&mut running, &mut exit_rx, grace).await;
             eprintln!("rankforge-launch: stopped this node's ranks: {reason}");
-            1
+            launcher_code(code)
         }
         Outcome::RemoteFailed(rhost, code) => {
             let _ = client.report(report(-1, false, code, format!("the launcher on {rhost} exited with code {code}"))).await;

@@ -288,7 +288,8 @@ mod tests {
 
     fn on_all<T: Send>(rings: Vec<TcpRing>, f: impl Fn(&mut TcpRing) -> T + Sync) -> Vec<T> {
         std::thread::scope(|s| {
-            let hs: Vec<_> = rings.into_iter().map(|mut r| s.spawn(|| f(&mut r))).collect();
+            let f = &f;
+            let hs: Vec<_> = rings.into_iter().map(|mut r| s.spawn(move || f(&mut r))).collect();
             hs.into_iter().map(|h| h.join().unwrap()).collect()
         })
     }

@@ -167,6 +167,29 @@ impl Gpt {
         params
     }
 
+    /// Zeroes the gradient of every attention key bias (`c_attn.bias[C..2C]`). Its true
+    /// gradient is exactly zero: the key bias adds the same `q·b_k` to every score of a query's
+    /// row, and softmax ignores a shift of its row. What backward computes is rounding noise,
+    /// which AdamW (update ≈ lr·g/(√v + eps)) would turn into moves of up to ~1e-2·lr per step:
+    /// harmless to the model's function, but different for every split of the batch, so runs on
+    /// different numbers of ranks would drift apart in those weights. Call after backward.
+    pub fn zero_null_grads(&self) {
+        if !self.cfg.bias {
+            return;
+        }
+        let c = self.cfg.n_embd as i64;
+        tch::no_grad(|| {
+            for (name, p) in self.vs.variables() {
+                if name.ends_with(".attn.c_attn.bias") {
+                    let g = p.grad();
+                    if g.defined() {
+                        let _ = g.narrow(0, c, c).zero_();
+                    }
+                }
+            }
+        });
+    }
+
     /// Number of parameters (the tied embedding counted once).
     pub fn num_params(&self) -> i64 {
         self.vs.trainable_variables().iter().map(|t| t.numel() as i64).sum()

@@ -1,0 +1,178 @@
+//! The launcher and coordinator without libtorch: the rank environment, console and log
+//! routing, token and generation checks over real gRPC, and the bind address.
+
+use std::process::Command;
+use std::time::Duration;
+
+use rankforge_launcher::coordinator::{Service, Shared, State};
+use rankforge_proto::coordinator_client::CoordinatorClient;
+use rankforge_proto::{auth, HeartbeatRequest, JoinNodeRequest};
+
+fn launcher() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_rankforge-launch"))
+}
+
+fn env_of(log: &str) -> std::collections::HashMap<String, String> {
+    log.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+#[test]
+fn ranks_get_the_torchrun_environment_and_their_own_logs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let logs = tmp.path().join("logs");
+    let out = launcher()
+        .args(["--nproc-per-node", "3", "--log-dir", logs.to_str().unwrap(), "--rank-binary", "/bin/sh", "--", "-c", "env | sort"])
+        .env_remove("OMP_NUM_THREADS")
+        .env_remove("RANKFORGE_JOB_TOKEN")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let console = String::from_utf8_lossy(&out.stdout);
+    // Rank 0 only on the console, each line prefixed; every rank in its own log.
+    assert!(console.lines().all(|l| l.starts_with("[rank 0] ")), "{console}");
+    assert!(console.contains("[rank 0] RANK=0"));
+    let mut tokens = Vec::new();
+    for r in 0..3 {
+        let env = env_of(&std::fs::read_to_string(logs.join(format!("rank{r}.log"))).unwrap());
+        let want = [
+            ("RANK", r.to_string()),
+            ("LOCAL_RANK", r.to_string()),
+            ("WORLD_SIZE", "3".into()),
+            ("LOCAL_WORLD_SIZE", "3".into()),
+            ("GROUP_RANK", "0".into()),
+            ("GROUP_WORLD_SIZE", "1".into()),
+            ("ROLE_RANK", r.to_string()),
+            ("MASTER_ADDR", "127.0.0.1".into()),
+            ("TORCHELASTIC_RESTART_COUNT", "0".into()),
+            ("RANKFORGE_GENERATION", "0".into()),
+        ];
+        for (k, v) in want {
+            assert_eq!(env.get(k), Some(&v), "rank {r}: {k}");
+        }
+        let cores = std::thread::available_parallelism().unwrap().get();
+        assert_eq!(env["OMP_NUM_THREADS"], (cores / 3).max(1).to_string());
+        assert_eq!(env["RANKFORGE_COORDINATOR"], format!("127.0.0.1:{}", env["MASTER_PORT"]));
+        assert!(env["MASTER_PORT"].parse::<u16>().unwrap() > 0);
+        tokens.push(env["RANKFORGE_JOB_TOKEN"].clone());
+    }
+    assert!(tokens[0].len() == 32 && tokens.iter().all(|t| *t == tokens[0]), "one random token per job: {tokens:?}");
+    // --all-ranks shows everyone; PET_NPROC_PER_NODE stands in for the flag.
+    let out = launcher()
+        .args(["--all-ranks", "--log-dir", logs.to_str().unwrap(), "--rank-binary", "/bin/sh", "--", "-c", "echo hello $RANK"])
+        .env("PET_NPROC_PER_NODE", "2")
+        .output()
+        .unwrap();
+    let console = String::from_utf8_lossy(&out.stdout);
+    assert!(console.contains("[rank 0] hello 0") && console.contains("[rank 1] hello 1"), "{console}");
+    // A different token for another job.
+    let again = env_of(&std::fs::read_to_string(logs.join("rank0.log")).unwrap());
+    assert!(again.is_empty() || again.get("RANKFORGE_JOB_TOKEN") != Some(&tokens[0]));
+}
+
+#[test]
+fn a_failing_rank_stops_the_others_and_is_named_with_its_exit_code() {
+    let tmp = tempfile::tempdir().unwrap();
+    let started = std::time::Instant::now();
+    let out = launcher()
+        .args(["--nproc-per-node", "3", "--grace-period", "5", "--log-dir", tmp.path().to_str().unwrap(), "--rank-binary", "/bin/sh", "--"])
+        .args(["-c", r#"if [ "$RANK" = 1 ]; then echo "rank one gives up" >&2; sleep 0.5; exit 7; fi; echo $$ > "$PIDS/pid.$RANK"; exec sleep 60"#])
+        .env("PIDS", tmp.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(7), "{err}");
+    assert!(err.contains("root cause: rank 1 on") && err.contains("exited with code 7"), "{err}");
+    assert!(err.contains("| rank one gives up"), "the failed rank's last log lines are shown: {err}");
+    assert!(started.elapsed() < Duration::from_secs(30), "the sleeping ranks were stopped");
+    for r in [0, 2] {
+        let pid = std::fs::read_to_string(tmp.path().join(format!("pid.{r}"))).unwrap();
+        assert!(!std::path::Path::new(&format!("/proc/{}", pid.trim())).exists(), "rank {r} (pid {pid}) outlived the launcher");
+    }
+}
+
+#[test]
+fn bad_launch_arguments_get_one_clear_line() {
+    let cases: &[(&[&str], &[(&str, &str)], &str)] = &[
+        (&["--nproc-per-node", "2", "--rank-binary", "/bin/true", "--", "x"], &[("CUDA_VISIBLE_DEVICES", "")], ""),
+        (&["--nproc-per-node", "gpu", "--rank-binary", "/bin/true", "--", "x"], &[("CUDA_VISIBLE_DEVICES", "")], "no visible GPU"),
+        (&["--nnodes", "2", "--rank-binary", "/bin/true", "--", "x"], &[], "needs --coordinator HOST:PORT"),
+        (&["--nnodes", "2", "--coordinator", "127.0.0.1:0", "--rank-binary", "/bin/true", "--", "x"], &[], "give a fixed port"),
+        (&["--nnodes", "1:4", "--rank-binary", "/bin/true", "--", "x"], &[], "not supported yet"),
+        (&["--rank-binary", "/nonexistent/rankforge", "--", "x"], &[], "/nonexistent/rankforge does not exist"),
+        (&["--rank-binary", "/bin/true"], &[], "nothing to run"),
+    ];
+    for (args, env, want) in cases {
+        let out = launcher().args(*args).envs(env.iter().copied()).env_remove("MASTER_ADDR").output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        if want.is_empty() {
+            assert!(out.status.success(), "{args:?}: {err}");
+            continue;
+        }
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: expected {want:?} in: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: one line: {err}");
+    }
+}
+
+#[test]
+fn more_ranks_than_gpus_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let recipe = tmp.path().join("r.toml");
+    std::fs::write(&recipe, "[run]\ndir = \"x\"\n[train]\ndevice = \"cuda\"\n").unwrap();
+    let out = launcher()
+        .args(["--nproc-per-node", "2", "--rank-binary", "/bin/true", "--config", recipe.to_str().unwrap()])
+        .env("CUDA_VISIBLE_DEVICES", "0")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("2 ranks requested on this node but only 1 GPU(s) are visible (CUDA_VISIBLE_DEVICES=0)"), "{err}");
+}
+
+async fn serve(host: &str, token: &str) -> (std::net::SocketAddr, std::sync::Arc<Shared>) {
+    let shared = Shared::new(State::new(token.into(), 1));
+    let addr = rankforge_launcher::serve(host, 0, shared.clone()).await.unwrap();
+    let _ = Service(shared.clone());
+    (addr, shared)
+}
+
+#[tokio::test]
+async fn wrong_token_is_unauthenticated_and_stale_generation_is_refused() {
+    let (addr, shared) = serve("127.0.0.1", "right-token").await;
+    let mut c = CoordinatorClient::connect(format!("http://{addr}")).await.unwrap();
+    let join = |token: &str, generation: u64| JoinNodeRequest { auth: auth(token, generation), node_rank: 0, nproc: 1, host: "h".into() };
+    let e = c.join_node(join("wrong-token", 0)).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
+    let e = c.join_node(JoinNodeRequest { auth: None, ..join("", 0) }).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
+    let hb = |generation: u64| HeartbeatRequest { auth: auth("right-token", generation), rank: 0, step: 1, collective_seq: 1, phase: 2 };
+    assert_eq!(c.heartbeat(hb(0)).await.unwrap_err().code(), tonic::Code::FailedPrecondition, "not joined yet");
+    c.join_node(join("right-token", 0)).await.unwrap();
+    // The job restarts: the previous generation's callers are refused.
+    shared.state.lock().unwrap().next_generation();
+    let e = c.join_node(join("right-token", 0)).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+    assert!(e.message().contains("stale generation 0"), "{}", e.message());
+    let e = c.heartbeat(hb(0)).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+    assert!(c.join_node(join("right-token", 1)).await.is_ok());
+}
+
+#[tokio::test]
+async fn the_coordinator_listens_only_on_the_address_it_was_given() {
+    // 127.0.0.2 is loopback too, but a different address: nothing may answer on 127.0.0.1.
+    let (addr, _) = serve("127.0.0.2", "t").await;
+    assert_eq!(addr.ip().to_string(), "127.0.0.2");
+    assert!(tokio::net::TcpStream::connect(addr).await.is_ok());
+    let other = format!("127.0.0.1:{}", addr.port());
+    assert!(tokio::net::TcpStream::connect(&other).await.is_err(), "{other} must be closed");
+}
+
+#[tokio::test]
+async fn port_in_use_suggests_a_free_port() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let shared = Shared::new(State::new("t".into(), 1));
+    let e = rankforge_launcher::serve("127.0.0.1", port, shared).await.unwrap_err().to_string();
+    assert!(e.contains(&format!("127.0.0.1:{port} is already in use")) && e.contains("--coordinator 127.0.0.1:0"), "{e}");
+}

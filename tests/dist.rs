@@ -1,0 +1,239 @@
+//! Data parallelism through `rankforge-launch`: 1, 2 and 3 CPU ranks train identically; two
+//! simulated nodes equal one node; the launcher's failure paths leave no process behind.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+
+fn launcher_bin() -> PathBuf {
+    let p = bin().with_file_name("rankforge-launch");
+    assert!(p.exists(), "{} is missing: build the workspace (scripts/setup.sh does)", p.display());
+    p
+}
+
+fn launch(args: &[&str], envs: &[(&str, &str)]) -> Command {
+    let mut c = Command::new(launcher_bin());
+    c.args(args).envs(envs.iter().copied()).env("RANKFORGE_LOG", "warn").env_remove("RANKFORGE_JOB_TOKEN");
+    c
+}
+
+fn check(out: &Output, what: &str) {
+    assert!(out.status.success(), "{what} failed ({:?}):\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+}
+
+/// The tiny recipe for run directory `run` (30 steps, checkpoint at 20 and 30).
+fn recipe(dir: &Path, run: &Path) -> PathBuf {
+    let f = fixture();
+    tiny_recipe(dir, &f.corpus, &f.tokenizer, run)
+}
+
+const STEPS: &str = "train.max_steps=30";
+
+fn weights(run: &Path) -> Vec<(String, tch::Tensor)> {
+    rankforge::st::load(&run.join("final/model.safetensors")).unwrap()
+}
+
+/// Max relative loss difference and max absolute weight difference between two runs.
+fn compare(a: &Path, b: &Path) -> (f64, f64) {
+    let (la, lb) = (losses(a), losses(b));
+    assert_eq!(la.len(), lb.len(), "{} vs {}", a.display(), b.display());
+    let loss_rel = la.iter().zip(&lb).map(|(x, y)| ((x - y) / x).abs()).fold(0.0, f64::max);
+    let (wa, wb) = (weights(a), weights(b));
+    assert_eq!(wa.len(), wb.len());
+    let w = wa
+        .iter()
+        .zip(&wb)
+        .map(|((na, ta), (nb, tb))| {
+            assert_eq!(na, nb);
+            (ta - tb).abs().max().double_value(&[])
+        })
+        .fold(0.0, f64::max);
+    (loss_rel, w)
+}
+
+/// Processes whose command line mentions `needle` (this test's unique scratch path).
+fn processes_with(needle: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+            let zombie = stat.rsplit(')').next().is_some_and(|s| s.trim_start().starts_with('Z'));
+            if cmd.contains(needle) && !zombie {
+                out.push(format!("{}: {cmd}", e.file_name().to_string_lossy()));
+            }
+        }
+    }
+    out
+}
+
+fn assert_no_orphans(needle: &Path) {
+    let needle = needle.display().to_string();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = processes_with(&needle);
+        if left.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "processes left behind: {left:#?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[test]
+fn one_two_and_three_ranks_train_identically() {
+    let dir = scratch("dp-equivalence");
+    let plain = dir.join("plain");
+    ok(&["train", "--config", recipe(&dir, &plain).to_str().unwrap(), "--set", STEPS]);
+    let mut runs = Vec::new();
+    for n in ["1", "2", "3"] {
+        let run = dir.join(format!("ranks{n}"));
+        let r = recipe(&dir, &run);
+        let out = launch(&["--nproc-per-node", n, "--config", r.to_str().unwrap(), "--set", STEPS], &[]).output().unwrap();
+        check(&out, &format!("{n} ranks"));
+        runs.push(run);
+    }
+    // Without the launcher, a world of one: bit for bit the launcher's one-rank run.
+    let (l, w) = compare(&plain, &runs[0]);
+    assert_eq!((l, w), (0.0, 0.0), "plain `rankforge train` vs one launched rank");
+    for run in &runs[1..] {
+        let (l, w) = compare(&runs[0], run);
+        assert!(l <= 1e-5 && w <= 1e-5, "{}: loss rel diff {l:e}, weight max abs diff {w:e}", run.display());
+    }
+    // Rank 0 alone writes the run directory; every rank logs.
+    let run3 = &runs[2];
+    assert_eq!(losses(run3).len(), 30);
+    for r in 0..3 {
+        assert!(run3.join(format!("logs/rank{r}.log")).exists(), "rank {r} log");
+    }
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run3.join("checkpoints/step_00000030/train_state.json")).unwrap()).unwrap();
+    assert_eq!(state["world_size"], 3);
+    assert_eq!(state["samples"], 30 * 8);
+    assert_no_orphans(&dir);
+}
+
+#[test]
+fn two_simulated_nodes_equal_one_node_with_two_ranks() {
+    let dir = scratch("dp-two-nodes");
+    let one = dir.join("one-node");
+    let r = recipe(&dir, &one);
+    check(&launch(&["--nproc-per-node", "2", "--config", r.to_str().unwrap(), "--set", STEPS], &[]).output().unwrap(), "one node");
+
+    let two = dir.join("two-nodes");
+    let r = recipe(&dir, &two);
+    let coord = format!("127.0.0.1:{}", free_port());
+    let token = [("RANKFORGE_JOB_TOKEN", "test-secret-0123456789")];
+    let node = |rank: &str| {
+        let mut c = launch(&["--nnodes", "2", "--node-rank", rank, "--nproc-per-node", "1", "--coordinator", &coord, "--config", r.to_str().unwrap(), "--set", STEPS], &[]);
+        c.envs(token).stdout(Stdio::piped()).stderr(Stdio::piped());
+        c.spawn().unwrap()
+    };
+    // Node 1 first: it waits for node 0's coordinator.
+    let n1 = node("1");
+    std::thread::sleep(Duration::from_millis(300));
+    let n0 = node("0");
+    let (o0, o1) = (n0.wait_with_output().unwrap(), n1.wait_with_output().unwrap());
+    check(&o0, "node 0");
+    check(&o1, "node 1");
+    let (l, w) = compare(&one, &two);
+    assert!(l <= 1e-5 && w <= 1e-5, "two nodes vs one: loss rel diff {l:e}, weight max abs diff {w:e}");
+    assert_no_orphans(&dir);
+}
+
+#[test]
+fn hostfile_starts_the_other_nodes_over_ssh() {
+    let dir = scratch("dp-hostfile");
+    let run = dir.join("run");
+    let r = recipe(&dir, &run);
+    let hosts = dir.join("hosts");
+    std::fs::write(&hosts, "# two hosts, one rank each\n127.0.0.1 slots=1\nlocalhost slots=1\n").unwrap();
+    // An "ssh" that runs the remote command here, as ssh would on the host.
+    let ssh = dir.join("fake-ssh");
+    std::fs::write(&ssh, "#!/bin/sh\necho \"$1\" >> \"$(dirname \"$0\")/ssh-hosts\"\nshift\nexec sh -c \"$*\"\n").unwrap();
+    std::fs::set_permissions(&ssh, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let out = launch(&["--hostfile", hosts.to_str().unwrap(), "--config", r.to_str().unwrap(), "--set", "train.max_steps=10"], &[("RANKFORGE_SSH", ssh.to_str().unwrap())])
+        .output()
+        .unwrap();
+    check(&out, "hostfile launch");
+    assert_eq!(std::fs::read_to_string(dir.join("ssh-hosts")).unwrap(), "localhost\n", "node 1 started over ssh");
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("checkpoints/step_00000010/train_state.json")).unwrap()).unwrap();
+    assert_eq!(state["world_size"], 2);
+    assert_no_orphans(&dir);
+}
+
+#[test]
+fn different_recipes_on_two_nodes_are_refused() {
+    let dir = scratch("dp-mismatch");
+    let run = dir.join("run");
+    let r = recipe(&dir, &run);
+    let coord = format!("127.0.0.1:{}", free_port());
+    let node = |rank: &str, lr: &str| {
+        let mut c = launch(&["--nnodes", "2", "--node-rank", rank, "--nproc-per-node", "1", "--coordinator", &coord, "--config", r.to_str().unwrap(), "--set", lr], &[]);
+        c.env("RANKFORGE_JOB_TOKEN", "mismatch-token").stdout(Stdio::piped()).stderr(Stdio::piped());
+        c.spawn().unwrap()
+    };
+    let n0 = node("0", "train.lr=0.001");
+    let n1 = node("1", "train.lr=0.002");
+    let (o0, o1) = (n0.wait_with_output().unwrap(), n1.wait_with_output().unwrap());
+    let e0 = String::from_utf8_lossy(&o0.stderr);
+    assert!(!o0.status.success() && !o1.status.success(), "{e0}");
+    assert_eq!(o0.status.code(), Some(2), "bad input, do not retry: {e0}");
+    assert!(e0.contains("ranks were started with different recipes: rank 0 on"), "{e0}");
+    assert!(e0.contains("same --config file contents and --set overrides"), "{e0}");
+    assert!(!run.join("metrics.jsonl").exists(), "nothing was trained");
+    assert_no_orphans(&dir);
+}
+
+#[test]
+fn an_unreachable_coordinator_is_named_after_a_bounded_wait() {
+    let dir = scratch("dp-unreachable");
+    let r = recipe(&dir, &dir.join("run"));
+    let addr = format!("127.0.0.1:{}", free_port());
+    let started = Instant::now();
+    let out = launch(&["--nnodes", "2", "--node-rank", "1", "--coordinator", &addr, "--join-timeout", "2", "--config", r.to_str().unwrap()], &[("RANKFORGE_JOB_TOKEN", "x")])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains(&format!("cannot reach the coordinator at {addr} after 2 s")), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(15));
+    assert_no_orphans(&dir);
+}
+
+#[test]
+fn a_killed_rank_fails_the_job_and_stops_the_others() {
+    let dir = scratch("dp-kill");
+    let run = dir.join("run");
+    let r = recipe(&dir, &run);
+    let child = launch(&["--nproc-per-node", "2", "--grace-period", "5", "--config", r.to_str().unwrap(), "--set", "train.max_steps=100000"], &[])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until training runs, then kill -9 rank 1.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !run.join("metrics.jsonl").exists() || std::fs::metadata(run.join("metrics.jsonl")).unwrap().len() == 0 {
+        assert!(Instant::now() < deadline, "training never started");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let rank1 = processes_with(&dir.display().to_string())
+        .into_iter()
+        .filter(|p| p.contains(" train "))
+        .map(|p| p.split(':').next().unwrap().to_string())
+        .find(|pid| std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|e| e.split(|b| *b == 0).any(|v| v == b"RANK=1")))
+        .expect("rank 1 is running");
+    unsafe { libc::kill(rank1.parse().unwrap(), libc::SIGKILL) };
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(128 + 9), "{err}");
+    assert!(err.contains("root cause: rank 1 on") && err.contains("killed by SIGKILL (signal 9)"), "{err}");
+    assert_no_orphans(&dir);
+}
