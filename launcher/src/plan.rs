@@ -253,11 +253,8 @@ impl Plan {
         if hostfile.is_some() && node_rank != 0 {
             bail!("--hostfile is for node 0's launcher (it starts the other nodes itself)");
         }
-        let run_id = args
-            .run_id
-            .clone()
-            .or_else(|| slurm.as_ref().map(|s| s.job_id.clone()))
-            .unwrap_or_else(|| format!("rankforge-{}", std::process::id()));
+        let shared_run_id = args.run_id.clone().or_else(|| slurm.as_ref().map(|s| s.job_id.clone()));
+        let run_id = shared_run_id.clone().unwrap_or_else(|| format!("rankforge-{}", std::process::id()));
 
         // The coordinator.
         let env_master = || -> Option<String> {
@@ -327,6 +324,9 @@ impl Plan {
         let token = match std::env::var(rankforge_proto::env::JOB_TOKEN) {
             Ok(t) if !t.is_empty() => t,
             _ if nnodes == 1 || hostfile.is_some() => random_token()?,
+            _ if shared_run_id.is_none() => bail!(
+                "a job of {nnodes} nodes needs the same secret on every node: export RANKFORGE_JOB_TOKEN (e.g. $(openssl rand -hex 16)) on all of them"
+            ),
             _ => {
                 eprintln!(
                     "rankforge-launch: warning: {} is not set, so the job token is derived from the run id {run_id:?}, \

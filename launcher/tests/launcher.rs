@@ -98,11 +98,12 @@ fn bad_launch_arguments_get_one_clear_line() {
         (&["--nnodes", "2", "--rank-binary", "/bin/true", "--", "x"], &[], "needs --coordinator HOST:PORT"),
         (&["--nnodes", "2", "--coordinator", "127.0.0.1:0", "--rank-binary", "/bin/true", "--", "x"], &[], "give a fixed port"),
         (&["--nnodes", "1:4", "--rank-binary", "/bin/true", "--", "x"], &[], "not supported yet"),
+        (&["--nnodes", "2", "--coordinator", "127.0.0.1:29999", "--rank-binary", "/bin/true", "--", "x"], &[], "export RANKFORGE_JOB_TOKEN"),
         (&["--rank-binary", "/nonexistent/rankforge", "--", "x"], &[], "/nonexistent/rankforge does not exist"),
         (&["--rank-binary", "/bin/true"], &[], "nothing to run"),
     ];
     for (args, env, want) in cases {
-        let out = launcher().args(*args).envs(env.iter().copied()).env_remove("MASTER_ADDR").output().unwrap();
+        let out = launcher().args(*args).envs(env.iter().copied()).env_remove("MASTER_ADDR").env_remove("RANKFORGE_JOB_TOKEN").output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         if want.is_empty() {
             assert!(out.status.success(), "{args:?}: {err}");
@@ -168,6 +169,19 @@ async fn the_coordinator_listens_only_on_the_address_it_was_given() {
     assert!(tokio::net::TcpStream::connect(&other).await.is_err(), "{other} must be closed");
 }
 
+#[test]
+fn a_busy_coordinator_port_is_one_clear_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = launcher().args(["--coordinator", &addr, "--rank-binary", "/bin/true", "--", "x"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(
+        err.trim(),
+        format!("rankforge-launch: error: cannot start the coordinator: {addr} is already in use (another job?); pick another port, or --coordinator 127.0.0.1:0 for a free one")
+    );
+}
+
 #[tokio::test]
 async fn port_in_use_suggests_a_free_port() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -175,4 +189,89 @@ async fn port_in_use_suggests_a_free_port() {
     let shared = Shared::new(State::new("t".into(), 1));
     let e = rankforge_launcher::serve("127.0.0.1", port, shared).await.unwrap_err().to_string();
     assert!(e.contains(&format!("127.0.0.1:{port} is already in use")) && e.contains("--coordinator 127.0.0.1:0"), "{e}");
+}
+
+/// Two launchers configured only by the environment: each node's ranks get the right global
+/// ranks, and both meet at the coordinator the environment names.
+fn two_nodes_from_env(node_env: impl Fn(u32) -> Vec<(String, String)>) -> Vec<Vec<std::collections::HashMap<String, String>>> {
+    let tmp = tempfile::tempdir().unwrap();
+    let children: Vec<_> = (0..2u32)
+        .map(|node| {
+            let logs = tmp.path().join(format!("node{node}"));
+            launcher()
+                .args(["--nproc-per-node", "2", "--log-dir", logs.to_str().unwrap(), "--join-timeout", "20", "--rank-binary", "/bin/sh", "--", "-c", "env | sort"])
+                .env_remove("RANKFORGE_JOB_TOKEN")
+                .env_remove("MASTER_ADDR")
+                .envs(node_env(node))
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    (0..2)
+        .map(|node| {
+            (0..2)
+                .map(|local| {
+                    let log = tmp.path().join(format!("node{node}/rank{}.log", node * 2 + local));
+                    env_of(&std::fs::read_to_string(&log).unwrap_or_else(|e| panic!("{}: {e}", log.display())))
+                })
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn slurm_variables_place_nodes_ranks_and_the_coordinator() {
+    let job = 40000 + std::process::id() % 9000;
+    let envs = two_nodes_from_env(|node| {
+        [
+            ("SLURM_JOB_ID", job.to_string()),
+            ("SLURM_PROCID", node.to_string()),
+            ("SLURM_LOCALID", "0".into()),
+            ("SLURM_NODEID", node.to_string()),
+            ("SLURM_NTASKS", "2".into()),
+            ("SLURM_NNODES", "2".into()),
+            ("SLURM_JOB_NODELIST", "127.0.0.[1-2]".into()),
+            ("SLURM_TASKS_PER_NODE", "1(x2)".into()),
+        ]
+        .map(|(k, v)| (k.to_string(), v))
+        .to_vec()
+    });
+    for (node, ranks) in envs.iter().enumerate() {
+        for (local, env) in ranks.iter().enumerate() {
+            assert_eq!(env["RANK"], (node * 2 + local).to_string());
+            assert_eq!(env["LOCAL_RANK"], local.to_string());
+            assert_eq!(env["WORLD_SIZE"], "4");
+            assert_eq!(env["GROUP_RANK"], node.to_string());
+            assert_eq!(env["GROUP_WORLD_SIZE"], "2");
+            // The first host of the allocation, on the job's own port.
+            assert_eq!(env["MASTER_ADDR"], "127.0.0.1");
+            assert_eq!(env["MASTER_PORT"], (20000 + job % 20000).to_string());
+            assert_eq!(env["TORCHELASTIC_RUN_ID"], job.to_string());
+        }
+    }
+    assert_eq!(envs[0][0]["RANKFORGE_JOB_TOKEN"], envs[1][0]["RANKFORGE_JOB_TOKEN"]);
+}
+
+#[test]
+fn kubeflow_pet_variables_configure_a_two_node_job() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let envs = two_nodes_from_env(|node| {
+        [
+            ("PET_NNODES", "2".to_string()),
+            ("PET_NODE_RANK", node.to_string()),
+            ("PET_MASTER_ADDR", "127.0.0.1".into()),
+            ("PET_MASTER_PORT", port.to_string()),
+            ("RANKFORGE_JOB_TOKEN", "from-a-kubernetes-secret".into()),
+        ]
+        .map(|(k, v)| (k.to_string(), v))
+        .to_vec()
+    });
+    assert_eq!(envs[1][1]["RANK"], "3");
+    assert_eq!(envs[1][1]["MASTER_PORT"], port.to_string());
 }
