@@ -49,7 +49,7 @@ pub fn run(recipe: &Recipe, steps: usize, warmup: usize) -> Result<Option<serde_
             step: i as u64,
         };
         let t0 = Instant::now();
-        let (loss, _) = step_on_batch(&model, &mut opt, &batch, &recipe.train, recipe.train.lr, bf16, &mut dist)?;
+        let loss = step_on_batch(&model, &mut opt, &batch, &recipe.train, recipe.train.lr, bf16, &mut dist)?.loss;
         if device.is_cuda() {
             tch::Cuda::synchronize(0);
         }
@@ -88,7 +88,7 @@ pub fn parse_bytes(s: &str) -> Result<usize> {
     };
     let n: usize = digits.parse().map_err(|_| Error::Input(format!("--bytes {s:?}: expected a size like 1048576, 64K, 16M or 1G")))?;
     let n = n * mult;
-    if n == 0 || n % 4 != 0 {
+    if n == 0 || !n.is_multiple_of(4) {
         return Err(Error::Input(format!("--bytes {s:?}: the size must be a positive multiple of 4 (f32 elements)")));
     }
     Ok(n)
@@ -119,7 +119,7 @@ pub fn collective(sizes: &[usize], iters: usize, warmup: usize, device: DeviceCh
         }
         // The slowest rank's time per iteration: sum of one-hot rows = a gather of all times.
         let mut all = Tensor::zeros([dist.world() as i64, iters as i64], (Kind::Float, device));
-        let _ = all.get(dist.rank() as i64).copy_(&Tensor::from_slice(&times.iter().map(|t| *t as f32).collect::<Vec<_>>()).to_device(device));
+        all.get(dist.rank() as i64).copy_(&Tensor::from_slice(&times.iter().map(|t| *t as f32).collect::<Vec<_>>()).to_device(device));
         dist.all_reduce_sum(&mut all)?;
         let slowest: Vec<f64> = Vec::<f32>::try_from(all.amax([0], false).to_device(Device::Cpu))?.into_iter().map(f64::from).collect();
         // Check the result once: every element of ones summed over n ranks, then scaled.

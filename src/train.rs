@@ -217,7 +217,7 @@ impl Trainer {
         for step in start..max_steps {
             let t0 = Instant::now();
             self.dist.status.step.store(step, std::sync::atomic::Ordering::Relaxed);
-            let (loss, grad_norm, lr, n_tokens) = self.train_step(step)?;
+            let (loss, grad_norm, lr, n_tokens, requested) = self.train_step(step)?;
             let dt = t0.elapsed().as_secs_f64();
             self.state.elapsed_s = elapsed_before + run_started.elapsed().as_secs_f64();
             let (Some(metrics), Some(progress)) = (self.metrics.as_mut(), progress.as_mut()) else {
@@ -238,7 +238,10 @@ impl Trainer {
                 self.metrics.as_mut().expect("rank 0").write(&row)?;
                 progress.eval(step + 1, val_loss);
             }
-            if done || every(self.recipe.checkpoint.every_steps) {
+            if requested {
+                tracing::info!(step = step + 1, "checkpoint requested through the coordinator");
+            }
+            if done || requested || every(self.recipe.checkpoint.every_steps) {
                 progress.suspend(|| self.save_checkpoint())?;
             }
         }
@@ -249,8 +252,9 @@ impl Trainer {
     }
 
     /// One optimizer step of the run: this rank's slice of the global batch, then
-    /// [`step_on_batch`], then the progress counters. Returns (loss, grad norm, lr, tokens).
-    fn train_step(&mut self, step: u64) -> Result<(f64, f64, f64, u64)> {
+    /// [`step_on_batch`], then the progress counters. Returns (loss, grad norm, lr, tokens, whether
+    /// a checkpoint was requested).
+    fn train_step(&mut self, step: u64) -> Result<(f64, f64, f64, u64, bool)> {
         let cfg = &self.recipe.train;
         let lr = lr_at(step, cfg);
         let range = rank_slice(self.state.samples, cfg.global_batch_size, self.dist.rank(), self.dist.world());
@@ -260,7 +264,8 @@ impl Trainer {
             global_batch: cfg.global_batch_size,
             step,
         };
-        let (loss, grad_norm) = step_on_batch(&self.model, &mut self.opt, &batch, cfg, lr, self.bf16, &mut self.dist)?;
+        let StepOutcome { loss, grad_norm, checkpoint_requested } =
+            step_on_batch(&self.model, &mut self.opt, &batch, cfg, lr, self.bf16, &mut self.dist)?;
         if !(loss.is_finite() && grad_norm.is_finite()) && self.dist.is_main() {
             tracing::warn!(step = step + 1, loss, grad_norm, "non-finite loss or gradient: update skipped");
         }
@@ -270,7 +275,7 @@ impl Trainer {
         self.state.tokens += n_tokens;
         self.state.epoch = self.sampler.epoch_of(self.state.samples);
         self.state.optimizer_steps = self.opt.steps;
-        Ok((loss, grad_norm, lr, n_tokens))
+        Ok((loss, grad_norm, lr, n_tokens, checkpoint_requested))
     }
 
     /// Mean validation loss over the fixed validation batches.
@@ -340,6 +345,17 @@ impl Trainer {
     }
 }
 
+/// What one optimizer step returns.
+pub struct StepOutcome {
+    /// The global batch's mean loss (all ranks).
+    pub loss: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Some rank was asked (by the coordinator's CHECKPOINT command) to checkpoint: every rank
+    /// learns it in the same step, through the gradient all-reduce.
+    pub checkpoint_requested: bool,
+}
+
 /// One rank's share of a global batch.
 pub struct Batch {
     /// `(B_rank, T+1)` token windows.
@@ -355,9 +371,8 @@ pub struct Batch {
 /// Each micro-batch's loss is weighted by its share of the *global* batch and the ranks' sums
 /// are added, so the gradient is the global batch mean however the batch is split across
 /// ranks and micro-batches. Every rank gets the same reduced gradient, hence the same norm, the
-/// same finite-or-skip decision and the same update. Returns (global loss, grad norm before
-/// clipping).
-pub fn step_on_batch(model: &Gpt, opt: &mut AdamW, batch: &Batch, cfg: &TrainConfig, lr: f64, bf16: bool, dist: &mut Dist) -> Result<(f64, f64)> {
+/// same finite-or-skip decision and the same update.
+pub fn step_on_batch(model: &Gpt, opt: &mut AdamW, batch: &Batch, cfg: &TrainConfig, lr: f64, bf16: bool, dist: &mut Dist) -> Result<StepOutcome> {
     opt.zero_grad();
     let mut total = Tensor::zeros([], (Kind::Float, batch.windows.device()));
     let mut first = batch.first_sample;
@@ -371,7 +386,8 @@ pub fn step_on_batch(model: &Gpt, opt: &mut AdamW, batch: &Batch, cfg: &TrainCon
         first += n as u64;
     }
     model.zero_null_grads();
-    let mut sums = [total.double_value(&[])];
+    let requested = dist.status.checkpoint.swap(false, std::sync::atomic::Ordering::SeqCst);
+    let mut sums = [total.double_value(&[]), if requested { 1.0 } else { 0.0 }];
     let params: Vec<Tensor> = opt.params().map(|p| p.shallow_clone()).collect();
     dist.status.set_phase(rankforge_proto::Phase::Collective);
     dist.reduce_grads(&params, &mut sums)?;
@@ -381,7 +397,7 @@ pub fn step_on_batch(model: &Gpt, opt: &mut AdamW, batch: &Batch, cfg: &TrainCon
     if loss.is_finite() && grad_norm.is_finite() {
         opt.step(lr);
     }
-    Ok((loss, grad_norm))
+    Ok(StepOutcome { loss, grad_norm, checkpoint_requested: sums[1] > 0.0 })
 }
 
 /// `(dotted key, old, new)` for every value that differs between two TOML tables.

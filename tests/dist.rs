@@ -15,7 +15,7 @@ fn launcher_bin() -> PathBuf {
 
 fn launch(args: &[&str], envs: &[(&str, &str)]) -> Command {
     let mut c = Command::new(launcher_bin());
-    c.args(args).envs(envs.iter().copied()).env("RANKFORGE_LOG", "warn").env_remove("RANKFORGE_JOB_TOKEN");
+    c.args(args).env("RANKFORGE_LOG", "warn").env_remove("RANKFORGE_JOB_TOKEN").envs(envs.iter().copied());
     c
 }
 
@@ -235,5 +235,46 @@ fn a_killed_rank_fails_the_job_and_stops_the_others() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(128 + 9), "{err}");
     assert!(err.contains("root cause: rank 1 on") && err.contains("killed by SIGKILL (signal 9)"), "{err}");
+    assert_no_orphans(&dir);
+}
+
+#[test]
+fn sigusr2_checkpoints_at_the_next_step_boundary_and_sigint_stops_the_job() {
+    let dir = scratch("dp-commands");
+    let run = dir.join("run");
+    let r = recipe(&dir, &run);
+    let child = launch(
+        &["--nproc-per-node", "2", "--grace-period", "5", "--config", r.to_str().unwrap(), "--set", "train.max_steps=100000", "--set", "checkpoint.every_steps=0"],
+        &[("RANKFORGE_LOG", "info")],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let pid = child.id() as i32;
+    let rows = |run: &Path| std::fs::read_to_string(run.join("metrics.jsonl")).map(|t| t.lines().count()).unwrap_or(0);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while rows(&run) < 3 {
+        assert!(Instant::now() < deadline, "training never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    unsafe { libc::kill(pid, libc::SIGUSR2) };
+    // A checkpoint appears although checkpoint.every_steps = 0 (end of run only).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let ckpt = loop {
+        if let Some((step, dir)) = rankforge::checkpoint::list(&run).unwrap().pop() {
+            break (step, dir);
+        }
+        assert!(Instant::now() < deadline, "no checkpoint after SIGUSR2");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    rankforge::checkpoint::verify(&ckpt.1).unwrap();
+    assert!(ckpt.0 >= 3);
+    unsafe { libc::kill(pid, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(err.contains("received SIGINT: stopping all ranks"), "{err}");
+    assert!(err.contains("checkpoint requested through the coordinator"), "rank 0 logged the request: {err}");
     assert_no_orphans(&dir);
 }

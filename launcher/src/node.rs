@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, Context, Result};
 use rankforge_proto::coordinator_client::CoordinatorClient;
-use rankforge_proto::{auth, command, env as rfenv, CommandsRequest, JoinNodeRequest, ReportRequest};
+use rankforge_proto::{auth, command, env as rfenv, hostname, CommandsRequest, JoinNodeRequest, ReportRequest};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 use tokio::signal::unix::{signal, SignalKind};
@@ -23,10 +23,6 @@ use crate::plan::{route_addr, Args, DeviceMode, Plan};
 
 /// Lines of a failed rank's log shown in the failure report.
 const TAIL_LINES: usize = 20;
-
-pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "localhost".into())
-}
 
 fn now() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
@@ -133,6 +129,7 @@ pub async fn run(args: &Args, plan: Plan) -> Result<i32> {
 
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigusr2 = signal(SignalKind::user_defined2())?;
     let (remote_tx, mut remote_rx) = mpsc::unbounded_channel::<(String, i32)>();
     for (host, mut child) in remotes.drain(..) {
         let tx = remote_tx.clone();
@@ -165,6 +162,13 @@ pub async fn run(args: &Args, plan: Plan) -> Result<i32> {
                     break Outcome::RemoteFailed(host, code);
                 }
             }
+            _ = sigusr2.recv() => match &shared {
+                Some(s) => {
+                    eprintln!("rankforge-launch: SIGUSR2: asking every rank to checkpoint at the next step boundary");
+                    s.broadcast(command::Kind::Checkpoint, "SIGUSR2 to the launcher", 0);
+                }
+                None => eprintln!("rankforge-launch: SIGUSR2 ignored: send it to node 0's launcher, which hosts the coordinator"),
+            },
             _ = sigint.recv() => break Outcome::Signal(libc::SIGINT),
             _ = sigterm.recv() => break Outcome::Signal(libc::SIGTERM),
         }

@@ -32,3 +32,8 @@ pub mod env {
 pub fn auth(token: &str, generation: u64) -> Option<Auth> {
     Some(Auth { token: token.to_string(), generation })
 }
+
+/// This host's name, as launchers and ranks report it to the coordinator.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "localhost".into())
+}

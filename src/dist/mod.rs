@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rankforge_proto::{env as rfenv, Phase};
+use rankforge_proto::{env as rfenv, hostname, Phase};
 use tch::{Device, Kind, Tensor};
 
 use crate::error::{Error, Result};
@@ -248,10 +248,6 @@ pub struct Dist {
     pub hosts: Vec<String>,
 }
 
-pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "localhost".into())
-}
-
 impl Dist {
     /// A world of one.
     pub fn single() -> Dist {
@@ -282,6 +278,7 @@ impl Dist {
                 reply.world_size, ctx.world_size
             )));
         }
+        control.status.set_phase(Phase::Setup);
         control.start_background(Duration::from_secs(2));
         let status = control.status.clone();
         let coll: Box<dyn Collective> = match listener {
@@ -321,8 +318,14 @@ impl Dist {
         out
     }
 
+    /// A world of one whose collectives are no-ops. (NCCL at world 1 still runs, so the GPU
+    /// path can be exercised on one GPU.)
+    fn trivial(&self) -> bool {
+        self.world() == 1 && self.coll.name() != "nccl"
+    }
+
     pub fn all_reduce_sum(&mut self, t: &mut Tensor) -> Result<()> {
-        if self.world() == 1 && self.coll.name() == "local" {
+        if self.trivial() {
             return Ok(());
         }
         self.counted(|c| c.all_reduce_sum(t))
@@ -347,7 +350,7 @@ impl Dist {
     /// Sums the gradients of `params` (in flat buckets) and `extra` over all ranks. `extra`
     /// rides in the last bucket (the loss, agreement flags) and comes back summed.
     pub fn reduce_grads(&mut self, params: &[Tensor], extra: &mut [f64]) -> Result<()> {
-        if self.world() == 1 && self.coll.name() == "local" {
+        if self.trivial() {
             return Ok(());
         }
         let _guard = tch::no_grad_guard();
