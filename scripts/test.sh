@@ -12,5 +12,11 @@ if cargo tree -e normal -p rankforge-launcher 2>/dev/null | grep -qE ' (tch|torc
   exit 1
 fi
 
+if ldd target/release/rankforge-launch | grep -qE 'libtorch|libc10'; then
+  echo "FAIL: target/release/rankforge-launch links libtorch:" >&2
+  ldd target/release/rankforge-launch | grep -E 'libtorch|libc10' >&2
+  exit 1
+fi
+
 # --release: the same build as setup.sh, so nothing is compiled twice.
 cargo test --release --workspace "$@"

@@ -1,9 +1,12 @@
 //! rankforge: a Rust training coordinator for transformer models (tch/libtorch).
 //!
 //! Data flow of one rank: recipe ([`config`]) → tokenizer ([`tokenizer`]) → token cache and
-//! sampler ([`data`]) → model ([`models`]) → step (loss, backward, clip, [`optim`]) →
-//! checkpoints ([`checkpoint`]), metrics ([`metrics`]) and the Hugging Face export; the recipe
-//! loop itself is [`train`]. [`generate`] samples from a trained model, [`bench`] times steps.
+//! sampler ([`data`]) → model ([`models`]) → step (loss, backward, gradient all-reduce across
+//! ranks ([`dist`]), clip, [`optim`]) → checkpoints ([`checkpoint`]), metrics ([`metrics`]) and
+//! the Hugging Face export; the recipe loop itself is [`train`]. [`generate`] samples from a
+//! trained model, [`bench`] times steps and collectives. Under `rankforge-launch` a rank joins
+//! the job's coordinator and trains its slice of every global batch; without it, it is a world
+//! of one.
 //!
 //! ```no_run
 //! use rankforge::config::Recipe;

@@ -82,6 +82,17 @@ fn assert_no_orphans(needle: &Path) {
     }
 }
 
+/// One of `--nnodes 2` launchers (one rank each) meeting at `coord`, output captured.
+fn node_launcher(coord: &str, node_rank: &str, recipe: &Path, set: &str, token: &str) -> std::process::Child {
+    let args = ["--nnodes", "2", "--node-rank", node_rank, "--nproc-per-node", "1", "--coordinator", coord];
+    launch(&args, &[("RANKFORGE_JOB_TOKEN", token)])
+        .args(["--config", recipe.to_str().unwrap(), "--set", set])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -129,16 +140,10 @@ fn two_simulated_nodes_equal_one_node_with_two_ranks() {
     let two = dir.join("two-nodes");
     let r = recipe(&dir, &two);
     let coord = format!("127.0.0.1:{}", free_port());
-    let token = [("RANKFORGE_JOB_TOKEN", "test-secret-0123456789")];
-    let node = |rank: &str| {
-        let mut c = launch(&["--nnodes", "2", "--node-rank", rank, "--nproc-per-node", "1", "--coordinator", &coord, "--config", r.to_str().unwrap(), "--set", STEPS], &[]);
-        c.envs(token).stdout(Stdio::piped()).stderr(Stdio::piped());
-        c.spawn().unwrap()
-    };
     // Node 1 first: it waits for node 0's coordinator.
-    let n1 = node("1");
+    let n1 = node_launcher(&coord, "1", &r, STEPS, "test-secret-0123456789");
     std::thread::sleep(Duration::from_millis(300));
-    let n0 = node("0");
+    let n0 = node_launcher(&coord, "0", &r, STEPS, "test-secret-0123456789");
     let (o0, o1) = (n0.wait_with_output().unwrap(), n1.wait_with_output().unwrap());
     check(&o0, "node 0");
     check(&o1, "node 1");
@@ -175,13 +180,8 @@ fn different_recipes_on_two_nodes_are_refused() {
     let run = dir.join("run");
     let r = recipe(&dir, &run);
     let coord = format!("127.0.0.1:{}", free_port());
-    let node = |rank: &str, lr: &str| {
-        let mut c = launch(&["--nnodes", "2", "--node-rank", rank, "--nproc-per-node", "1", "--coordinator", &coord, "--config", r.to_str().unwrap(), "--set", lr], &[]);
-        c.env("RANKFORGE_JOB_TOKEN", "mismatch-token").stdout(Stdio::piped()).stderr(Stdio::piped());
-        c.spawn().unwrap()
-    };
-    let n0 = node("0", "train.lr=0.001");
-    let n1 = node("1", "train.lr=0.002");
+    let n0 = node_launcher(&coord, "0", &r, "train.lr=0.001", "mismatch-token");
+    let n1 = node_launcher(&coord, "1", &r, "train.lr=0.002", "mismatch-token");
     let (o0, o1) = (n0.wait_with_output().unwrap(), n1.wait_with_output().unwrap());
     let e0 = String::from_utf8_lossy(&o0.stderr);
     assert!(!o0.status.success() && !o1.status.success(), "{e0}");
