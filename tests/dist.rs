@@ -278,3 +278,103 @@ fn sigusr2_checkpoints_at_the_next_step_boundary_and_sigint_stops_the_job() {
     assert!(err.contains("checkpoint requested through the coordinator"), "rank 0 logged the request: {err}");
     assert_no_orphans(&dir);
 }
+
+/// Waits until `run`'s metrics have at least `n` step rows.
+fn wait_for_rows(run: &Path, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::fs::read_to_string(run.join("metrics.jsonl")).map(|t| t.lines().filter(|l| l.contains("\"loss\"")).count()).unwrap_or(0) < n {
+        assert!(Instant::now() < deadline, "training never reached step {n}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The pid of the running `rankforge train` rank `rank` started under `dir`.
+fn rank_pid(dir: &Path, rank: usize) -> i32 {
+    processes_with(&dir.display().to_string())
+        .into_iter()
+        .filter(|p| p.contains(" train "))
+        .map(|p| p.split(':').next().unwrap().to_string())
+        .find(|pid| {
+            let want = format!("RANK={rank}");
+            std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|e| e.split(|b| *b == 0).any(|v| v == want.as_bytes()))
+        })
+        .unwrap_or_else(|| panic!("rank {rank} is not running"))
+        .parse()
+        .unwrap()
+}
+
+const LONG: [&str; 4] = ["--set", "train.max_steps=200", "--set", "checkpoint.every_steps=25"];
+
+/// A 2-rank 200-step run, uninterrupted, for the restart tests to match.
+fn reference_run(dir: &Path) -> PathBuf {
+    let run = dir.join("reference");
+    let r = recipe(dir, &run);
+    let mut args = vec!["--nproc-per-node", "2", "--config", r.to_str().unwrap()];
+    args.extend(LONG);
+    check(&launch(&args, &[]).output().unwrap(), "reference run");
+    run
+}
+
+/// Starts a 2-rank 200-step run that may restart once; `extra` launcher flags first.
+fn restartable_run(dir: &Path, extra: &[&str]) -> (PathBuf, std::process::Child) {
+    let run = dir.join("restarted");
+    let r = recipe(dir, &run);
+    let mut args = vec!["--nproc-per-node", "2", "--max-restarts", "1", "--grace-period", "1"];
+    args.extend(extra);
+    args.extend(["--config", r.to_str().unwrap()]);
+    args.extend(LONG);
+    let child = launch(&args, &[]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    (run, child)
+}
+
+#[test]
+fn a_killed_rank_restarts_the_job_from_its_checkpoint_and_the_result_is_unchanged() {
+    let dir = scratch("ft-kill-restart");
+    let reference = reference_run(&dir);
+    let (run, child) = restartable_run(&dir, &[]);
+    wait_for_rows(&run, 60);
+    unsafe { libc::kill(rank_pid(&dir, 1), libc::SIGKILL) };
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("restart 1 of 1, root cause: rank 1 on") && err.contains("killed by SIGKILL"), "{err}");
+    let (l, w) = compare(&reference, &run);
+    assert_eq!((l, w), (0.0, 0.0), "a restarted run resumes exactly");
+    let log = std::fs::read_to_string(run.join("logs/rank1.log")).unwrap();
+    assert!(log.contains("generation 0, restart 0 ===") && log.contains("generation 1, restart 1 ==="), "logs are appended per generation");
+    assert_no_orphans(&dir);
+}
+
+#[test]
+fn a_stopped_rank_is_detected_by_missed_heartbeats_named_and_restarted() {
+    let dir = scratch("ft-sigstop");
+    let reference = reference_run(&dir);
+    let (run, child) = restartable_run(&dir, &["--heartbeat-timeout", "2"]);
+    wait_for_rows(&run, 60);
+    let stopped = Instant::now();
+    unsafe { libc::kill(rank_pid(&dir, 1), libc::SIGSTOP) };
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("rank 1 on") && err.contains("stopped responding: no heartbeat for 2."), "{err}");
+    assert!(stopped.elapsed() < Duration::from_secs(60));
+    let (l, w) = compare(&reference, &run);
+    assert_eq!((l, w), (0.0, 0.0), "a restarted run resumes exactly");
+    assert_no_orphans(&dir);
+}
+
+#[test]
+fn bad_input_is_not_retried() {
+    let dir = scratch("ft-fatal");
+    let run = dir.join("run");
+    let r = recipe(&dir, &run);
+    // A missing tokenizer is bad input on every rank (exit 2): restarting cannot help.
+    let out = launch(&["--nproc-per-node", "2", "--max-restarts", "3", "--config", r.to_str().unwrap(), "--set", "data.tokenizer=/nonexistent/tok"], &[])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("means bad input (recipe, data): not restarted"), "{err}");
+    assert!(!err.contains("restarting"), "{err}");
+    assert_no_orphans(&dir);
+}

@@ -56,6 +56,21 @@ pub struct Failure {
     pub exit_code: i32,
     pub message: String,
     pub timestamp: f64,
+    /// Detected by the coordinator (missed heartbeats), not by an exit.
+    pub unresponsive: bool,
+}
+
+/// Exit code of a rank that failed on bad input (recipe, data): retrying cannot help, so the
+/// job is not restarted (rankforge's `EXIT_BAD_INPUT`).
+pub const EXIT_FATAL: i32 = 2;
+
+/// What the coordinator does about a failed generation.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// Start `generation` (restart number `restart`) from the newest checkpoint.
+    Restart { generation: u64, restart: u32, root: Failure },
+    /// Give up: the root cause is fatal, or no restart is left.
+    Abort { root: Failure, why: String },
 }
 
 impl std::fmt::Display for Failure {
@@ -65,6 +80,7 @@ impl std::fmt::Display for Failure {
             None => write!(f, "node {} ({})", self.node_rank, self.host)?,
         }
         match self.exit_code {
+            _ if self.unresponsive => write!(f, " stopped responding")?,
             c if c < 0 => write!(f, " was killed by signal {}", -c)?,
             c => write!(f, " exited with code {c}")?,
         }
@@ -95,6 +111,15 @@ pub struct State {
     collected: HashMap<String, usize>,
     pub failures: Vec<Failure>,
     pub nodes_done: BTreeMap<u32, bool>,
+    /// Restarts allowed for the whole job (`--max-restarts`), and used so far.
+    pub max_restarts: u32,
+    pub restarts: u32,
+    /// A rank silent for longer than this is declared failed (None: never).
+    pub heartbeat_timeout: Option<Duration>,
+    /// The decision about the current generation's failure, once made.
+    pub decision: Option<Decision>,
+    /// A decision is scheduled for the current generation.
+    deciding: bool,
 }
 
 /// Equal-time comparison, so the token cannot be guessed byte by byte from reply timings.
@@ -117,6 +142,11 @@ impl State {
             collected: HashMap::new(),
             failures: Vec::new(),
             nodes_done: BTreeMap::new(),
+            max_restarts: 0,
+            restarts: 0,
+            heartbeat_timeout: None,
+            decision: None,
+            deciding: false,
         }
     }
 
@@ -288,6 +318,9 @@ impl State {
     pub fn report(&mut self, req: &ReportRequest) -> Result<Option<Failure>, Status> {
         self.check(req.auth.as_ref())?;
         if req.success {
+            if let Some(r) = u32::try_from(req.rank).ok().and_then(|r| self.ranks.get_mut(&r)) {
+                r.phase = Phase::Done; // exited cleanly: no heartbeat expected any more
+            }
             if req.rank < 0 {
                 self.nodes_done.insert(req.node_rank, true);
                 if self.nodes_done.len() == self.nnodes as usize && self.failures.is_empty() {
@@ -302,6 +335,7 @@ impl State {
                 exit_code: req.exit_code,
                 message: req.message.clone(),
                 timestamp: req.timestamp,
+                unresponsive: false,
             });
             self.phase = JobPhase::Failed;
         }
@@ -313,10 +347,82 @@ impl State {
         self.failures.iter().min_by(|a, b| a.timestamp.total_cmp(&b.timestamp)).cloned()
     }
 
-    /// Starts generation + 1: forgets ranks, barriers and failures of the previous one.
+    /// Decides about the current generation's failures (call once the reports are in): restart
+    /// from the newest checkpoint while restarts are left and the root cause is not fatal.
+    pub fn decide(&mut self) -> Option<Decision> {
+        if let Some(d) = &self.decision {
+            return Some(d.clone());
+        }
+        let root = self.root_cause()?;
+        let d = if root.rank.is_none() {
+            Decision::Abort { root, why: "a node's launcher stopped; the job cannot continue without it".into() }
+        } else if root.exit_code == EXIT_FATAL && !root.unresponsive {
+            Decision::Abort { root, why: format!("exit code {EXIT_FATAL} means bad input (recipe, data): not restarted") }
+        } else if self.restarts >= self.max_restarts {
+            Decision::Abort { root, why: format!("no restart left ({} of --max-restarts {} used)", self.restarts, self.max_restarts) }
+        } else {
+            self.restarts += 1;
+            self.next_generation();
+            // The new generation starts without a decision.
+            return Some(Decision::Restart { generation: self.generation, restart: self.restarts, root });
+        };
+        self.decision = Some(d.clone());
+        Some(d)
+    }
+
+    /// Ranks whose last heartbeat (or join) is older than the timeout, as failures.
+    pub fn unresponsive(&self, now: Instant) -> Vec<Failure> {
+        let Some(limit) = self.heartbeat_timeout else { return Vec::new() };
+        if self.phase != JobPhase::Running {
+            return Vec::new();
+        }
+        let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+        self.ranks
+            .iter()
+            .filter(|(_, r)| r.phase != Phase::Done && now.duration_since(r.last_seen) > limit)
+            .map(|(rank, r)| {
+                let silent = now.duration_since(r.last_seen);
+                Failure {
+                    rank: Some(*rank),
+                    node_rank: self.node_of(*rank),
+                    host: r.host.clone(),
+                    exit_code: 0,
+                    message: format!(
+                        "no heartbeat for {:.1} s (limit {:.1} s); last seen at step {} in phase {}, after {} collectives (pid {})",
+                        silent.as_secs_f64(),
+                        limit.as_secs_f64(),
+                        r.step,
+                        r.phase.as_str_name().trim_start_matches("PHASE_").to_lowercase(),
+                        r.collective_seq,
+                        r.pid
+                    ),
+                    timestamp: wall - silent.as_secs_f64() + limit.as_secs_f64(),
+                    unresponsive: true,
+                }
+            })
+            .collect()
+    }
+
+    /// The node that runs global rank `rank` (ranks are numbered in node-rank order).
+    pub fn node_of(&self, rank: u32) -> u32 {
+        let mut first = 0;
+        for (node, (nproc, _)) in &self.nodes {
+            if rank < first + nproc {
+                return *node;
+            }
+            first += nproc;
+        }
+        0
+    }
+
+    /// Starts generation + 1: forgets nodes, ranks, barriers and failures of the previous one.
     pub fn next_generation(&mut self) {
         self.generation += 1;
         self.phase = JobPhase::Assembling;
+        self.nodes.clear();
+        self.world_size = None;
+        self.decision = None;
+        self.deciding = false;
         self.ranks.clear();
         self.join_result = None;
         self.barriers.clear();
@@ -329,6 +435,9 @@ impl State {
 fn short(hash: &str) -> &str {
     &hash[..hash.len().min(12)]
 }
+
+/// How long after a first failure report the coordinator waits for related reports.
+pub const DECISION_WINDOW: Duration = Duration::from_millis(300);
 
 /// The state plus what waiting callers and command subscribers need.
 pub struct Shared {
@@ -347,8 +456,77 @@ impl Shared {
     }
 
     /// Sends `kind` to every subscribed rank and launcher.
-    pub fn broadcast(&self, kind: command::Kind, reason: &str, exit_code: i32) {
-        let cmd = Command { kind: kind as i32, reason: reason.to_string(), exit_code };
+    pub fn broadcast(&self, kind: command::Kind, reason: &str) {
+        self.send(Command { kind: kind as i32, reason: reason.to_string(), exit_code: 0, generation: 0 });
+    }
+
+    /// After a failure: waits a moment for the reports of its consequences (peers failing on a
+    /// broken connection), so the root cause is the earliest of them, then restarts the job
+    /// (RESTART to the launchers) or gives up (ABORT to everyone). Once per generation.
+    pub fn schedule_decision(self: Arc<Self>) {
+        {
+            let mut st = self.state.lock().unwrap();
+            if st.deciding {
+                return;
+            }
+            st.deciding = true;
+        }
+        tokio::spawn(async move {
+            tokio::time::sleep(DECISION_WINDOW).await;
+            let decision = self.state.lock().unwrap().decide();
+            match decision {
+                Some(Decision::Restart { generation, restart, root }) => {
+                    eprintln!("rankforge-launch: restart {restart} of {}, root cause: {root}", self.state.lock().unwrap().max_restarts);
+                    let cmd = Command {
+                        kind: command::Kind::Restart as i32,
+                        reason: format!("restart {restart} after: {root}"),
+                        exit_code: root.exit_code,
+                        generation,
+                    };
+                    self.send(cmd);
+                }
+                Some(Decision::Abort { root, why }) => {
+                    let cmd = Command {
+                        kind: command::Kind::Abort as i32,
+                        reason: format!("{root}\n    ({why})"),
+                        exit_code: if root.unresponsive { 1 } else { root.exit_code },
+                        generation: 0,
+                    };
+                    self.send(cmd);
+                }
+                None => {}
+            }
+            self.notify();
+        });
+    }
+
+    /// Watches heartbeats: a rank silent for longer than the timeout fails its generation.
+    pub fn spawn_monitor(self: Arc<Self>) {
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let found = {
+                    let mut st = self.state.lock().unwrap();
+                    let late = st.unresponsive(Instant::now());
+                    let new: Vec<Failure> = late.into_iter().filter(|f| !st.failures.iter().any(|g| g.rank == f.rank)).collect();
+                    for f in &new {
+                        eprintln!("rankforge-launch: {f}");
+                    }
+                    let found = !new.is_empty();
+                    if found {
+                        st.failures.extend(new);
+                        st.phase = JobPhase::Failed;
+                    }
+                    found
+                };
+                if found {
+                    self.clone().schedule_decision();
+                }
+            }
+        });
+    }
+
+    fn send(&self, cmd: Command) {
         let mut subs = self.subscribers.lock().unwrap();
         subs.retain(|tx| tx.try_send(Ok(cmd.clone())).is_ok() || !tx.is_closed());
     }
@@ -405,16 +583,10 @@ impl coordinator_server::Coordinator for Service {
 
     async fn report(&self, req: Request<ReportRequest>) -> Result<Response<ReportReply>, Status> {
         let req = req.into_inner();
-        let (root, first) = {
-            let mut st = self.0.state.lock().unwrap();
-            let before = st.failures.len();
-            let root = st.report(&req)?;
-            (root, before == 0 && !st.failures.is_empty())
-        };
+        let root = self.0.state.lock().unwrap().report(&req)?;
         self.0.notify();
-        if first {
-            let root = root.as_ref().expect("a failure was just recorded");
-            self.0.broadcast(command::Kind::Abort, &format!("the job failed: {root}"), root.exit_code);
+        if root.is_some() {
+            self.0.clone().schedule_decision();
         }
         Ok(Response::new(ReportReply { failure: root.map(|f| f.to_string()).unwrap_or_default() }))
     }
@@ -423,14 +595,18 @@ impl coordinator_server::Coordinator for Service {
 
     async fn commands(&self, req: Request<CommandsRequest>) -> Result<Response<CommandStream>, Status> {
         let req = req.into_inner();
-        let failed = {
+        let aborted = {
             let st = self.0.state.lock().unwrap();
             st.check(req.auth.as_ref())?;
-            st.root_cause()
+            match &st.decision {
+                Some(Decision::Abort { root, why }) => Some((root.clone(), why.clone())),
+                _ => None,
+            }
         };
         let (tx, rx) = mpsc::channel(16);
-        if let Some(f) = failed {
-            let _ = tx.try_send(Ok(Command { kind: command::Kind::Abort as i32, reason: format!("the job failed: {f}"), exit_code: f.exit_code }));
+        if let Some((root, why)) = aborted {
+            let reason = format!("{root}\n    ({why})");
+            let _ = tx.try_send(Ok(Command { kind: command::Kind::Abort as i32, reason, exit_code: root.exit_code, generation: 0 }));
         }
         self.0.subscribers.lock().unwrap().push(tx);
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
@@ -458,6 +634,7 @@ mod tests {
         assert_eq!((r0.world_size, r0.rank_offset), (5, 0));
         let r1 = st.join_node(&node("t", 0, 1, 3)).unwrap().unwrap();
         assert_eq!((r1.world_size, r1.rank_offset), (5, 2));
+        assert_eq!([0, 1, 2, 4].map(|r| st.node_of(r)), [0, 0, 1, 1]);
         for r in 0..4 {
             assert!(st.join(&rank("t", 0, r, "abc")).unwrap().is_none());
         }
@@ -533,5 +710,69 @@ mod tests {
         assert_eq!(root.to_string(), "rank 0 on h (node 0) exited with code 2");
         assert_eq!(st.phase, JobPhase::Failed);
         assert_eq!(st.join(&rank("t", 0, 0, "x")).unwrap_err().code(), tonic::Code::Aborted);
+    }
+
+    fn failed(st: &mut State, rank: i32, code: i32) {
+        let req = ReportRequest {
+            auth: auth("t", st.generation),
+            rank,
+            node_rank: 0,
+            success: false,
+            exit_code: code,
+            host: "h".into(),
+            message: String::new(),
+            timestamp: 1.0,
+        };
+        st.report(&req).unwrap();
+    }
+
+    #[test]
+    fn restarts_are_counted_for_the_job_and_bad_input_is_never_retried() {
+        let mut st = State::new("t".into(), 1);
+        st.max_restarts = 2;
+        st.join_node(&node("t", 0, 0, 2)).unwrap();
+        failed(&mut st, 1, -9);
+        assert!(matches!(st.decide(), Some(Decision::Restart { generation: 1, restart: 1, .. })));
+        assert_eq!((st.generation, st.phase, st.failures.len()), (1, JobPhase::Assembling, 0));
+        assert!(st.nodes.is_empty(), "every node rejoins the new generation");
+        st.join_node(&node("t", 1, 0, 2)).unwrap();
+        failed(&mut st, 0, 1);
+        assert!(matches!(st.decide(), Some(Decision::Restart { generation: 2, restart: 2, .. })));
+        st.join_node(&node("t", 2, 0, 2)).unwrap();
+        failed(&mut st, 0, 1);
+        match st.decide() {
+            Some(Decision::Abort { why, .. }) => assert!(why.contains("no restart left (2 of --max-restarts 2 used)"), "{why}"),
+            d => panic!("{d:?}"),
+        }
+        let mut st = State::new("t".into(), 1);
+        st.max_restarts = 5;
+        st.join_node(&node("t", 0, 0, 2)).unwrap();
+        failed(&mut st, 1, EXIT_FATAL);
+        assert!(matches!(st.decide(), Some(Decision::Abort { .. })), "exit code 2 is fatal");
+        let mut st = State::new("t".into(), 1);
+        st.max_restarts = 5;
+        st.join_node(&node("t", 0, 0, 1)).unwrap();
+        failed(&mut st, -1, -15);
+        assert!(matches!(st.decide(), Some(Decision::Abort { .. })), "a lost launcher is not restarted");
+    }
+
+    #[test]
+    fn a_silent_rank_is_unresponsive_after_the_timeout_and_a_finished_one_is_not() {
+        let mut st = State::new("t".into(), 1);
+        st.heartbeat_timeout = Some(Duration::from_secs(5));
+        st.join_node(&node("t", 0, 0, 2)).unwrap();
+        st.join(&rank("t", 0, 0, "x")).unwrap();
+        st.join(&rank("t", 0, 1, "x")).unwrap();
+        let later = Instant::now() + Duration::from_secs(6);
+        let beat = HeartbeatRequest { auth: auth("t", 0), rank: 0, step: 7, collective_seq: 9, phase: Phase::Collective as i32 };
+        st.heartbeat(&beat).unwrap();
+        st.ranks.get_mut(&0).unwrap().last_seen = later;
+        let late = st.unresponsive(later);
+        assert_eq!(late.len(), 1);
+        assert_eq!(late[0].rank, Some(1));
+        assert!(late[0].to_string().starts_with("rank 1 on h (node 0) stopped responding: no heartbeat for 6."), "{}", late[0]);
+        let done = ReportRequest { auth: auth("t", 0), rank: 1, node_rank: 0, success: true, exit_code: 0, host: "h".into(), message: String::new(), timestamp: 0.0 };
+        st.report(&done).unwrap();
+        assert!(st.unresponsive(later).is_empty());
     }
 }

@@ -61,15 +61,23 @@ struct Rank {
     log: std::path::PathBuf,
 }
 
-/// What ended the node's watch.
+/// What ended the watch of one generation.
 enum Outcome {
     AllSucceeded,
-    /// local rank, exit code
-    RankFailed(usize, i32),
+    /// The job restarts as this generation.
+    Restart(u64, String),
     Aborted(String, i32),
     Signal(i32),
     CoordinatorLost(String),
-    RemoteFailed(String, i32),
+}
+
+/// What every rank of a generation is told.
+struct GenerationSpec<'a> {
+    generation: u64,
+    restart: u32,
+    world: u32,
+    coord_addr: &'a str,
+    local_addr: &'a str,
 }
 
 pub async fn run(args: &Args, plan: Plan) -> Result<i32> {
@@ -79,53 +87,27 @@ pub async fn run(args: &Args, plan: Plan) -> Result<i32> {
     let (chost, cport) = plan.coordinator.clone();
 
     // Node 0 hosts the coordinator, on exactly the address it was given.
-    let shared = if plan.node_rank == 0 { Some(Shared::new(State::new(plan.token.clone(), plan.nnodes))) } else { None };
+    let shared = if plan.node_rank == 0 {
+        let mut st = State::new(plan.token.clone(), plan.nnodes);
+        st.max_restarts = args.max_restarts;
+        st.heartbeat_timeout = (args.heartbeat_timeout > 0.0).then(|| Duration::from_secs_f64(args.heartbeat_timeout));
+        Some(Shared::new(st))
+    } else {
+        None
+    };
     let coord_addr = match &shared {
         Some(s) => {
             let bound = crate::serve(&chost, cport, s.clone()).await?;
+            s.clone().spawn_monitor();
             eprintln!("rankforge-launch: coordinator listening on {bound} (job {}, {} node(s))", plan.run_id, plan.nnodes);
             bound.to_string()
         }
         None => format!("{chost}:{cport}"),
     };
     let mut remotes = start_remotes(args, &plan, &coord_addr)?;
-
     let mut client = crate::connect(&coord_addr, join_timeout).await?;
-    let joined = tokio::time::timeout(
-        join_timeout,
-        client.join_node(JoinNodeRequest { auth: auth(&plan.token, 0), node_rank: plan.node_rank, nproc: plan.nproc, host: host.clone() }),
-    )
-    .await
-    .map_err(|_| anyhow!("not every node joined within {:.0} s (--join-timeout): {} node(s) expected", join_timeout.as_secs_f64(), plan.nnodes))?
-    .map_err(|s| anyhow!("the coordinator at {coord_addr} refused this node: {}", s.message()))?
-    .into_inner();
-    let generation = joined.generation;
-    let mut commands = client
-        .commands(CommandsRequest { auth: auth(&plan.token, generation), rank: -1, node_rank: plan.node_rank })
-        .await
-        .map_err(|s| anyhow!("coordinator at {coord_addr}: {}", s.message()))?
-        .into_inner();
-
     let local_addr = plan.local_addr.clone().or_else(|| route_addr(&chost, cport)).unwrap_or_else(|| "127.0.0.1".into());
     std::fs::create_dir_all(&plan.log_dir).with_context(|| format!("cannot create the log directory {}", plan.log_dir.display()))?;
-    let (exit_tx, mut exit_rx) = mpsc::unbounded_channel::<(usize, i32)>();
-    let mut ranks = Vec::new();
-    for local in 0..plan.nproc as usize {
-        let global = joined.rank_offset + local as u32;
-        let r = spawn_rank(args, &plan, local, global, joined.world_size, generation, &coord_addr, &local_addr, exit_tx.clone())
-            .with_context(|| format!("cannot start rank {global} ({})", plan.rank_binary.display()))?;
-        ranks.push(r);
-    }
-    drop(exit_tx);
-    if plan.node_rank == 0 {
-        eprintln!(
-            "rankforge-launch: {} rank(s) on {} node(s), {} thread(s) per rank, logs in {}",
-            joined.world_size,
-            plan.nnodes,
-            plan.threads_per_rank,
-            plan.log_dir.display()
-        );
-    }
 
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
@@ -139,107 +121,170 @@ pub async fn run(args: &Args, plan: Plan) -> Result<i32> {
         });
     }
     drop(remote_tx);
-    let mut running: BTreeMap<usize, i32> = ranks.iter().enumerate().map(|(i, r)| (i, r.pid)).collect();
-    let outcome = loop {
-        tokio::select! {
-            Some((local, code)) = exit_rx.recv() => {
-                running.remove(&local);
-                if code != 0 {
-                    break Outcome::RankFailed(local, code);
-                }
-                if running.is_empty() {
-                    break Outcome::AllSucceeded;
-                }
-            }
-            msg = commands.message() => match msg {
-                Ok(Some(cmd)) if cmd.kind == command::Kind::Abort as i32 => break Outcome::Aborted(cmd.reason, cmd.exit_code),
-                Ok(Some(_)) => {}
-                Ok(None) => break Outcome::CoordinatorLost("it closed the command stream".into()),
-                Err(s) => break Outcome::CoordinatorLost(s.message().to_string()),
-            },
-            Some((host, code)) = remote_rx.recv(), if plan.node_rank == 0 => {
-                if code != 0 {
-                    break Outcome::RemoteFailed(host, code);
-                }
-            }
-            _ = sigusr2.recv() => match &shared {
-                Some(s) => {
-                    eprintln!("rankforge-launch: SIGUSR2: asking every rank to checkpoint at the next step boundary");
-                    s.broadcast(command::Kind::Checkpoint, "SIGUSR2 to the launcher", 0);
-                }
-                None => eprintln!("rankforge-launch: SIGUSR2 ignored: send it to node 0's launcher, which hosts the coordinator"),
-            },
-            _ = sigint.recv() => break Outcome::Signal(libc::SIGINT),
-            _ = sigterm.recv() => break Outcome::Signal(libc::SIGTERM),
-        }
-    };
 
-    let report = |rank: i32, success: bool, code: i32, message: String| ReportRequest {
-        auth: auth(&plan.token, generation),
-        rank,
-        node_rank: plan.node_rank,
-        success,
-        exit_code: code,
-        host: host.clone(),
-        message,
-        timestamp: now(),
-    };
-    let code = match outcome {
-        Outcome::AllSucceeded => {
-            let _ = client.report(report(-1, true, 0, String::new())).await;
-            if let Some(shared) = &shared {
-                wait_for_nodes(shared, join_timeout).await
-            } else {
-                0
+    let mut generation = 0u64;
+    let mut restart = 0u32;
+    let mut commands = None;
+    loop {
+        let joined = tokio::time::timeout(
+            join_timeout,
+            client.join_node(JoinNodeRequest { auth: auth(&plan.token, generation), node_rank: plan.node_rank, nproc: plan.nproc, host: host.clone() }),
+        )
+        .await
+        .map_err(|_| anyhow!("not every node joined within {:.0} s (--join-timeout): {} node(s) expected", join_timeout.as_secs_f64(), plan.nnodes))?
+        .map_err(|s| anyhow!("the coordinator at {coord_addr} refused this node: {}", s.message()))?
+        .into_inner();
+        // One command stream for the node's whole life (commands name their generation).
+        let commands = match &mut commands {
+            Some(c) => c,
+            None => commands.insert(
+                client
+                    .commands(CommandsRequest { auth: auth(&plan.token, generation), rank: -1, node_rank: plan.node_rank })
+                    .await
+                    .map_err(|s| anyhow!("coordinator at {coord_addr}: {}", s.message()))?
+                    .into_inner(),
+            ),
+        };
+        let (exit_tx, mut exit_rx) = mpsc::unbounded_channel::<(usize, i32)>();
+        let mut ranks = Vec::new();
+        let spec = GenerationSpec { generation, restart, world: joined.world_size, coord_addr: &coord_addr, local_addr: &local_addr };
+        for local in 0..plan.nproc as usize {
+            let global = joined.rank_offset + local as u32;
+            let r = spawn_rank(args, &plan, local, global, &spec, exit_tx.clone())
+                .with_context(|| format!("cannot start rank {global} ({})", plan.rank_binary.display()))?;
+            ranks.push(r);
+        }
+        drop(exit_tx);
+        if plan.node_rank == 0 && generation == 0 {
+            eprintln!(
+                "rankforge-launch: {} rank(s) on {} node(s), {} thread(s) per rank, logs in {}",
+                joined.world_size,
+                plan.nnodes,
+                plan.threads_per_rank,
+                plan.log_dir.display()
+            );
+        }
+        let started = Instant::now();
+        let report = |rank: i32, success: bool, code: i32, message: String| ReportRequest {
+            auth: auth(&plan.token, generation),
+            rank,
+            node_rank: plan.node_rank,
+            success,
+            exit_code: code,
+            host: host.clone(),
+            message,
+            timestamp: now(),
+        };
+
+        let mut running: BTreeMap<usize, i32> = ranks.iter().enumerate().map(|(i, r)| (i, r.pid)).collect();
+        // The first local failure of this generation is reported; later ones are its consequences.
+        let mut reported: Option<i32> = None;
+        let outcome = loop {
+            tokio::select! {
+                Some((local, code)) = exit_rx.recv() => {
+                    running.remove(&local);
+                    if code != 0 && reported.is_none() {
+                        reported = Some(code);
+                        drain(&mut ranks[local].pumps).await;
+                        let r = &ranks[local];
+                        let tail: Vec<String> = r.tail.lock().unwrap().iter().cloned().collect();
+                        let what = match code {
+                            c if c < 0 => format!("killed by {} (signal {})", signal_name(-c), -c),
+                            c => format!("exit code {c}"),
+                        };
+                        let msg = format!("pid {}, {what}, log {}", r.pid, r.log.display());
+                        let detail = if tail.is_empty() { msg } else { format!("{msg}\n    | {}", tail.join("\n    | ")) };
+                        eprintln!("rankforge-launch: rank {} failed ({what}); waiting for the coordinator's decision", r.global);
+                        if client.report(report(r.global as i32, false, code, detail)).await.is_err() {
+                            break Outcome::CoordinatorLost("it did not take the failure report".into());
+                        }
+                    } else if code == 0 {
+                        let _ = client.report(report(ranks[local].global as i32, true, 0, String::new())).await;
+                        if running.is_empty() && reported.is_none() {
+                            break Outcome::AllSucceeded;
+                        }
+                    }
+                }
+                msg = commands.message() => match msg {
+                    Ok(Some(cmd)) => match command::Kind::try_from(cmd.kind) {
+                        Ok(command::Kind::Abort) => break Outcome::Aborted(cmd.reason, cmd.exit_code),
+                        Ok(command::Kind::Restart) if cmd.generation > generation => break Outcome::Restart(cmd.generation, cmd.reason),
+                        _ => {}
+                    },
+                    Ok(None) => break Outcome::CoordinatorLost("it closed the command stream".into()),
+                    Err(s) => break Outcome::CoordinatorLost(s.message().to_string()),
+                },
+                Some((rhost, code)) = remote_rx.recv(), if plan.node_rank == 0 => {
+                    if code != 0 && reported.is_none() {
+                        reported = Some(code);
+                        let _ = client.report(report(-1, false, code, format!("the launcher on {rhost} exited with code {code}"))).await;
+                    }
+                }
+                _ = sigusr2.recv() => match &shared {
+                    Some(s) => {
+                        eprintln!("rankforge-launch: SIGUSR2: asking every rank to checkpoint at the next step boundary");
+                        s.broadcast(command::Kind::Checkpoint, "SIGUSR2 to the launcher");
+                    }
+                    None => eprintln!("rankforge-launch: SIGUSR2 ignored: send it to node 0's launcher, which hosts the coordinator"),
+                },
+                _ = sigint.recv() => break Outcome::Signal(libc::SIGINT),
+                _ = sigterm.recv() => break Outcome::Signal(libc::SIGTERM),
             }
+        };
+
+        let code = match outcome {
+            Outcome::Restart(next, reason) => {
+                teardown(&mut running, &mut exit_rx, grace).await;
+                for r in &mut ranks {
+                    drain(&mut r.pumps).await;
+                }
+                // A crash loop backs off: restarts after a generation that lived under 30 s wait
+                // 1, 2, 4 … 30 s (the first restart is immediate).
+                let lived = started.elapsed();
+                let wait = if restart == 0 || lived > Duration::from_secs(30) { 0 } else { (1u64 << (restart - 1).min(5)).min(30) };
+                eprintln!(
+                    "rankforge-launch: restarting this node's ranks as generation {next}{}",
+                    if wait > 0 { format!(" in {wait} s (crash loop back-off)") } else { String::new() }
+                );
+                if plan.node_rank != 0 {
+                    eprintln!("rankforge-launch: {reason}"); // node 0's coordinator printed it there
+                }
+                tokio::time::sleep(Duration::from_secs(wait)).await;
+                generation = next;
+                restart += 1;
+                continue;
+            }
+            Outcome::AllSucceeded => {
+                let _ = client.report(report(-1, true, 0, String::new())).await;
+                if let Some(shared) = &shared {
+                    wait_for_nodes(shared, join_timeout).await
+                } else {
+                    0
+                }
+            }
+            Outcome::Aborted(reason, code) => {
+                teardown(&mut running, &mut exit_rx, grace).await;
+                eprintln!("rankforge-launch: job failed; root cause: {reason}");
+                launcher_code(code)
+            }
+            Outcome::Signal(sig) => {
+                eprintln!("rankforge-launch: received {}: stopping all ranks", signal_name(sig));
+                let _ = client.report(report(-1, false, -sig, format!("the launcher received {}", signal_name(sig)))).await;
+                teardown(&mut running, &mut exit_rx, grace).await;
+                128 + sig
+            }
+            Outcome::CoordinatorLost(why) => {
+                teardown(&mut running, &mut exit_rx, grace).await;
+                eprintln!("rankforge-launch: lost the coordinator at {coord_addr} ({why}): stopped this node's ranks");
+                1
+            }
+        };
+        for r in &mut ranks {
+            drain(&mut r.pumps).await;
         }
-        Outcome::RankFailed(local, code) => {
-            drain(&mut ranks[local].pumps).await;
-            let r = &ranks[local];
-            let tail: Vec<String> = r.tail.lock().unwrap().iter().cloned().collect();
-            let what = match code {
-                c if c < 0 => format!("killed by {} (signal {})", signal_name(-c), -c),
-                c => format!("exit code {c}"),
-            };
-            let msg = format!("pid {}, {what}, log {}", r.pid, r.log.display());
-            let detail = if tail.is_empty() { msg.clone() } else { format!("{msg}\n    | {}", tail.join("\n    | ")) };
-            let root = match client.report(report(r.global as i32, false, code, detail.clone())).await {
-                Ok(reply) => reply.into_inner().failure,
-                Err(_) => String::new(),
-            };
-            teardown(&mut running, &mut exit_rx, grace).await;
-            let root = if root.is_empty() { format!("rank {} on {host} {what}: {detail}", r.global) } else { root };
-            eprintln!("rankforge-launch: job failed; root cause: {root}");
-            launcher_code(code)
-        }
-        Outcome::Aborted(reason, code) => {
-            teardown(&mut running, &mut exit_rx, grace).await;
-            eprintln!("rankforge-launch: stopped this node's ranks: {reason}");
-            launcher_code(code)
-        }
-        Outcome::RemoteFailed(rhost, code) => {
-            let _ = client.report(report(-1, false, code, format!("the launcher on {rhost} exited with code {code}"))).await;
-            teardown(&mut running, &mut exit_rx, grace).await;
-            eprintln!("rankforge-launch: job failed; root cause: the launcher on {rhost} exited with code {code}");
-            launcher_code(code)
-        }
-        Outcome::Signal(sig) => {
-            eprintln!("rankforge-launch: received {}: stopping all ranks", signal_name(sig));
-            let _ = client.report(report(-1, false, -sig, format!("the launcher received {}", signal_name(sig)))).await;
-            teardown(&mut running, &mut exit_rx, grace).await;
-            128 + sig
-        }
-        Outcome::CoordinatorLost(why) => {
-            teardown(&mut running, &mut exit_rx, grace).await;
-            eprintln!("rankforge-launch: lost the coordinator at {coord_addr} ({why}): stopped this node's ranks");
-            1
-        }
-    };
-    for r in &mut ranks {
-        drain(&mut r.pumps).await;
+        let _ = std::io::stdout().flush();
+        return Ok(code);
     }
-    let _ = std::io::stdout().flush();
-    Ok(code)
 }
 
 /// Node 0, after its own ranks succeeded: waits for the other nodes, so the coordinator outlives
@@ -301,18 +346,8 @@ async fn teardown(running: &mut BTreeMap<usize, i32>, exits: &mut mpsc::Unbounde
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn spawn_rank(
-    args: &Args,
-    plan: &Plan,
-    local: usize,
-    global: u32,
-    world: u32,
-    generation: u64,
-    coord_addr: &str,
-    local_addr: &str,
-    exits: mpsc::UnboundedSender<(usize, i32)>,
-) -> Result<Rank> {
+fn spawn_rank(args: &Args, plan: &Plan, local: usize, global: u32, g: &GenerationSpec, exits: mpsc::UnboundedSender<(usize, i32)>) -> Result<Rank> {
+    let (world, coord_addr) = (g.world, g.coord_addr);
     let mut cmd = Command::new(&plan.rank_binary);
     cmd.args(&plan.rank_args);
     let (maddr, mport) = coord_addr.rsplit_once(':').unwrap_or((coord_addr, "0"));
@@ -328,13 +363,14 @@ fn spawn_rank(
         ("ROLE_WORLD_SIZE", world.to_string()),
         ("MASTER_ADDR", maddr.to_string()),
         ("MASTER_PORT", mport.to_string()),
-        ("TORCHELASTIC_RESTART_COUNT", "0".into()),
-        ("TORCHELASTIC_MAX_RESTARTS", "0".into()),
+        ("TORCHELASTIC_RESTART_COUNT", g.restart.to_string()),
+        ("TORCHELASTIC_MAX_RESTARTS", args.max_restarts.to_string()),
         ("TORCHELASTIC_RUN_ID", plan.run_id.clone()),
         (rfenv::COORDINATOR, coord_addr.to_string()),
         (rfenv::JOB_TOKEN, plan.token.clone()),
-        (rfenv::GENERATION, generation.to_string()),
-        (rfenv::LOCAL_ADDR, local_addr.to_string()),
+        (rfenv::GENERATION, g.generation.to_string()),
+        (rfenv::LOCAL_ADDR, g.local_addr.to_string()),
+        (rfenv::HEARTBEAT_INTERVAL, heartbeat_interval(args).to_string()),
         (rfenv::JOIN_TIMEOUT, args.join_timeout.to_string()),
     ];
     cmd.envs(vars);
@@ -361,7 +397,10 @@ fn spawn_rank(
     let mut child = cmd.spawn()?;
     let pid = child.id().ok_or_else(|| anyhow!("rank exited at once"))? as i32;
     let log = plan.log_dir.join(format!("rank{global}.log"));
-    let file = Arc::new(Mutex::new(std::fs::File::create(&log).with_context(|| format!("cannot create {}", log.display()))?));
+    // Appended across restarts, each generation under its own header.
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&log).with_context(|| format!("cannot open {}", log.display()))?;
+    writeln!(f, "=== rankforge-launch: rank {global}, generation {}, restart {} ===", g.generation, g.restart)?;
+    let file = Arc::new(Mutex::new(f));
     let tail = Arc::new(Mutex::new(VecDeque::with_capacity(TAIL_LINES)));
     let show = args.all_ranks || global == 0;
     let mut pumps = Vec::new();
@@ -405,6 +444,11 @@ async fn pump(
     }
 }
 
+/// Seconds between a rank's heartbeats: a third of the timeout, at most 2 s.
+fn heartbeat_interval(args: &Args) -> f64 {
+    if args.heartbeat_timeout > 0.0 { (args.heartbeat_timeout / 3.0).min(2.0) } else { 2.0 }
+}
+
 fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
@@ -437,6 +481,10 @@ fn start_remotes(args: &Args, plan: &Plan, coord_addr: &str) -> Result<Vec<(Stri
             args.join_timeout.to_string(),
             "--grace-period".into(),
             args.grace_period.to_string(),
+            "--max-restarts".into(),
+            args.max_restarts.to_string(),
+            "--heartbeat-timeout".into(),
+            args.heartbeat_timeout.to_string(),
             "--run-id".into(),
             plan.run_id.clone(),
             "--rank-binary".into(),

@@ -55,6 +55,14 @@ pub struct Args {
     /// Seconds to keep trying an unreachable coordinator, and to wait for all nodes to join.
     #[arg(long, env = "RANKFORGE_JOIN_TIMEOUT", default_value_t = 300.0)]
     pub join_timeout: f64,
+    /// Restarts of the whole job (all nodes together) after a failure; each resumes from the
+    /// newest complete checkpoint. Exit code 2 (bad input) is never retried.
+    #[arg(long, env = "PET_MAX_RESTARTS", default_value_t = 0)]
+    pub max_restarts: u32,
+    /// Seconds without a heartbeat after which a rank counts as failed (0: never). Ranks beat
+    /// every timeout/3 seconds (at most 2 s).
+    #[arg(long, env = "RANKFORGE_HEARTBEAT_TIMEOUT", default_value_t = 30.0)]
+    pub heartbeat_timeout: f64,
     /// Seconds between SIGTERM and SIGKILL when ranks are stopped.
     #[arg(long, default_value_t = 30.0)]
     pub grace_period: f64,

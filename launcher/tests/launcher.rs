@@ -56,17 +56,21 @@ fn ranks_get_the_torchrun_environment_and_their_own_logs() {
         tokens.push(env["RANKFORGE_JOB_TOKEN"].clone());
     }
     assert!(tokens[0].len() == 32 && tokens.iter().all(|t| *t == tokens[0]), "one random token per job: {tokens:?}");
-    // --all-ranks shows everyone; PET_NPROC_PER_NODE stands in for the flag.
+    // --all-ranks shows everyone; PET_NPROC_PER_NODE stands in for the flag; a new job gets a
+    // new token.
+    let logs2 = tmp.path().join("logs2");
     let out = launcher()
-        .args(["--all-ranks", "--log-dir", logs.to_str().unwrap(), "--rank-binary", "/bin/sh", "--", "-c", "echo hello $RANK"])
+        .args(["--all-ranks", "--log-dir", logs2.to_str().unwrap(), "--rank-binary", "/bin/sh", "--", "-c"])
+        .arg("echo hello $RANK; echo RANKFORGE_JOB_TOKEN=$RANKFORGE_JOB_TOKEN")
         .env("PET_NPROC_PER_NODE", "2")
+        .env_remove("RANKFORGE_JOB_TOKEN")
         .output()
         .unwrap();
     let console = String::from_utf8_lossy(&out.stdout);
     assert!(console.contains("[rank 0] hello 0") && console.contains("[rank 1] hello 1"), "{console}");
-    // A different token for another job.
-    let again = env_of(&std::fs::read_to_string(logs.join("rank0.log")).unwrap());
-    assert!(again.is_empty() || again.get("RANKFORGE_JOB_TOKEN") != Some(&tokens[0]));
+    let again = env_of(&std::fs::read_to_string(logs2.join("rank1.log")).unwrap());
+    assert_eq!(again["RANKFORGE_JOB_TOKEN"].len(), 32);
+    assert_ne!(again["RANKFORGE_JOB_TOKEN"], tokens[0]);
 }
 
 #[test]

@@ -23,6 +23,8 @@ pub mod env {
     pub const GENERATION: &str = "RANKFORGE_GENERATION";
     /// The address this node advertises to peers (CPU ring listeners bind to it).
     pub const LOCAL_ADDR: &str = "RANKFORGE_LOCAL_ADDR";
+    /// Seconds between a rank's heartbeats.
+    pub const HEARTBEAT_INTERVAL: &str = "RANKFORGE_HEARTBEAT_INTERVAL";
     /// Seconds a client keeps retrying an unreachable coordinator.
     pub const JOIN_TIMEOUT: &str = "RANKFORGE_JOIN_TIMEOUT";
 }

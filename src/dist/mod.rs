@@ -279,7 +279,7 @@ impl Dist {
             )));
         }
         control.status.set_phase(Phase::Setup);
-        control.start_background(Duration::from_secs(2));
+        control.start_background(Duration::from_secs_f64(env_num(rfenv::HEARTBEAT_INTERVAL, 2.0f64)?.max(0.05)));
         let status = control.status.clone();
         let coll: Box<dyn Collective> = match listener {
             None => {
