@@ -34,6 +34,9 @@ pub enum Error {
     /// The control plane or a collective failed (a peer died, the coordinator is gone).
     #[error("{0}")]
     Dist(String),
+    /// Stopped on request (preemption) after checkpointing at a step boundary: not a failure.
+    #[error("{0}")]
+    Stopped(String),
 }
 
 impl Error {
@@ -58,6 +61,7 @@ impl Error {
             | Error::Input(_)
             | Error::Tokenizer { .. } => EXIT_BAD_INPUT,
             Error::Io { .. } | Error::Torch(_) | Error::Dist(_) => EXIT_RUNTIME,
+            Error::Stopped(_) => rankforge_proto::EXIT_STOPPED,
         }
     }
 }

@@ -137,9 +137,16 @@ fn main() {
         )
         .init();
     let cli = Cli::parse();
-    if let Err(e) = run(cli.command) {
-        eprintln!("error: {e}");
-        std::process::exit(e.exit_code());
+    match run(cli.command) {
+        Ok(()) => {}
+        Err(e @ Error::Stopped(_)) => {
+            tracing::info!("{e}");
+            std::process::exit(e.exit_code());
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(e.exit_code());
+        }
     }
 }
 

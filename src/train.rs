@@ -217,10 +217,14 @@ impl Trainer {
         for step in start..max_steps {
             let t0 = Instant::now();
             self.dist.status.step.store(step, std::sync::atomic::Ordering::Relaxed);
-            let (loss, grad_norm, lr, n_tokens, requested) = self.train_step(step)?;
+            let (loss, grad_norm, lr, n_tokens, requested, stop) = self.train_step(step)?;
             let dt = t0.elapsed().as_secs_f64();
             self.state.elapsed_s = elapsed_before + run_started.elapsed().as_secs_f64();
+            let stopped = || Error::Stopped(format!("stopped on request at step {} after checkpointing; rerun to resume", step + 1));
             let (Some(metrics), Some(progress)) = (self.metrics.as_mut(), progress.as_mut()) else {
+                if stop {
+                    return Err(stopped()); // ranks > 0: rank 0 writes the checkpoint
+                }
                 continue; // ranks > 0: compute and all-reduce only
             };
             let row = json!({
@@ -241,8 +245,12 @@ impl Trainer {
             if requested {
                 tracing::info!(step = step + 1, "checkpoint requested through the coordinator");
             }
-            if done || requested || every(self.recipe.checkpoint.every_steps) {
+            if done || requested || stop || every(self.recipe.checkpoint.every_steps) {
                 progress.suspend(|| self.save_checkpoint())?;
+            }
+            if stop && !done {
+                progress.finish();
+                return Err(stopped());
             }
         }
         if let Some(mut p) = progress {
@@ -254,7 +262,7 @@ impl Trainer {
     /// One optimizer step of the run: this rank's slice of the global batch, then
     /// [`step_on_batch`], then the progress counters. Returns (loss, grad norm, lr, tokens, whether
     /// a checkpoint was requested).
-    fn train_step(&mut self, step: u64) -> Result<(f64, f64, f64, u64, bool)> {
+    fn train_step(&mut self, step: u64) -> Result<(f64, f64, f64, u64, bool, bool)> {
         let cfg = &self.recipe.train;
         let lr = lr_at(step, cfg);
         let range = rank_slice(self.state.samples, cfg.global_batch_size, self.dist.rank(), self.dist.world());
@@ -264,7 +272,7 @@ impl Trainer {
             global_batch: cfg.global_batch_size,
             step,
         };
-        let StepOutcome { loss, grad_norm, checkpoint_requested } =
+        let StepOutcome { loss, grad_norm, checkpoint_requested, stop_requested } =
             step_on_batch(&self.model, &mut self.opt, &batch, cfg, lr, self.bf16, &mut self.dist)?;
         if !(loss.is_finite() && grad_norm.is_finite()) && self.dist.is_main() {
             tracing::warn!(step = step + 1, loss, grad_norm, "non-finite loss or gradient: update skipped");
@@ -275,7 +283,7 @@ impl Trainer {
         self.state.tokens += n_tokens;
         self.state.epoch = self.sampler.epoch_of(self.state.samples);
         self.state.optimizer_steps = self.opt.steps;
-        Ok((loss, grad_norm, lr, n_tokens, checkpoint_requested))
+        Ok((loss, grad_norm, lr, n_tokens, checkpoint_requested, stop_requested))
     }
 
     /// Mean validation loss over the fixed validation batches.
@@ -354,6 +362,8 @@ pub struct StepOutcome {
     /// Some rank was asked (by the coordinator's CHECKPOINT command) to checkpoint: every rank
     /// learns it in the same step, through the gradient all-reduce.
     pub checkpoint_requested: bool,
+    /// Some rank was asked to stop (STOP: preemption): checkpoint here, then exit.
+    pub stop_requested: bool,
 }
 
 /// One rank's share of a global batch.
@@ -386,8 +396,9 @@ pub fn step_on_batch(model: &Gpt, opt: &mut AdamW, batch: &Batch, cfg: &TrainCon
         first += n as u64;
     }
     model.zero_null_grads();
-    let requested = dist.status.checkpoint.swap(false, std::sync::atomic::Ordering::SeqCst);
-    let mut sums = [total.double_value(&[]), if requested { 1.0 } else { 0.0 }];
+    let flag = |f: &std::sync::atomic::AtomicBool| if f.load(std::sync::atomic::Ordering::SeqCst) { 1.0 } else { 0.0 };
+    let mut sums = [total.double_value(&[]), flag(&dist.status.checkpoint), flag(&dist.status.stop)];
+    dist.status.checkpoint.store(false, std::sync::atomic::Ordering::SeqCst);
     let params: Vec<Tensor> = opt.params().map(|p| p.shallow_clone()).collect();
     dist.status.set_phase(rankforge_proto::Phase::Collective);
     dist.reduce_grads(&params, &mut sums)?;
@@ -397,7 +408,7 @@ pub fn step_on_batch(model: &Gpt, opt: &mut AdamW, batch: &Batch, cfg: &TrainCon
     if loss.is_finite() && grad_norm.is_finite() {
         opt.step(lr);
     }
-    Ok(StepOutcome { loss, grad_norm, checkpoint_requested: sums[1] > 0.0 })
+    Ok(StepOutcome { loss, grad_norm, checkpoint_requested: sums[1] > 0.0, stop_requested: sums[2] > 0.0 })
 }
 
 /// `(dotted key, old, new)` for every value that differs between two TOML tables.

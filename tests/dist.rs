@@ -305,14 +305,20 @@ fn rank_pid(dir: &Path, rank: usize) -> i32 {
 
 const LONG: [&str; 4] = ["--set", "train.max_steps=200", "--set", "checkpoint.every_steps=25"];
 
-/// A 2-rank 200-step run, uninterrupted, for the restart tests to match.
-fn reference_run(dir: &Path) -> PathBuf {
-    let run = dir.join("reference");
-    let r = recipe(dir, &run);
-    let mut args = vec!["--nproc-per-node", "2", "--config", r.to_str().unwrap()];
-    args.extend(LONG);
-    check(&launch(&args, &[]).output().unwrap(), "reference run");
-    run
+/// A 2-rank 200-step run, uninterrupted, for the restart tests to match (run once, shared).
+fn reference_run(_dir: &Path) -> PathBuf {
+    static REFERENCE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    REFERENCE
+        .get_or_init(|| {
+            let dir = scratch("ft-reference");
+            let run = dir.join("reference");
+            let r = recipe(&dir, &run);
+            let mut args = vec!["--nproc-per-node", "2", "--config", r.to_str().unwrap()];
+            args.extend(LONG);
+            check(&launch(&args, &[]).output().unwrap(), "reference run");
+            run
+        })
+        .clone()
 }
 
 /// Starts a 2-rank 200-step run that may restart once; `extra` launcher flags first.
@@ -376,5 +382,48 @@ fn bad_input_is_not_retried() {
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("means bad input (recipe, data): not restarted"), "{err}");
     assert!(!err.contains("restarting"), "{err}");
+    assert_no_orphans(&dir);
+}
+
+#[test]
+fn sigterm_checkpoints_at_a_step_boundary_exits_75_and_a_rerun_resumes_exactly() {
+    let dir = scratch("ft-preempt");
+    let reference = reference_run(&dir);
+    let (run, child) = restartable_run(&dir, &[]);
+    wait_for_rows(&run, 60);
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(rankforge_proto::EXIT_STOPPED), "{err}");
+    assert!(err.contains("SIGTERM: every rank checkpoints at the next step boundary"), "{err}");
+    // The newest checkpoint is the last step trained, and it is complete.
+    let last = losses(&run).len() as u64;
+    let (step, ckpt) = rankforge::checkpoint::list(&run).unwrap().pop().unwrap();
+    assert_eq!(step, last, "checkpoint at the step boundary where the job stopped");
+    assert!(last < 200, "stopped early");
+    rankforge::checkpoint::verify(&ckpt).unwrap();
+    assert_no_orphans(&dir);
+    // Rerunning the same command resumes and finishes as if never stopped.
+    let (run, child) = restartable_run(&dir, &[]);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(compare(&reference, &run), (0.0, 0.0));
+    assert_no_orphans(&dir);
+}
+
+#[test]
+fn a_killed_launcher_takes_its_ranks_along_and_a_rerun_resumes_exactly() {
+    let dir = scratch("ft-kill-job");
+    let reference = reference_run(&dir);
+    let (run, child) = restartable_run(&dir, &[]);
+    wait_for_rows(&run, 60);
+    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+    child.wait_with_output().unwrap();
+    // The ranks die with their launcher (parent-death signal).
+    assert_no_orphans(&dir);
+    let (run, child) = restartable_run(&dir, &[]);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(compare(&reference, &run), (0.0, 0.0));
     assert_no_orphans(&dir);
 }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use rankforge_proto::{command, coordinator_server, Auth, Command, Phase};
 use rankforge_proto::{
     BarrierReply, BarrierRequest, CommandsRequest, HeartbeatReply, HeartbeatRequest, JoinNodeReply,
-    JoinNodeRequest, JoinReply, JoinRequest, ReportReply, ReportRequest,
+    JoinNodeRequest, JoinReply, JoinRequest, ReportReply, ReportRequest, StopReply, StopRequest,
 };
 use tokio::sync::{mpsc, watch};
 use tonic::{Request, Response, Status};
@@ -589,6 +589,13 @@ impl coordinator_server::Coordinator for Service {
             self.0.clone().schedule_decision();
         }
         Ok(Response::new(ReportReply { failure: root.map(|f| f.to_string()).unwrap_or_default() }))
+    }
+
+    async fn stop(&self, req: Request<StopRequest>) -> Result<Response<StopReply>, Status> {
+        let req = req.into_inner();
+        self.0.state.lock().unwrap().check(req.auth.as_ref())?;
+        self.0.broadcast(command::Kind::Stop, &req.reason);
+        Ok(Response::new(StopReply {}))
     }
 
     type CommandsStream = CommandStream;

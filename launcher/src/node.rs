@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, Context, Result};
 use rankforge_proto::coordinator_client::CoordinatorClient;
-use rankforge_proto::{auth, command, env as rfenv, hostname, CommandsRequest, JoinNodeRequest, ReportRequest};
+use rankforge_proto::{auth, command, env as rfenv, hostname, CommandsRequest, JoinNodeRequest, ReportRequest, StopRequest, EXIT_STOPPED};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 use tokio::signal::unix::{signal, SignalKind};
@@ -64,6 +64,8 @@ struct Rank {
 /// What ended the watch of one generation.
 enum Outcome {
     AllSucceeded,
+    /// Every rank stopped on request after a checkpoint (preemption).
+    Stopped,
     /// The job restarts as this generation.
     Restart(u64, String),
     Aborted(String, i32),
@@ -112,6 +114,9 @@ pub async fn run(args: &Args, plan: Plan) -> Result<i32> {
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigusr2 = signal(SignalKind::user_defined2())?;
+    let mut sigusr1 = signal(SignalKind::user_defined1())?;
+    // After a first SIGTERM/SIGUSR1: ranks are checkpointing and will exit with EXIT_STOPPED.
+    let mut stopping = false;
     let (remote_tx, mut remote_rx) = mpsc::unbounded_channel::<(String, i32)>();
     for (host, mut child) in remotes.drain(..) {
         let tx = remote_tx.clone();
@@ -179,11 +184,17 @@ pub async fn run(args: &Args, plan: Plan) -> Result<i32> {
         let mut running: BTreeMap<usize, i32> = ranks.iter().enumerate().map(|(i, r)| (i, r.pid)).collect();
         // The first local failure of this generation is reported; later ones are its consequences.
         let mut reported: Option<i32> = None;
+        let mut stopped_ranks = 0;
         let outcome = loop {
             tokio::select! {
                 Some((local, code)) = exit_rx.recv() => {
                     running.remove(&local);
-                    if code != 0 && reported.is_none() {
+                    if code == EXIT_STOPPED {
+                        stopped_ranks += 1;
+                        if running.is_empty() && reported.is_none() {
+                            break Outcome::Stopped;
+                        }
+                    } else if code != 0 && reported.is_none() {
                         reported = Some(code);
                         drain(&mut ranks[local].pumps).await;
                         let r = &ranks[local];
@@ -201,7 +212,7 @@ pub async fn run(args: &Args, plan: Plan) -> Result<i32> {
                     } else if code == 0 {
                         let _ = client.report(report(ranks[local].global as i32, true, 0, String::new())).await;
                         if running.is_empty() && reported.is_none() {
-                            break Outcome::AllSucceeded;
+                            break if stopped_ranks > 0 { Outcome::Stopped } else { Outcome::AllSucceeded };
                         }
                     }
                 }
@@ -228,7 +239,20 @@ pub async fn run(args: &Args, plan: Plan) -> Result<i32> {
                     None => eprintln!("rankforge-launch: SIGUSR2 ignored: send it to node 0's launcher, which hosts the coordinator"),
                 },
                 _ = sigint.recv() => break Outcome::Signal(libc::SIGINT),
-                _ = sigterm.recv() => break Outcome::Signal(libc::SIGTERM),
+                sig = async { tokio::select! { _ = sigterm.recv() => libc::SIGTERM, _ = sigusr1.recv() => libc::SIGUSR1 } } => {
+                    if stopping {
+                        break Outcome::Signal(sig);
+                    }
+                    stopping = true;
+                    eprintln!(
+                        "rankforge-launch: {}: every rank checkpoints at the next step boundary and exits ({EXIT_STOPPED}); send it again to stop at once",
+                        signal_name(sig)
+                    );
+                    let req = StopRequest { auth: auth(&plan.token, generation), reason: format!("{} to the launcher on {host}", signal_name(sig)) };
+                    if client.stop(req).await.is_err() {
+                        break Outcome::Signal(sig);
+                    }
+                }
             }
         };
 
@@ -253,6 +277,14 @@ pub async fn run(args: &Args, plan: Plan) -> Result<i32> {
                 generation = next;
                 restart += 1;
                 continue;
+            }
+            Outcome::Stopped => {
+                let _ = client.report(report(-1, true, 0, String::new())).await;
+                if let Some(shared) = &shared {
+                    wait_for_nodes(shared, join_timeout).await;
+                }
+                eprintln!("rankforge-launch: stopped after a checkpoint at a step boundary; rerun the same command to resume");
+                EXIT_STOPPED
             }
             Outcome::AllSucceeded => {
                 let _ = client.report(report(-1, true, 0, String::new())).await;

@@ -13,6 +13,11 @@ pub mod v1 {
 
 pub use v1::*;
 
+/// Exit code of a rank (and of the launcher) that stopped on request at a step boundary after
+/// writing a checkpoint (preemption): sysexits' EX_TEMPFAIL, "try again later". Rerunning the
+/// same command resumes.
+pub const EXIT_STOPPED: i32 = 75;
+
 /// Environment variables the launcher hands to every rank (besides torchrun's).
 pub mod env {
     /// `host:port` of the coordinator.
