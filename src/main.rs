@@ -145,9 +145,22 @@ fn main() {
         }
         Err(e) => {
             eprintln!("error: {e}");
+            write_error_file(&e);
             std::process::exit(e.exit_code());
         }
     }
+}
+
+/// Under a launcher, the error also goes to `$TORCHELASTIC_ERROR_FILE` in torchelastic's
+/// error.json format, for the launcher's failure report.
+fn write_error_file(e: &Error) {
+    let Some(path) = std::env::var_os("TORCHELASTIC_ERROR_FILE") else { return };
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let v = serde_json::json!({"message": {"message": e.to_string(), "extraInfo": {
+        "py_callstack": format!("rankforge {} (exit code {})", env!("CARGO_PKG_VERSION"), e.exit_code()),
+        "timestamp": secs.to_string(),
+    }}});
+    let _ = rankforge::fsutil::write_atomic(std::path::Path::new(&path), format!("{v:#}\n").as_bytes());
 }
 
 fn run(command: Command) -> Result<()> {

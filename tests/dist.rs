@@ -189,6 +189,9 @@ fn different_recipes_on_two_nodes_are_refused() {
     assert!(e0.contains("ranks were started with different recipes: rank 0 on"), "{e0}");
     assert!(e0.contains("same --config file contents and --set overrides"), "{e0}");
     assert!(!run.join("metrics.jsonl").exists(), "nothing was trained");
+    // The rank wrote its own error.json (TORCHELASTIC_ERROR_FILE) with the exact message.
+    let e: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("logs/rank0.error.json")).unwrap()).unwrap();
+    assert!(e["message"]["message"].as_str().unwrap().starts_with("ranks were started with different recipes"), "{e}");
     assert_no_orphans(&dir);
 }
 
@@ -235,6 +238,10 @@ fn a_killed_rank_fails_the_job_and_stops_the_others() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(128 + 9), "{err}");
     assert!(err.contains("root cause: rank 1 on") && err.contains("killed by SIGKILL (signal 9)"), "{err}");
+    // torchelastic's error.json, written by the launcher for a rank that died by a signal.
+    let e: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("logs/rank1.error.json")).unwrap()).unwrap();
+    assert_eq!(e["message"]["message"], format!("Signal 9 (SIGKILL) received by PID {rank1}"));
+    assert!(e["message"]["extraInfo"]["timestamp"].as_str().unwrap().parse::<u64>().is_ok());
     assert_no_orphans(&dir);
 }
 

@@ -203,7 +203,8 @@ pub async fn run(args: &Args, plan: Plan) -> Result<i32> {
                             c if c < 0 => format!("killed by {} (signal {})", signal_name(-c), -c),
                             c => format!("exit code {c}"),
                         };
-                        let msg = format!("pid {}, {what}, log {}", r.pid, r.log.display());
+                        let error = ensure_error_file(&error_file(&plan, r.global), r.pid, code, &tail);
+                        let msg = format!("pid {}, {what}: {error}; log {}", r.pid, r.log.display());
                         let detail = if tail.is_empty() { msg } else { format!("{msg}\n    | {}", tail.join("\n    | ")) };
                         eprintln!("rankforge-launch: rank {} failed ({what}); waiting for the coordinator's decision", r.global);
                         if client.report(report(r.global as i32, false, code, detail)).await.is_err() {
@@ -380,6 +381,7 @@ async fn teardown(running: &mut BTreeMap<usize, i32>, exits: &mut mpsc::Unbounde
 
 fn spawn_rank(args: &Args, plan: &Plan, local: usize, global: u32, g: &GenerationSpec, exits: mpsc::UnboundedSender<(usize, i32)>) -> Result<Rank> {
     let (world, coord_addr) = (g.world, g.coord_addr);
+    let _ = std::fs::remove_file(error_file(plan, global)); // a previous generation's
     let mut cmd = Command::new(&plan.rank_binary);
     cmd.args(&plan.rank_args);
     let (maddr, mport) = coord_addr.rsplit_once(':').unwrap_or((coord_addr, "0"));
@@ -403,6 +405,7 @@ fn spawn_rank(args: &Args, plan: &Plan, local: usize, global: u32, g: &Generatio
         (rfenv::GENERATION, g.generation.to_string()),
         (rfenv::LOCAL_ADDR, g.local_addr.to_string()),
         (rfenv::HEARTBEAT_INTERVAL, heartbeat_interval(args).to_string()),
+        ("TORCHELASTIC_ERROR_FILE", error_file(plan, global).display().to_string()),
         (rfenv::JOIN_TIMEOUT, args.join_timeout.to_string()),
     ];
     cmd.envs(vars);
@@ -474,6 +477,31 @@ async fn pump(
             }
         }
     }
+}
+
+/// Where rank `global` writes (or its launcher writes for it) a torchelastic-style error.json.
+fn error_file(plan: &Plan, global: u32) -> std::path::PathBuf {
+    plan.log_dir.join(format!("rank{global}.error.json"))
+}
+
+/// The failed rank's error.json: the one it wrote itself (rankforge does, for its errors), else
+/// one written here for it (a death by signal) in torchelastic's format. Returns its message.
+fn ensure_error_file(path: &std::path::Path, pid: i32, code: i32, tail: &[String]) -> String {
+    if let Ok(text) = std::fs::read_to_string(path) {
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
+            if let Some(m) = v["message"]["message"].as_str() {
+                return m.to_string();
+            }
+        }
+    }
+    let message = if code < 0 {
+        format!("Signal {} ({}) received by PID {pid}", -code, signal_name(-code))
+    } else {
+        format!("Process {pid} exited with code {code} without an error file")
+    };
+    let v = serde_json::json!({"message": {"message": message, "extraInfo": {"py_callstack": tail.join("\n"), "timestamp": format!("{}", now() as u64)}}});
+    let _ = std::fs::write(path, format!("{v:#}\n"));
+    message
 }
 
 /// Seconds between a rank's heartbeats: a third of the timeout, at most 2 s.

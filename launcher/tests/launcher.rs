@@ -87,6 +87,9 @@ fn a_failing_rank_stops_the_others_and_is_named_with_its_exit_code() {
     assert_eq!(out.status.code(), Some(7), "{err}");
     assert!(err.contains("root cause: rank 1 on") && err.contains("exited with code 7"), "{err}");
     assert!(err.contains("| rank one gives up"), "the failed rank's last log lines are shown: {err}");
+    assert!(err.contains("exited with code 7 without an error file"), "{err}");
+    let e: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(tmp.path().join("rank1.error.json")).unwrap()).unwrap();
+    assert_eq!(e["message"]["extraInfo"]["py_callstack"].as_str().unwrap().lines().last(), Some("rank one gives up"));
     assert!(started.elapsed() < Duration::from_secs(30), "the sleeping ranks were stopped");
     for r in [0, 2] {
         let pid = std::fs::read_to_string(tmp.path().join(format!("pid.{r}"))).unwrap();
