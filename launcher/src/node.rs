@@ -285,6 +285,9 @@ pub async fn run(args: &Args, plan: Plan) -> Result<i32> {
                     wait_for_nodes(shared, join_timeout).await;
                 }
                 eprintln!("rankforge-launch: stopped after a checkpoint at a step boundary; rerun the same command to resume");
+                if plan.node_rank == 0 {
+                    requeue(args, &plan).await;
+                }
                 EXIT_STOPPED
             }
             Outcome::AllSucceeded => {
@@ -476,6 +479,24 @@ async fn pump(
                 println!("[rank {rank}] {line}");
             }
         }
+    }
+}
+
+/// `--requeue N` under Slurm: puts the job back in the queue after a clean stop, at most N times.
+async fn requeue(args: &Args, plan: &Plan) {
+    let Some(max) = args.requeue else { return };
+    let Some((job, count)) = &plan.slurm_job else {
+        eprintln!("rankforge-launch: --requeue ignored: not running under Slurm");
+        return;
+    };
+    if *count >= max {
+        eprintln!("rankforge-launch: not requeued: SLURM_RESTART_COUNT = {count} reached --requeue {max}");
+        return;
+    }
+    match Command::new("scontrol").args(["requeue", job]).status().await {
+        Ok(s) if s.success() => eprintln!("rankforge-launch: requeued Slurm job {job} (restart {} of {max})", count + 1),
+        Ok(s) => eprintln!("rankforge-launch: scontrol requeue {job} failed ({s})"),
+        Err(e) => eprintln!("rankforge-launch: cannot run scontrol requeue {job}: {e}"),
     }
 }
 

@@ -63,6 +63,10 @@ pub struct Args {
     /// every timeout/3 seconds (at most 2 s).
     #[arg(long, env = "RANKFORGE_HEARTBEAT_TIMEOUT", default_value_t = 30.0)]
     pub heartbeat_timeout: f64,
+    /// Under Slurm: after the job stopped on SIGTERM/SIGUSR1 with its checkpoint written,
+    /// requeue it (`scontrol requeue $SLURM_JOB_ID`) while `SLURM_RESTART_COUNT` is below N.
+    #[arg(long, value_name = "N")]
+    pub requeue: Option<u32>,
     /// Seconds between SIGTERM and SIGKILL when ranks are stopped.
     #[arg(long, default_value_t = 30.0)]
     pub grace_period: f64,
@@ -118,6 +122,8 @@ pub struct Plan {
     pub rank_args: Vec<String>,
     pub remotes: Vec<RemoteNode>,
     pub threads_per_rank: usize,
+    /// Slurm's job id and `SLURM_RESTART_COUNT`, under srun.
+    pub slurm_job: Option<(String, u32)>,
 }
 
 /// The recipe values the launcher needs (it never loads the recipe as rankforge does).
@@ -382,6 +388,7 @@ impl Plan {
             rank_args,
             remotes,
             threads_per_rank,
+            slurm_job: slurm.as_ref().map(|s| (s.job_id.clone(), s.restart_count)),
         })
     }
 }

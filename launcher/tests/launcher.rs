@@ -282,3 +282,42 @@ fn kubeflow_pet_variables_configure_a_two_node_job() {
     assert_eq!(envs[1][1]["RANK"], "3");
     assert_eq!(envs[1][1]["MASTER_PORT"], port.to_string());
 }
+
+#[test]
+fn a_stopped_slurm_job_is_requeued_until_the_restart_count_cap() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bin = tmp.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let calls = tmp.path().join("scontrol-calls");
+    std::fs::write(bin.join("scontrol"), format!("#!/bin/sh\necho \"$@\" >> {}\n", calls.display())).unwrap();
+    std::fs::set_permissions(bin.join("scontrol"), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let run = |restart_count: &str| {
+        launcher()
+            .args(["--requeue", "3", "--log-dir", tmp.path().join("logs").to_str().unwrap(), "--rank-binary", "/bin/sh", "--", "-c", "exit 75"])
+            .envs([
+                ("SLURM_JOB_ID", "777"),
+                ("SLURM_PROCID", "0"),
+                ("SLURM_LOCALID", "0"),
+                ("SLURM_NODEID", "0"),
+                ("SLURM_NTASKS", "1"),
+                ("SLURM_NNODES", "1"),
+                ("SLURM_JOB_NODELIST", "localhost"),
+                ("SLURM_TASKS_PER_NODE", "1"),
+                ("SLURM_RESTART_COUNT", restart_count),
+                ("PATH", &path),
+            ])
+            .output()
+            .unwrap()
+    };
+    // Every rank exited with 75 (stopped after a checkpoint): the launcher exits 75 and requeues.
+    let out = run("1");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(rankforge_proto::EXIT_STOPPED), "{err}");
+    assert!(err.contains("requeued Slurm job 777 (restart 2 of 3)"), "{err}");
+    assert_eq!(std::fs::read_to_string(&calls).unwrap(), "requeue 777\n");
+    let out = run("3");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not requeued: SLURM_RESTART_COUNT = 3 reached --requeue 3"), "{err}");
+    assert_eq!(std::fs::read_to_string(&calls).unwrap(), "requeue 777\n", "no second call");
+}
