@@ -217,6 +217,7 @@ impl Trainer {
         for step in start..max_steps {
             let t0 = Instant::now();
             self.dist.status.step.store(step, std::sync::atomic::Ordering::Relaxed);
+            self.dist.status.set_phase(rankforge_proto::Phase::Compute);
             let (loss, grad_norm, lr, n_tokens, requested, stop) = self.train_step(step)?;
             let dt = t0.elapsed().as_secs_f64();
             self.state.elapsed_s = elapsed_before + run_started.elapsed().as_secs_f64();
@@ -288,6 +289,7 @@ impl Trainer {
 
     /// Mean validation loss over the fixed validation batches.
     fn evaluate(&self) -> f64 {
+        self.dist.status.set_phase(rankforge_proto::Phase::Eval);
         let _guard = tch::no_grad_guard();
         let (mut sum, mut count) = (0.0, 0i64);
         for b in &self.val {

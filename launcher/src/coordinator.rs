@@ -43,6 +43,8 @@ pub struct RankInfo {
     pub collective_seq: u64,
     pub phase: Phase,
     pub last_seen: Instant,
+    /// When `collective_seq` last changed (or the rank joined).
+    pub seq_since: Instant,
 }
 
 /// A failure report.
@@ -116,6 +118,9 @@ pub struct State {
     pub restarts: u32,
     /// A rank silent for longer than this is declared failed (None: never).
     pub heartbeat_timeout: Option<Duration>,
+    /// No rank finishing a collective for this long, with nobody checkpointing, evaluating or
+    /// setting up, is a stall; the rank that is behind is declared failed (None: never).
+    pub stall_timeout: Option<Duration>,
     /// The decision about the current generation's failure, once made.
     pub decision: Option<Decision>,
     /// A decision is scheduled for the current generation.
@@ -145,6 +150,7 @@ impl State {
             max_restarts: 0,
             restarts: 0,
             heartbeat_timeout: None,
+            stall_timeout: None,
             decision: None,
             deciding: false,
         }
@@ -239,6 +245,7 @@ impl State {
                 collective_seq: 0,
                 phase: Phase::Setup,
                 last_seen: Instant::now(),
+                seq_since: Instant::now(),
             },
         );
         if self.ranks.len() < world as usize {
@@ -281,6 +288,9 @@ impl State {
             return Err(Status::failed_precondition(format!("rank {} sent a heartbeat before joining", req.rank)));
         };
         r.step = req.step;
+        if r.collective_seq != req.collective_seq {
+            r.seq_since = Instant::now();
+        }
         r.collective_seq = req.collective_seq;
         r.phase = Phase::try_from(req.phase).unwrap_or(Phase::Unspecified);
         r.last_seen = Instant::now();
@@ -392,7 +402,7 @@ impl State {
                         silent.as_secs_f64(),
                         limit.as_secs_f64(),
                         r.step,
-                        r.phase.as_str_name().trim_start_matches("PHASE_").to_lowercase(),
+                        phase_name(r.phase),
                         r.collective_seq,
                         r.pid
                     ),
@@ -401,6 +411,48 @@ impl State {
                 }
             })
             .collect()
+    }
+
+    /// A stalled collective: every rank alive, none has completed a collective for the stall
+    /// timeout, and none is in a phase that legitimately keeps the others waiting (setup,
+    /// checkpoint, eval). The culprit is the rank with the fewest collectives, or, when all
+    /// have done as many, one that is not inside the collective (the others wait for it).
+    pub fn stalled(&self, now: Instant) -> Option<Failure> {
+        let limit = self.stall_timeout?;
+        if self.phase != JobPhase::Running || self.ranks.is_empty() {
+            return None;
+        }
+        let waiting_ok = |p: Phase| matches!(p, Phase::Setup | Phase::Checkpoint | Phase::Eval | Phase::Done | Phase::Unspecified);
+        if self.ranks.values().any(|r| waiting_ok(r.phase) || now.duration_since(r.seq_since) <= limit) {
+            return None;
+        }
+        let min_seq = self.ranks.values().map(|r| r.collective_seq).min()?;
+        let (rank, r) = self
+            .ranks
+            .iter()
+            .filter(|(_, r)| r.collective_seq == min_seq)
+            .min_by_key(|(_, r)| (r.phase == Phase::Collective, r.step))?;
+        let others: Vec<String> =
+            self.ranks.iter().filter(|(q, _)| *q != rank).map(|(q, o)| format!("{q}: {} after {}", phase_name(o.phase), o.collective_seq)).collect();
+        let stuck = now.duration_since(r.seq_since);
+        let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+        Some(Failure {
+            rank: Some(*rank),
+            node_rank: self.node_of(*rank),
+            host: r.host.clone(),
+            exit_code: 0,
+            message: format!(
+                "no collective has completed for {:.1} s (limit {:.1} s); this rank is behind: {} at step {} after {} collectives; the others ({})",
+                stuck.as_secs_f64(),
+                limit.as_secs_f64(),
+                phase_name(r.phase),
+                r.step,
+                r.collective_seq,
+                others.join(", ")
+            ),
+            timestamp: wall,
+            unresponsive: true,
+        })
     }
 
     /// The node that runs global rank `rank` (ranks are numbered in node-rank order).
@@ -430,6 +482,10 @@ impl State {
         self.failures.clear();
         self.nodes_done.clear();
     }
+}
+
+fn phase_name(p: Phase) -> String {
+    p.as_str_name().trim_start_matches("PHASE_").to_lowercase()
 }
 
 fn short(hash: &str) -> &str {
@@ -507,7 +563,11 @@ impl Shared {
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 let found = {
                     let mut st = self.state.lock().unwrap();
-                    let late = st.unresponsive(Instant::now());
+                    let now = Instant::now();
+                    let mut late = st.unresponsive(now);
+                    if late.is_empty() {
+                        late.extend(st.stalled(now));
+                    }
                     let new: Vec<Failure> = late.into_iter().filter(|f| !st.failures.iter().any(|g| g.rank == f.rank)).collect();
                     for f in &new {
                         eprintln!("rankforge-launch: {f}");
@@ -781,5 +841,32 @@ mod tests {
         let done = ReportRequest { auth: auth("t", 0), rank: 1, node_rank: 0, success: true, exit_code: 0, host: "h".into(), message: String::new(), timestamp: 0.0 };
         st.report(&done).unwrap();
         assert!(st.unresponsive(later).is_empty());
+    }
+
+    #[test]
+    fn a_stalled_collective_names_the_rank_that_is_behind() {
+        let mut st = State::new("t".into(), 1);
+        st.stall_timeout = Some(Duration::from_secs(60));
+        st.join_node(&node("t", 0, 0, 3)).unwrap();
+        for r in 0..3 {
+            st.join(&rank("t", 0, r, "x")).unwrap();
+        }
+        let beat = |st: &mut State, r: u32, seq: u64, phase: Phase| {
+            let hb = HeartbeatRequest { auth: auth("t", 0), rank: r, step: seq, collective_seq: seq, phase: phase as i32 };
+            st.heartbeat(&hb).unwrap();
+        };
+        // Ranks 0 and 2 wait inside collective 13; rank 1 is still computing after 12.
+        beat(&mut st, 0, 13, Phase::Collective);
+        beat(&mut st, 1, 12, Phase::Compute);
+        beat(&mut st, 2, 13, Phase::Collective);
+        let now = Instant::now();
+        assert!(st.stalled(now).is_none(), "not before the timeout");
+        let later = now + Duration::from_secs(61);
+        let f = st.stalled(later).unwrap();
+        assert_eq!(f.rank, Some(1));
+        assert!(f.message.contains("this rank is behind: compute at step 12 after 12 collectives"), "{}", f.message);
+        // Rank 0 writing a checkpoint keeps the others waiting legitimately.
+        beat(&mut st, 0, 13, Phase::Checkpoint);
+        assert!(st.stalled(later).is_none());
     }
 }

@@ -93,6 +93,7 @@ pub async fn run(args: &Args, plan: Plan) -> Result<i32> {
         let mut st = State::new(plan.token.clone(), plan.nnodes);
         st.max_restarts = args.max_restarts;
         st.heartbeat_timeout = (args.heartbeat_timeout > 0.0).then(|| Duration::from_secs_f64(args.heartbeat_timeout));
+        st.stall_timeout = (args.stall_timeout > 0.0).then(|| Duration::from_secs_f64(args.stall_timeout));
         Some(Shared::new(st))
     } else {
         None
@@ -566,6 +567,8 @@ fn start_remotes(args: &Args, plan: &Plan, coord_addr: &str) -> Result<Vec<(Stri
             args.max_restarts.to_string(),
             "--heartbeat-timeout".into(),
             args.heartbeat_timeout.to_string(),
+            "--stall-timeout".into(),
+            args.stall_timeout.to_string(),
             "--run-id".into(),
             plan.run_id.clone(),
             "--rank-binary".into(),

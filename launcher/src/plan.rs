@@ -67,6 +67,10 @@ pub struct Args {
     /// requeue it (`scontrol requeue $SLURM_JOB_ID`) while `SLURM_RESTART_COUNT` is below N.
     #[arg(long, value_name = "N")]
     pub requeue: Option<u32>,
+    /// Seconds without any rank completing a collective (while none checkpoints, evaluates or
+    /// sets up) after which the rank that is behind counts as failed (0: never).
+    #[arg(long, env = "RANKFORGE_STALL_TIMEOUT", default_value_t = 600.0)]
+    pub stall_timeout: f64,
     /// Seconds between SIGTERM and SIGKILL when ranks are stopped.
     #[arg(long, default_value_t = 30.0)]
     pub grace_period: f64,
