@@ -434,3 +434,30 @@ fn a_killed_launcher_takes_its_ranks_along_and_a_rerun_resumes_exactly() {
     assert_eq!(compare(&reference, &run), (0.0, 0.0));
     assert_no_orphans(&dir);
 }
+
+#[test]
+fn a_corrupt_newest_checkpoint_is_named_and_the_previous_one_resumes_exactly() {
+    let dir = scratch("ft-corrupt");
+    let reference = reference_run(&dir);
+    let (run, child) = restartable_run(&dir, &[]);
+    wait_for_rows(&run, 60);
+    unsafe { libc::kill(child.id() as i32, libc::SIGUSR1) };
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(rankforge_proto::EXIT_STOPPED), "{}", String::from_utf8_lossy(&out.stderr));
+    let cks = rankforge::checkpoint::list(&run).unwrap();
+    let (newest, bad) = cks.last().unwrap().clone();
+    let previous = cks[cks.len() - 2].0;
+    // Truncate the newest checkpoint's weights, as a crash or full disk might have.
+    let weights = bad.join("model.safetensors");
+    let len = std::fs::metadata(&weights).unwrap().len();
+    std::fs::OpenOptions::new().write(true).open(&weights).unwrap().set_len(len / 2).unwrap();
+    let (run, child) = restartable_run(&dir, &[]);
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let log = std::fs::read_to_string(run.join("logs/rank0.log")).unwrap();
+    assert!(log.contains(&format!("skipping damaged checkpoint {}", bad.display())) && log.contains("the manifest says"), "{log}");
+    assert!(previous < newest);
+    assert_eq!(compare(&reference, &run), (0.0, 0.0));
+    assert_no_orphans(&dir);
+}
