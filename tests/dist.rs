@@ -340,6 +340,15 @@ fn restartable_run(dir: &Path, extra: &[&str]) -> (PathBuf, std::process::Child)
     (run, child)
 }
 
+/// Runs the restartable job's command again: it resumes and ends exactly like the reference.
+fn rerun_matches(dir: &Path, reference: &Path) {
+    let (run, child) = restartable_run(dir, &[]);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(compare(reference, &run), (0.0, 0.0));
+    assert_no_orphans(dir);
+}
+
 #[test]
 fn a_killed_rank_restarts_the_job_from_its_checkpoint_and_the_result_is_unchanged() {
     let dir = scratch("ft-kill-restart");
@@ -411,11 +420,7 @@ fn sigterm_checkpoints_at_a_step_boundary_exits_75_and_a_rerun_resumes_exactly()
     rankforge::checkpoint::verify(&ckpt).unwrap();
     assert_no_orphans(&dir);
     // Rerunning the same command resumes and finishes as if never stopped.
-    let (run, child) = restartable_run(&dir, &[]);
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(compare(&reference, &run), (0.0, 0.0));
-    assert_no_orphans(&dir);
+    rerun_matches(&dir, &reference);
 }
 
 #[test]
@@ -428,11 +433,7 @@ fn a_killed_launcher_takes_its_ranks_along_and_a_rerun_resumes_exactly() {
     child.wait_with_output().unwrap();
     // The ranks die with their launcher (parent-death signal).
     assert_no_orphans(&dir);
-    let (run, child) = restartable_run(&dir, &[]);
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(compare(&reference, &run), (0.0, 0.0));
-    assert_no_orphans(&dir);
+    rerun_matches(&dir, &reference);
 }
 
 #[test]
