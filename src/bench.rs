@@ -132,7 +132,7 @@ pub fn collective(sizes: &[usize], iters: usize, warmup: usize, device: DeviceCh
         }
         let t = median(slowest);
         let algbw = bytes as f64 / t / 1e9;
-        out.push(json!({
+        let row = json!({
             "impl": "rankforge",
             "collective": if dist.world() == 1 { "local" } else if device.is_cuda() { "nccl" } else { "tcp-ring" },
             "world": dist.world(),
@@ -141,10 +141,11 @@ pub fn collective(sizes: &[usize], iters: usize, warmup: usize, device: DeviceCh
             "time_ms": t * 1e3,
             "algbw_gbps": algbw,
             "busbw_gbps": algbw * 2.0 * (n - 1.0) / n,
-        }));
+        });
         if dist.is_main() {
-            println!("{}", out.last().unwrap());
+            println!("{row}");
         }
+        out.push(row);
     }
     Ok(out)
 }

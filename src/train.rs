@@ -401,9 +401,8 @@ pub fn step_on_batch(model: &Gpt, opt: &mut AdamW, batch: &Batch, cfg: &TrainCon
     let flag = |f: &std::sync::atomic::AtomicBool| if f.load(std::sync::atomic::Ordering::SeqCst) { 1.0 } else { 0.0 };
     let mut sums = [total.double_value(&[]), flag(&dist.status.checkpoint), flag(&dist.status.stop)];
     dist.status.checkpoint.store(false, std::sync::atomic::Ordering::SeqCst);
-    let params: Vec<Tensor> = opt.params().map(|p| p.shallow_clone()).collect();
     dist.status.set_phase(rankforge_proto::Phase::Collective);
-    dist.reduce_grads(&params, &mut sums)?;
+    dist.reduce_grads(opt.params(), &mut sums)?;
     dist.status.set_phase(rankforge_proto::Phase::Compute);
     let loss = sums[0];
     let grad_norm = clip_grad_norm(opt.params(), cfg.grad_clip);

@@ -507,6 +507,12 @@ impl Shared {
         Arc::new(Shared { state: Mutex::new(state), changed: watch::channel(0).0, subscribers: Mutex::new(Vec::new()) })
     }
 
+    /// The state, locked. A poisoned lock means a panic while it was held (a bug): there is no
+    /// consistent state left to serve, so this panics too.
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("coordinator state lock poisoned by an earlier panic")
+    }
+
     fn notify(&self) {
         self.changed.send_modify(|v| *v += 1);
     }
@@ -521,7 +527,7 @@ impl Shared {
     /// (RESTART to the launchers) or gives up (ABORT to everyone). Once per generation.
     pub fn schedule_decision(self: Arc<Self>) {
         {
-            let mut st = self.state.lock().unwrap();
+            let mut st = self.lock();
             if st.deciding {
                 return;
             }
@@ -529,10 +535,10 @@ impl Shared {
         }
         tokio::spawn(async move {
             tokio::time::sleep(DECISION_WINDOW).await;
-            let decision = self.state.lock().unwrap().decide();
+            let decision = self.lock().decide();
             match decision {
                 Some(Decision::Restart { generation, restart, root }) => {
-                    eprintln!("rankforge-launch: restart {restart} of {}, root cause: {root}", self.state.lock().unwrap().max_restarts);
+                    eprintln!("rankforge-launch: restart {restart} of {}, root cause: {root}", self.lock().max_restarts);
                     let cmd = Command {
                         kind: command::Kind::Restart as i32,
                         reason: format!("restart {restart} after: {root}"),
@@ -562,7 +568,7 @@ impl Shared {
             loop {
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 let found = {
-                    let mut st = self.state.lock().unwrap();
+                    let mut st = self.lock();
                     let now = Instant::now();
                     let mut late = st.unresponsive(now);
                     if late.is_empty() {
@@ -587,7 +593,7 @@ impl Shared {
     }
 
     fn send(&self, cmd: Command) {
-        let mut subs = self.subscribers.lock().unwrap();
+        let mut subs = self.subscribers.lock().expect("subscriber list lock poisoned by an earlier panic");
         subs.retain(|tx| tx.try_send(Ok(cmd.clone())).is_ok() || !tx.is_closed());
     }
 
@@ -597,7 +603,7 @@ impl Shared {
         loop {
             rx.borrow_and_update();
             let done = {
-                let mut st = self.state.lock().unwrap();
+                let mut st = self.lock();
                 step(&mut st)?
             };
             if let Some(v) = done {
@@ -630,20 +636,20 @@ impl coordinator_server::Coordinator for Service {
     }
 
     async fn heartbeat(&self, req: Request<HeartbeatRequest>) -> Result<Response<HeartbeatReply>, Status> {
-        self.0.state.lock().unwrap().heartbeat(&req.into_inner())?;
+        self.0.lock().heartbeat(&req.into_inner())?;
         Ok(Response::new(HeartbeatReply {}))
     }
 
     async fn barrier(&self, req: Request<BarrierRequest>) -> Result<Response<BarrierReply>, Status> {
         let req = req.into_inner();
         let payloads = self.0.wait_for(|st| st.barrier(&req)).await?;
-        self.0.state.lock().unwrap().barrier_collected(&req.name);
+        self.0.lock().barrier_collected(&req.name);
         Ok(Response::new(BarrierReply { payloads }))
     }
 
     async fn report(&self, req: Request<ReportRequest>) -> Result<Response<ReportReply>, Status> {
         let req = req.into_inner();
-        let root = self.0.state.lock().unwrap().report(&req)?;
+        let root = self.0.lock().report(&req)?;
         self.0.notify();
         if root.is_some() {
             self.0.clone().schedule_decision();
@@ -653,7 +659,7 @@ impl coordinator_server::Coordinator for Service {
 
     async fn stop(&self, req: Request<StopRequest>) -> Result<Response<StopReply>, Status> {
         let req = req.into_inner();
-        self.0.state.lock().unwrap().check(req.auth.as_ref())?;
+        self.0.lock().check(req.auth.as_ref())?;
         self.0.broadcast(command::Kind::Stop, &req.reason);
         Ok(Response::new(StopReply {}))
     }
@@ -663,7 +669,7 @@ impl coordinator_server::Coordinator for Service {
     async fn commands(&self, req: Request<CommandsRequest>) -> Result<Response<CommandStream>, Status> {
         let req = req.into_inner();
         let aborted = {
-            let st = self.0.state.lock().unwrap();
+            let st = self.0.lock();
             st.check(req.auth.as_ref())?;
             match &st.decision {
                 Some(Decision::Abort { root, why }) => Some((root.clone(), why.clone())),
@@ -675,7 +681,7 @@ impl coordinator_server::Coordinator for Service {
             let reason = format!("{root}\n    ({why})");
             let _ = tx.try_send(Ok(Command { kind: command::Kind::Abort as i32, reason, exit_code: root.exit_code, generation: 0 }));
         }
-        self.0.subscribers.lock().unwrap().push(tx);
+        self.0.subscribers.lock().expect("subscriber list lock poisoned by an earlier panic").push(tx);
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 }

@@ -14,11 +14,12 @@ pub mod slurm;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{anyhow, Result};
 use rankforge_proto::coordinator_client::CoordinatorClient;
 use rankforge_proto::coordinator_server::CoordinatorServer;
+use rankforge_proto::ConnectError;
 use tonic::transport::Channel;
 
 /// Binds the coordinator on exactly `host:port` (never a wildcard address it was not given) and
@@ -49,38 +50,12 @@ pub async fn serve(host: &str, port: u16, shared: Arc<coordinator::Shared>) -> R
 
 /// Connects to the coordinator, retrying for up to `timeout` (node 0 may start later).
 pub async fn connect(addr: &str, timeout: Duration) -> Result<CoordinatorClient<Channel>> {
-    let url = format!("http://{addr}");
-    let endpoint = Channel::from_shared(url.clone())
-        .map_err(|e| anyhow!("coordinator address {addr:?} is not valid: {e}"))?
-        .connect_timeout(Duration::from_secs(2));
-    let started = Instant::now();
-    loop {
-        match endpoint.connect().await {
-            Ok(ch) => return Ok(CoordinatorClient::new(ch)),
-            Err(e) if started.elapsed() >= timeout => {
-                return Err(anyhow!(
-                    "cannot reach the coordinator at {addr} after {:.0} s ({}): is node 0's rankforge-launch running, \
-                     and is {addr} reachable from this host?",
-                    timeout.as_secs_f64(),
-                    error_chain(&e)
-                ))
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
-        }
-    }
-}
-
-/// An error and its sources on one line.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(inner) = src {
-        let t = inner.to_string();
-        if !s.contains(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        src = inner.source();
-    }
-    s
+    rankforge_proto::connect(addr, timeout).await.map_err(|e| match e {
+        ConnectError::BadAddress(why) => anyhow!("coordinator address {addr:?} is not valid: {why}"),
+        ConnectError::Unreachable(why) => anyhow!(
+            "cannot reach the coordinator at {addr} after {:.0} s ({why}): is node 0's rankforge-launch running, \
+             and is {addr} reachable from this host?",
+            timeout.as_secs_f64()
+        ),
+    })
 }

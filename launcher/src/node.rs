@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::io::Write;
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, Context, Result};
@@ -199,7 +199,7 @@ pub async fn run(args: &Args, plan: Plan) -> Result<i32> {
                         reported = Some(code);
                         drain(&mut ranks[local].pumps).await;
                         let r = &ranks[local];
-                        let tail: Vec<String> = r.tail.lock().unwrap().iter().cloned().collect();
+                        let tail: Vec<String> = r.tail.lock().unwrap_or_else(PoisonError::into_inner).iter().cloned().collect();
                         let what = match code {
                             c if c < 0 => format!("killed by {} (signal {})", signal_name(-c), -c),
                             c => format!("exit code {c}"),
@@ -330,7 +330,7 @@ async fn wait_for_nodes(shared: &Arc<Shared>, timeout: Duration) -> i32 {
     let started = Instant::now();
     loop {
         let (phase, root) = {
-            let st = shared.state.lock().unwrap();
+            let st = shared.lock();
             (st.phase, st.root_cause())
         };
         match phase {
@@ -465,9 +465,9 @@ async fn pump(
 ) {
     let mut lines = BufReader::new(stream).lines();
     while let Ok(Some(line)) = lines.next_line().await {
-        let _ = writeln!(file.lock().unwrap(), "{line}");
+        let _ = writeln!(file.lock().unwrap_or_else(PoisonError::into_inner), "{line}");
         {
-            let mut t = tail.lock().unwrap();
+            let mut t = tail.lock().unwrap_or_else(PoisonError::into_inner);
             if t.len() == TAIL_LINES {
                 t.pop_front();
             }

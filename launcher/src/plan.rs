@@ -275,18 +275,13 @@ impl Plan {
         let run_id = shared_run_id.clone().unwrap_or_else(|| format!("rankforge-{}", std::process::id()));
 
         // The coordinator.
-        let env_master = || -> Option<String> {
-            let addr = std::env::var("PET_MASTER_ADDR").or_else(|_| std::env::var("MASTER_ADDR")).ok()?;
-            let port = std::env::var("PET_MASTER_PORT").or_else(|_| std::env::var("MASTER_PORT")).ok()?;
-            Some(format!("{addr}:{port}"))
-        };
-        let coordinator = match (&args.coordinator, &hostfile, &slurm) {
-            (Some(c), _, _) => parse_hostport(c, "--coordinator")?,
-            (None, Some(h), _) => (h[0].0.clone(), 0),
-            (None, None, _) if nnodes == 1 || args.standalone => ("127.0.0.1".to_string(), 0),
-            (None, None, _) if env_master().is_some() => parse_hostport(&env_master().unwrap(), "MASTER_ADDR:MASTER_PORT")?,
-            (None, None, Some(s)) => (s.nodes[0].clone(), slurm::coordinator_port(&s.job_id)),
-            (None, None, None) => bail!("a job of {nnodes} nodes needs --coordinator HOST:PORT (node 0's address, reachable from every node)"),
+        let coordinator = match (&args.coordinator, &hostfile, &slurm, &env_master()) {
+            (Some(c), ..) => parse_hostport(c, "--coordinator")?,
+            (None, Some(h), ..) => (h[0].0.clone(), 0),
+            (None, None, ..) if nnodes == 1 || args.standalone => ("127.0.0.1".to_string(), 0),
+            (None, None, _, Some(m)) => parse_hostport(m, "MASTER_ADDR:MASTER_PORT")?,
+            (None, None, Some(s), None) => (s.nodes[0].clone(), slurm::coordinator_port(&s.job_id)),
+            (None, None, None, None) => bail!("a job of {nnodes} nodes needs --coordinator HOST:PORT (node 0's address, reachable from every node)"),
         };
         if coordinator.1 == 0 && nnodes > 1 && hostfile.is_none() {
             bail!("--coordinator {}:0 picks a free port, which the other {} nodes cannot know: give a fixed port", coordinator.0, nnodes - 1);
@@ -362,15 +357,16 @@ impl Plan {
         if !rank_binary.exists() {
             bail!("the rank binary {} does not exist (build it, or pass --rank-binary)", rank_binary.display());
         }
-        let rank_args = if args.command.is_empty() {
-            let mut a = vec!["train".to_string(), "--config".into(), args.config.as_ref().unwrap().display().to_string()];
-            for s in &args.set {
-                a.push("--set".into());
-                a.push(s.clone());
+        let rank_args = match &args.config {
+            Some(config) => {
+                let mut a = vec!["train".to_string(), "--config".into(), config.display().to_string()];
+                for s in &args.set {
+                    a.push("--set".into());
+                    a.push(s.clone());
+                }
+                a
             }
-            a
-        } else {
-            args.command.clone()
+            None => args.command.clone(), // checked above: one of the two is given
         };
         let remotes = hostfile
             .iter()
@@ -395,6 +391,13 @@ impl Plan {
             slurm_job: slurm.as_ref().map(|s| (s.job_id.clone(), s.restart_count)),
         })
     }
+}
+
+/// `MASTER_ADDR:MASTER_PORT` (or their `PET_` forms), as PyTorchJob sets them.
+fn env_master() -> Option<String> {
+    let addr = std::env::var("PET_MASTER_ADDR").or_else(|_| std::env::var("MASTER_ADDR")).ok()?;
+    let port = std::env::var("PET_MASTER_PORT").or_else(|_| std::env::var("MASTER_PORT")).ok()?;
+    Some(format!("{addr}:{port}"))
 }
 
 fn parse_nnodes(s: &str) -> Result<u32> {

@@ -44,3 +44,46 @@ pub fn auth(token: &str, generation: u64) -> Option<Auth> {
 pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "localhost".into())
 }
+
+/// Why [`connect`] failed.
+#[derive(Debug)]
+pub enum ConnectError {
+    /// `addr` is not a usable address.
+    BadAddress(String),
+    /// Nothing answered at `addr` within the timeout (the message says why, one line).
+    Unreachable(String),
+}
+
+/// Connects to the coordinator at `addr` (`host:port`), retrying for up to `timeout`: the
+/// launchers and ranks of a job start in any order.
+pub async fn connect(
+    addr: &str,
+    timeout: std::time::Duration,
+) -> Result<coordinator_client::CoordinatorClient<tonic::transport::Channel>, ConnectError> {
+    let endpoint = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .map_err(|e| ConnectError::BadAddress(e.to_string()))?
+        .connect_timeout(std::time::Duration::from_secs(2));
+    let started = std::time::Instant::now();
+    loop {
+        match endpoint.connect().await {
+            Ok(ch) => return Ok(coordinator_client::CoordinatorClient::new(ch)),
+            Err(e) if started.elapsed() >= timeout => return Err(ConnectError::Unreachable(error_chain(&e))),
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
+        }
+    }
+}
+
+/// An error and its sources on one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        let t = inner.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        src = inner.source();
+    }
+    s
+}

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rankforge_proto::coordinator_client::CoordinatorClient;
-use rankforge_proto::{auth, command, BarrierRequest, CommandsRequest, HeartbeatRequest, JoinReply, JoinRequest, Phase};
+use rankforge_proto::{auth, command, BarrierRequest, ConnectError, CommandsRequest, HeartbeatRequest, JoinReply, JoinRequest, Phase};
 use tonic::transport::Channel;
 
 use crate::error::{Error, Result};
@@ -64,23 +64,10 @@ impl ControlPlane {
             .enable_all()
             .build()
             .map_err(|e| Error::Dist(format!("cannot start the control-plane runtime: {e}")))?;
-        let url = format!("http://{addr}");
-        let client = rt.block_on(async {
-            let endpoint = Channel::from_shared(url)
-                .map_err(|e| Error::Input(format!("RANKFORGE_COORDINATOR = {addr:?} is not an address: {e}")))?
-                .connect_timeout(Duration::from_secs(2));
-            let started = std::time::Instant::now();
-            loop {
-                match endpoint.connect().await {
-                    Ok(ch) => return Ok(CoordinatorClient::new(ch)),
-                    Err(e) if started.elapsed() >= timeout => {
-                        return Err(Error::Dist(format!(
-                            "cannot reach the coordinator at {addr} after {:.0} s: {e}",
-                            timeout.as_secs_f64()
-                        )))
-                    }
-                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-                }
+        let client = rt.block_on(rankforge_proto::connect(addr, timeout)).map_err(|e| match e {
+            ConnectError::BadAddress(why) => Error::Input(format!("RANKFORGE_COORDINATOR = {addr:?} is not an address: {why}")),
+            ConnectError::Unreachable(why) => {
+                Error::Dist(format!("cannot reach the coordinator at {addr} after {:.0} s: {why}", timeout.as_secs_f64()))
             }
         })?;
         Ok(ControlPlane {

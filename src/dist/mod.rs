@@ -349,13 +349,13 @@ impl Dist {
 
     /// Sums the gradients of `params` (in flat buckets) and `extra` over all ranks. `extra`
     /// rides in the last bucket (the loss, agreement flags) and comes back summed.
-    pub fn reduce_grads(&mut self, params: &[Tensor], extra: &mut [f64]) -> Result<()> {
+    pub fn reduce_grads<'a>(&mut self, params: impl IntoIterator<Item = &'a Tensor>, extra: &mut [f64]) -> Result<()> {
         if self.trivial() {
             return Ok(());
         }
         let _guard = tch::no_grad_guard();
-        let grads: Vec<Tensor> = params.iter().map(|p| p.grad()).filter(|g| g.defined()).collect();
-        let device = params.first().map_or(Device::Cpu, |p| p.device());
+        let grads: Vec<Tensor> = params.into_iter().map(|p| p.grad()).filter(|g| g.defined()).collect();
+        let device = grads.first().map_or(Device::Cpu, |g| g.device());
         let extra_t = Tensor::from_slice(&extra.iter().map(|x| *x as f32).collect::<Vec<f32>>()).to_device(device);
         let buckets = buckets(&grads, BUCKET_BYTES / 4);
         let last = buckets.len() - 1;
