@@ -13,8 +13,11 @@ cd "$(dirname "$0")/.."
 
 TORCH_VERSION=2.11.0
 # Everything the tests import. Bump STAMP when this list changes.
-PY_PACKAGES=("torch==${TORCH_VERSION}" "transformers>=4.57" "tokenizers>=0.22" "safetensors" "numpy")
-STAMP="torch-${TORCH_VERSION} transformers tokenizers safetensors numpy v1"
+# peft and trl are the reference implementations of the LoRA and SFT conformance tests;
+# pyarrow writes their Parquet inputs.
+PY_PACKAGES=("torch==${TORCH_VERSION}" "transformers>=4.57" "tokenizers>=0.22" "safetensors" "numpy"
+             "peft==0.21.2" "trl==1.16.0" "pyarrow")
+STAMP="torch-${TORCH_VERSION} transformers tokenizers safetensors numpy peft-0.21.2 trl-1.16.0 pyarrow v2"
 
 PYTHON=${PYTHON:-python3}
 command -v "$PYTHON" >/dev/null || { echo "setup: $PYTHON not found; install Python 3.9+" >&2; exit 1; }

@@ -109,7 +109,7 @@ pub fn save(run_dir: &Path, step: u64, fill: impl FnOnce(&Path) -> Result<()>) -
         std::fs::remove_dir_all(&tmp).at(&tmp)?;
     }
     std::fs::create_dir(&tmp).at(&tmp)?;
-    let result = (|| {
+    let result: Result<PathBuf> = (|| {
         fill(&tmp)?;
         let mut files = serde_json::Map::new();
         let mut names: Vec<PathBuf> = std::fs::read_dir(&tmp).at(&tmp)?.filter_map(|e| e.ok().map(|e| e.path())).collect();
@@ -126,8 +126,18 @@ pub fn save(run_dir: &Path, step: u64, fill: impl FnOnce(&Path) -> Result<()>) -
         crate::fsutil::replace_dir(&tmp, &target)?;
         Ok(target)
     })();
-    if result.is_err() {
+    if let Err(e) = &result {
         let _ = std::fs::remove_dir_all(&tmp);
+        if e.is_no_space() {
+            let previous = latest_valid(run_dir).ok().flatten();
+            tracing::error!(
+                "disk full while writing checkpoint {name}: the partial copy was removed; {}",
+                match previous {
+                    Some(p) => format!("the newest complete checkpoint, {}, is intact", p.display()),
+                    None => "there is no earlier checkpoint".into(),
+                }
+            );
+        }
     }
     result
 }

@@ -10,6 +10,10 @@ use std::path::PathBuf;
 pub const EXIT_BAD_INPUT: i32 = 2;
 /// Exit code for failures while running (I/O, libtorch). A restart from a checkpoint may help.
 pub const EXIT_RUNTIME: i32 = 1;
+/// Exit code for a full disk or an exhausted quota (ENOSPC, EDQUOT; sysexits' EX_IOERR). What
+/// was being written is discarded and the last complete checkpoint is intact; a restart would
+/// fail the same way until space is freed, so launchers do not retry it.
+pub const EXIT_NO_SPACE: i32 = 74;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -52,9 +56,15 @@ impl Error {
         Error::Model { path: path.into(), msg: msg.into() }
     }
 
+    /// A full disk (ENOSPC) or an exhausted quota (EDQUOT).
+    pub fn is_no_space(&self) -> bool {
+        matches!(self, Error::Io { source, .. } if matches!(source.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)))
+    }
+
     /// The process exit code `main` uses for this error.
     pub fn exit_code(&self) -> i32 {
         match self {
+            e if e.is_no_space() => EXIT_NO_SPACE,
             Error::Config { .. }
             | Error::Data { .. }
             | Error::Model { .. }

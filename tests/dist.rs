@@ -462,3 +462,63 @@ fn a_corrupt_newest_checkpoint_is_named_and_the_previous_one_resumes_exactly() {
     assert_eq!(compare(&reference, &run), (0.0, 0.0));
     assert_no_orphans(&dir);
 }
+
+/// One node of an elastic `--nnodes 1:2` job (one rank) running the restart tests' 200 steps.
+fn elastic_node(dir: &Path, run: &Path, coord: &str, node_rank: &str, extra: &[&str]) -> std::process::Child {
+    let r = recipe(dir, run);
+    let mut args = vec!["--nnodes", "1:2", "--node-rank", node_rank, "--nproc-per-node", "1", "--coordinator", coord, "--grace-period", "1"];
+    args.extend(extra);
+    args.extend(["--config", r.to_str().unwrap()]);
+    args.extend(LONG);
+    launch(&args, &[("RANKFORGE_JOB_TOKEN", "elastic-secret-0123456789")]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
+}
+
+#[test]
+fn an_elastic_job_that_loses_a_node_continues_with_the_other_and_the_result_is_unchanged() {
+    let dir = scratch("ft-elastic-lose");
+    let reference = reference_run(&dir);
+    let run = dir.join("elastic");
+    let coord = format!("127.0.0.1:{}", free_port());
+    let n0 = elastic_node(&dir, &run, &coord, "0", &[]);
+    let mut n1 = elastic_node(&dir, &run, &coord, "1", &[]);
+    wait_for_rows(&run, 60);
+    // Node 1's launcher dies (its host, say): its rank dies with it.
+    n1.kill().unwrap();
+    n1.wait().unwrap();
+    let out = n0.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("node(s) 1 lost") && err.contains("continuing with 1 node(s) as generation 1"), "{err}");
+    assert!(err.contains("1 rank(s) on 1 node(s)"), "{err}");
+    // Same global batch, same data order: the run ends as the uninterrupted 2-rank run does.
+    assert_eq!(compare(&reference, &run), (0.0, 0.0));
+    let log = std::fs::read_to_string(run.join("logs/rank0.log")).unwrap();
+    assert!(log.contains("generation 1, restart 0 ==="), "the membership change uses no restart: {log}");
+    assert_no_orphans(&dir);
+}
+
+#[test]
+fn a_node_that_arrives_late_joins_an_elastic_job_at_its_next_restart() {
+    let dir = scratch("ft-elastic-join");
+    let reference = reference_run(&dir);
+    let run = dir.join("elastic");
+    let coord = format!("127.0.0.1:{}", free_port());
+    // Node 0 alone: after a 1 s last call the round closes with one node (world 1).
+    let n0 = elastic_node(&dir, &run, &coord, "0", &["--last-call", "1", "--max-restarts", "1"]);
+    wait_for_rows(&run, 30);
+    let n1 = elastic_node(&dir, &run, &coord, "1", &[]);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(processes_with(&dir.display().to_string()).iter().filter(|p| p.contains(" train ")).count() == 1, "node 1 waits");
+    // A failure is the next restart boundary: generation 1 has both nodes.
+    wait_for_rows(&run, 60);
+    unsafe { libc::kill(rank_pid(&dir, 0), libc::SIGKILL) };
+    let (o0, o1) = (n0.wait_with_output().unwrap(), n1.wait_with_output().unwrap());
+    let err = String::from_utf8_lossy(&o0.stderr);
+    assert!(o0.status.success(), "{err}");
+    assert!(o1.status.success(), "{}", String::from_utf8_lossy(&o1.stderr));
+    assert!(err.contains("2 rank(s) on 2 node(s)"), "{err}");
+    let log1 = std::fs::read_to_string(run.join("logs/rank1.log")).unwrap();
+    assert!(log1.contains("rank 1, generation 1, restart 1 ==="), "{log1}");
+    assert_eq!(compare(&reference, &run), (0.0, 0.0));
+    assert_no_orphans(&dir);
+}

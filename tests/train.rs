@@ -1,5 +1,7 @@
 //! Training: the loss falls, resume is exact, checkpoints are pruned and complete.
 
+use std::process::Command;
+
 use crate::common::*;
 
 #[test]
@@ -139,4 +141,49 @@ fn folder_input_and_separate_validation_file() {
     assert_eq!(sources.len(), 1);
     let (a, b) = (sources[0].find("a.txt").unwrap(), sources[0].find("b.txt").unwrap());
     assert!(a < b && !sources[0].contains(".hidden"), "{}", sources[0]);
+}
+
+/// A disk that fills up during a save: the run stops with exit 74 (not retried by launchers),
+/// the partial checkpoint is gone, the previous one is intact, and resuming from it finishes
+/// exactly like the uninterrupted fixture run. The small disk is a 3 MB tmpfs in a private
+/// mount namespace (`unshare -m`, root); one checkpoint of the tiny model takes 2.1 MB.
+#[test]
+fn a_full_disk_during_a_save_keeps_the_previous_checkpoint_and_stops_with_exit_74() {
+    let f = fixture();
+    let dir = scratch("disk-full");
+    if !Command::new("unshare").args(["-m", "true"]).status().is_ok_and(|s| s.success()) {
+        eprintln!("SKIPPED: a_full_disk_during_a_save…: `unshare -m` is not permitted here (needs root)");
+        return;
+    }
+    let small = dir.join("small");
+    std::fs::create_dir_all(&small).unwrap();
+    let copy = dir.join("copy");
+    let recipe = tiny_recipe(&dir, &f.corpus, &f.tokenizer, &small.join("run"));
+    let script = format!(
+        "mount -t tmpfs -o size=3m none '{small}' && '{bin}' train --config '{recipe}' --set checkpoint.every_steps=10; \
+         code=$?; cp -a '{small}/run' '{copy}'; exit $code",
+        small = small.display(),
+        bin = bin().display(),
+        recipe = recipe.display(),
+        copy = copy.display()
+    );
+    let out = Command::new("unshare").args(["-m", "sh", "-c", &script]).env("RANKFORGE_LOG", "warn").output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(rankforge::error::EXIT_NO_SPACE), "{err}");
+    assert!(err.contains("No space left on device"), "{err}");
+    assert!(err.contains("disk full while writing checkpoint step_00000020") && err.contains("step_00000010, is intact"), "{err}");
+    let cks = rankforge::checkpoint::list(&copy).unwrap();
+    assert_eq!(cks.iter().map(|c| c.0).collect::<Vec<_>>(), vec![10]);
+    rankforge::checkpoint::verify(&cks[0].1).unwrap();
+    let leftovers: Vec<_> = std::fs::read_dir(copy.join("checkpoints")).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().starts_with(".tmp")).collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    // With space again, the same recipe resumes from step 10 and ends as the fixture run did.
+    let resumed = tiny_recipe(&dir, &f.corpus, &f.tokenizer, &copy);
+    ok(&["train", "--config", resumed.to_str().unwrap()]);
+    assert_eq!(losses(&copy), losses(&f.run));
+    let (a, b) = (rankforge::st::load(&copy.join("final/model.safetensors")).unwrap(), rankforge::st::load(&f.run.join("final/model.safetensors")).unwrap());
+    for ((na, ta), (nb, tb)) in a.iter().zip(&b) {
+        assert_eq!(na, nb);
+        assert_eq!((ta - tb).abs().max().double_value(&[]), 0.0, "{na}");
+    }
 }

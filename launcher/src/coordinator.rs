@@ -6,7 +6,7 @@
 //! (the two joins and `Barrier`) wait on a change counter and give up with `ABORTED` as soon as
 //! the job has failed, so no client waits on a job that is already lost.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -66,11 +66,28 @@ pub struct Failure {
 /// job is not restarted (rankforge's `EXIT_BAD_INPUT`).
 pub const EXIT_FATAL: i32 = 2;
 
+/// Exit code of a rank whose disk is full (rankforge's `EXIT_NO_SPACE`, sysexits' EX_IOERR):
+/// a restart would fail the same way until space is freed.
+pub const EXIT_NO_SPACE: i32 = 74;
+
+/// Exit codes that are never retried.
+pub const FATAL_EXIT_CODES: [i32; 2] = [EXIT_FATAL, EXIT_NO_SPACE];
+
+fn fatal_meaning(code: i32) -> &'static str {
+    match code {
+        EXIT_NO_SPACE => "the disk is full (the last checkpoint is intact; free space, then rerun)",
+        _ => "bad input (recipe, data)",
+    }
+}
+
 /// What the coordinator does about a failed generation.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decision {
     /// Start `generation` (restart number `restart`) from the newest checkpoint.
     Restart { generation: u64, restart: u32, root: Failure },
+    /// Elastic: nodes `lost` are gone; continue as `generation` with the `nodes` left (and any
+    /// that asked to join), from the newest checkpoint. Uses up no restart.
+    Rescale { generation: u64, lost: BTreeSet<u32>, nodes: u32, root: Failure },
     /// Give up: the root cause is fatal, or no restart is left.
     Abort { root: Failure, why: String },
 }
@@ -99,10 +116,26 @@ impl std::fmt::Display for Failure {
 pub struct State {
     pub token: String,
     pub generation: u64,
+    /// Most nodes a round admits (`--nnodes MIN:MAX`'s MAX; node ranks are below it).
     pub nnodes: u32,
+    /// Fewest nodes the job runs with (`MIN`; equal to `nnodes` unless the job is elastic).
+    pub min_nodes: u32,
+    /// Elastic only: a round that has MIN nodes but not MAX closes this long after it reached
+    /// MIN (torchrun's last call), unless every node it expects is in.
+    pub last_call: Duration,
     pub phase: JobPhase,
-    /// node rank → (nproc, host)
+    /// node rank → (nproc, host): the members of the current generation's round.
     pub nodes: BTreeMap<u32, (u32, String)>,
+    /// The round admits no more nodes: `nodes` is this generation's membership.
+    round_closed: bool,
+    /// When the open round first had `min_nodes` nodes.
+    round_min_since: Option<Instant>,
+    /// After a restart: the nodes the new round waits for (the survivors and the nodes that
+    /// asked to join meanwhile). None in the first round: it waits for MAX (or last call).
+    expected: Option<BTreeSet<u32>>,
+    /// Elastic: nodes that asked to join while a generation was running; they join at the
+    /// next restart boundary. node rank → (nproc, host)
+    pub waiting: BTreeMap<u32, (u32, String)>,
     pub world_size: Option<u32>,
     pub ranks: BTreeMap<u32, RankInfo>,
     /// Set once every rank has joined and the recipes agree (or the error that they do not).
@@ -138,8 +171,14 @@ impl State {
             token,
             generation: 0,
             nnodes,
+            min_nodes: nnodes,
+            last_call: Duration::from_secs(30),
             phase: JobPhase::Assembling,
             nodes: BTreeMap::new(),
+            round_closed: false,
+            round_min_since: None,
+            expected: None,
+            waiting: BTreeMap::new(),
             world_size: None,
             ranks: BTreeMap::new(),
             join_result: None,
@@ -183,37 +222,93 @@ impl State {
         }
     }
 
-    /// Registers a node's launcher. `Ok(Some(reply))` once every node is in.
+    /// Whether the job runs with a varying number of nodes (`--nnodes MIN:MAX`, MIN < MAX).
+    pub fn elastic(&self) -> bool {
+        self.min_nodes < self.nnodes
+    }
+
+    /// Registers a node's launcher. `Ok(Some(reply))` once the round has closed with this node
+    /// in it: at MAX nodes; after a restart, once every expected node is back (and at least MIN);
+    /// or, elastic, `last_call` after the round reached MIN. A node that arrives while a
+    /// generation runs waits for the next restart boundary (elastic) or is refused (static).
     pub fn join_node(&mut self, req: &JoinNodeRequest) -> Result<Option<JoinNodeReply>, Status> {
-        self.check(req.auth.as_ref())?;
-        self.check_alive()?;
+        // A newcomer to an elastic job does not know the generation: it enters the next round.
+        let newcomer = self.elastic() && req.auth.as_ref().is_some_and(|a| a.generation < self.generation);
+        if newcomer {
+            self.check(req.auth.as_ref().map(|a| Auth { generation: self.generation, ..a.clone() }).as_ref())?;
+        } else {
+            self.check(req.auth.as_ref())?;
+        }
+        if let Some(Decision::Abort { root, .. }) = &self.decision {
+            return Err(Status::aborted(format!("the job failed: {root}")));
+        }
         if req.node_rank >= self.nnodes {
             return Err(Status::invalid_argument(format!(
-                "node rank {} is out of range: the job has {} nodes (--node-rank must be below --nnodes)",
+                "node rank {} is out of range: the job has at most {} nodes (--node-rank must be below --nnodes)",
                 req.node_rank, self.nnodes
             )));
         }
         if req.nproc == 0 {
             return Err(Status::invalid_argument(format!("node {} starts no ranks", req.node_rank)));
         }
-        match self.nodes.get(&req.node_rank) {
-            Some((n, host)) if (*n, host) != (req.nproc, &req.host) => {
-                return Err(Status::already_exists(format!(
-                    "node rank {} joined twice (from {host} and from {}): give each launcher its own --node-rank",
-                    req.node_rank, req.host
-                )))
+        if self.round_closed {
+            if !self.nodes.contains_key(&req.node_rank) {
+                if !self.elastic() {
+                    self.check_alive()?;
+                    return Err(Status::already_exists(format!("node rank {} is not part of this job's round", req.node_rank)));
+                }
+                self.waiting.insert(req.node_rank, (req.nproc, req.host.clone()));
+                return Ok(None);
             }
-            _ => {
-                self.nodes.insert(req.node_rank, (req.nproc, req.host.clone()));
+        } else {
+            self.check_alive()?;
+            match self.nodes.get(&req.node_rank) {
+                Some((n, host)) if (*n, host) != (req.nproc, &req.host) => {
+                    return Err(Status::already_exists(format!(
+                        "node rank {} joined twice (from {host} and from {}): give each launcher its own --node-rank",
+                        req.node_rank, req.host
+                    )))
+                }
+                _ => {
+                    self.nodes.insert(req.node_rank, (req.nproc, req.host.clone()));
+                    self.waiting.remove(&req.node_rank);
+                }
             }
+            if !self.round_complete(Instant::now()) {
+                return Ok(None);
+            }
+            self.round_closed = true;
+            self.world_size = Some(self.nodes.values().map(|(n, _)| n).sum());
         }
-        if self.nodes.len() < self.nnodes as usize {
-            return Ok(None);
-        }
-        let world: u32 = self.nodes.values().map(|(n, _)| n).sum();
-        self.world_size = Some(world);
+        let world = self.world_size.expect("set when the round closed");
         let rank_offset = self.nodes.range(..req.node_rank).map(|(_, (n, _))| n).sum();
-        Ok(Some(JoinNodeReply { generation: self.generation, world_size: world, rank_offset, nnodes: self.nnodes }))
+        let group_rank = self.nodes.range(..req.node_rank).count() as u32;
+        Ok(Some(JoinNodeReply {
+            generation: self.generation,
+            world_size: world,
+            rank_offset,
+            nnodes: self.nodes.len() as u32,
+            group_rank,
+            restart_count: self.restarts,
+        }))
+    }
+
+    /// Whether the open round can close now (see [`State::join_node`]).
+    fn round_complete(&mut self, now: Instant) -> bool {
+        let joined = self.nodes.len() as u32;
+        if joined >= self.nnodes {
+            return true;
+        }
+        if joined < self.min_nodes {
+            return false;
+        }
+        if let Some(expected) = &self.expected {
+            if expected.iter().all(|n| self.nodes.contains_key(n)) {
+                return true;
+            }
+        }
+        let since = *self.round_min_since.get_or_insert(now);
+        now.duration_since(since) >= self.last_call
     }
 
     /// Registers a rank. `Ok(Some(reply))` once every rank is in and all run the same recipe.
@@ -333,7 +428,7 @@ impl State {
             }
             if req.rank < 0 {
                 self.nodes_done.insert(req.node_rank, true);
-                if self.nodes_done.len() == self.nnodes as usize && self.failures.is_empty() {
+                if self.nodes_done.len() >= self.nodes.len() && self.failures.is_empty() {
                     self.phase = JobPhase::Done;
                 }
             }
@@ -364,10 +459,29 @@ impl State {
             return Some(d.clone());
         }
         let root = self.root_cause()?;
-        let d = if root.rank.is_none() {
-            Decision::Abort { root, why: "a node's launcher stopped; the job cannot continue without it".into() }
-        } else if root.exit_code == EXIT_FATAL && !root.unresponsive {
-            Decision::Abort { root, why: format!("exit code {EXIT_FATAL} means bad input (recipe, data): not restarted") }
+        let lost = self.lost_nodes();
+        let d = if !lost.is_empty() {
+            // A lost node takes its ranks along; the other ranks' failures are its consequences.
+            let root = self.failures.iter().filter(|f| f.rank.is_none()).min_by(|a, b| a.timestamp.total_cmp(&b.timestamp)).cloned().unwrap_or(root);
+            let left = self.nodes.keys().filter(|n| !lost.contains(n)).count() + self.waiting.len();
+            let names = lost.iter().map(u32::to_string).collect::<Vec<_>>().join(", ");
+            if !self.elastic() {
+                Decision::Abort {
+                    root,
+                    why: "a node's launcher stopped; the job cannot continue without it (an elastic job, --nnodes MIN:MAX, would continue with the nodes left)".into(),
+                }
+            } else if (left as u32) < self.min_nodes {
+                Decision::Abort { root, why: format!("node(s) {names} lost: {left} node(s) left, fewer than the minimum of {} (--nnodes)", self.min_nodes) }
+            } else {
+                // A membership change, not a failure of the training: no restart is used up.
+                self.next_generation();
+                return Some(Decision::Rescale { generation: self.generation, lost, nodes: left as u32, root });
+            }
+        } else if FATAL_EXIT_CODES.contains(&root.exit_code) && !root.unresponsive {
+            {
+            let why = format!("exit code {} is not retried: {}", root.exit_code, fatal_meaning(root.exit_code));
+            Decision::Abort { root, why }
+        }
         } else if self.restarts >= self.max_restarts {
             Decision::Abort { root, why: format!("no restart left ({} of --max-restarts {} used)", self.restarts, self.max_restarts) }
         } else {
@@ -378,6 +492,36 @@ impl State {
         };
         self.decision = Some(d.clone());
         Some(d)
+    }
+
+    /// Nodes of the current generation whose launcher failed or disconnected.
+    pub fn lost_nodes(&self) -> BTreeSet<u32> {
+        self.failures.iter().filter(|f| f.rank.is_none()).map(|f| f.node_rank).collect()
+    }
+
+    /// A launcher's command stream closed. Unless its node had finished (or the job is over),
+    /// the node is lost: its ranks died with it (parent-death signal) or are unreachable.
+    pub fn node_disconnected(&mut self, node_rank: u32, host: &str) -> bool {
+        let member = self.nodes.contains_key(&node_rank);
+        self.waiting.remove(&node_rank);
+        if !member || self.nodes_done.contains_key(&node_rank) || matches!(self.phase, JobPhase::Done) || self.decision.is_some() {
+            return false;
+        }
+        if self.failures.iter().any(|f| f.rank.is_none() && f.node_rank == node_rank) {
+            return false;
+        }
+        let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+        self.failures.push(Failure {
+            rank: None,
+            node_rank,
+            host: host.to_string(),
+            exit_code: -libc::SIGKILL,
+            message: "its launcher disconnected from the coordinator (killed, crashed, or its host is unreachable)".into(),
+            timestamp: wall,
+            unresponsive: false,
+        });
+        self.phase = JobPhase::Failed;
+        true
     }
 
     /// Ranks whose last heartbeat (or join) is older than the timeout, as failures.
@@ -468,7 +612,15 @@ impl State {
     }
 
     /// Starts generation + 1: forgets nodes, ranks, barriers and failures of the previous one.
+    /// The new round expects the previous members less the lost nodes, plus the nodes that
+    /// asked to join meanwhile.
     pub fn next_generation(&mut self) {
+        let lost = self.lost_nodes();
+        let mut expected: BTreeSet<u32> = self.nodes.keys().copied().filter(|n| !lost.contains(n)).collect();
+        expected.extend(self.waiting.keys().copied());
+        self.expected = Some(expected);
+        self.round_closed = false;
+        self.round_min_since = None;
         self.generation += 1;
         self.phase = JobPhase::Assembling;
         self.nodes.clear();
@@ -542,6 +694,20 @@ impl Shared {
                     let cmd = Command {
                         kind: command::Kind::Restart as i32,
                         reason: format!("restart {restart} after: {root}"),
+                        exit_code: root.exit_code,
+                        generation,
+                    };
+                    self.send(cmd);
+                }
+                Some(Decision::Rescale { generation, lost, nodes, root }) => {
+                    let lost: Vec<String> = lost.iter().map(u32::to_string).collect();
+                    eprintln!(
+                        "rankforge-launch: node(s) {} lost ({root}); continuing with {nodes} node(s) as generation {generation} from the newest checkpoint",
+                        lost.join(", ")
+                    );
+                    let cmd = Command {
+                        kind: command::Kind::Restart as i32,
+                        reason: format!("node(s) {} lost, continuing with {nodes} node(s): {root}", lost.join(", ")),
                         exit_code: root.exit_code,
                         generation,
                     };
@@ -680,6 +846,26 @@ impl coordinator_server::Coordinator for Service {
         if let Some((root, why)) = aborted {
             let reason = format!("{root}\n    ({why})");
             let _ = tx.try_send(Ok(Command { kind: command::Kind::Abort as i32, reason, exit_code: root.exit_code, generation: 0 }));
+        }
+        if req.rank < 0 {
+            // A launcher's stream lives as long as its node: when it closes early, the node is lost.
+            let (shared, watched, node_rank) = (self.0.clone(), tx.clone(), req.node_rank);
+            tokio::spawn(async move {
+                watched.closed().await;
+                let lost = {
+                    let mut st = shared.lock();
+                    let host = st.nodes.get(&node_rank).map(|(_, h)| h.clone()).unwrap_or_default();
+                    let lost = st.node_disconnected(node_rank, &host);
+                    if lost {
+                        eprintln!("rankforge-launch: node {node_rank} ({host}): its launcher disconnected from the coordinator");
+                    }
+                    lost
+                };
+                if lost {
+                    shared.notify();
+                    shared.clone().schedule_decision();
+                }
+            });
         }
         self.0.subscribers.lock().expect("subscriber list lock poisoned by an earlier panic").push(tx);
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
@@ -874,5 +1060,100 @@ mod tests {
         // Rank 0 writing a checkpoint keeps the others waiting legitimately.
         beat(&mut st, 0, 13, Phase::Checkpoint);
         assert!(st.stalled(later).is_none());
+    }
+
+    fn elastic(min: u32, max: u32) -> State {
+        let mut st = State::new("t".into(), max);
+        st.min_nodes = min;
+        st.last_call = Duration::from_secs(30);
+        st
+    }
+
+    #[test]
+    fn an_elastic_round_closes_at_max_or_at_last_call_after_min() {
+        let mut st = elastic(1, 3);
+        assert!(st.join_node(&node("t", 0, 0, 1)).unwrap().is_none(), "MIN reached: last call starts");
+        assert!(st.join_node(&node("t", 0, 2, 2)).unwrap().is_none());
+        // Last call passes: the round closes with the two nodes in, numbered by node rank.
+        st.round_min_since = Some(Instant::now() - Duration::from_secs(31));
+        let r = st.join_node(&node("t", 0, 2, 2)).unwrap().unwrap();
+        assert_eq!((r.world_size, r.rank_offset, r.nnodes, r.group_rank), (3, 1, 2, 1));
+        // A third node arriving now waits for the next restart boundary.
+        assert!(st.join_node(&node("t", 0, 1, 1)).unwrap().is_none());
+        assert!(st.waiting.contains_key(&1));
+        let mut st = elastic(1, 2);
+        st.join_node(&node("t", 0, 0, 1)).unwrap();
+        let r = st.join_node(&node("t", 0, 1, 1)).unwrap().unwrap();
+        assert_eq!((r.world_size, r.nnodes), (2, 2), "MAX closes the round at once");
+    }
+
+    #[test]
+    fn a_lost_node_shrinks_an_elastic_job_without_using_a_restart_and_aborts_a_static_one() {
+        let mut st = elastic(1, 2);
+        st.join_node(&node("t", 0, 0, 1)).unwrap();
+        st.join_node(&node("t", 0, 1, 1)).unwrap();
+        assert!(st.node_disconnected(1, "h1"));
+        assert!(!st.node_disconnected(1, "h1"), "reported once");
+        failed(&mut st, 0, 1); // rank 0 then fails on the broken ring
+        match st.decide() {
+            Some(Decision::Rescale { generation: 1, lost, nodes: 1, root }) => {
+                assert_eq!(lost.into_iter().collect::<Vec<_>>(), vec![1]);
+                assert_eq!(root.rank, None, "the lost node is the root cause");
+            }
+            d => panic!("{d:?}"),
+        }
+        assert_eq!(st.restarts, 0, "a membership change uses no restart");
+        // The new round closes as soon as the survivor is back: no last-call wait.
+        let r = st.join_node(&node("t", 1, 0, 1)).unwrap().unwrap();
+        assert_eq!((r.generation, r.world_size, r.nnodes), (1, 1, 1));
+        // Below MIN: the job ends.
+        let mut st = elastic(2, 3);
+        for n in 0..3 {
+            st.join_node(&node("t", 0, n, 1)).unwrap();
+        }
+        st.node_disconnected(1, "h1");
+        st.node_disconnected(2, "h2");
+        match st.decide() {
+            Some(Decision::Abort { why, .. }) => assert!(why.contains("1 node(s) left, fewer than the minimum of 2"), "{why}"),
+            d => panic!("{d:?}"),
+        }
+        let mut st = State::new("t".into(), 2);
+        st.max_restarts = 3;
+        st.join_node(&node("t", 0, 0, 1)).unwrap();
+        st.join_node(&node("t", 0, 1, 1)).unwrap();
+        st.node_disconnected(1, "h1");
+        assert!(matches!(st.decide(), Some(Decision::Abort { .. })), "a static job cannot lose a node");
+    }
+
+    #[test]
+    fn a_late_node_joins_at_the_next_restart_and_a_finished_node_is_not_lost() {
+        let mut st = elastic(1, 2);
+        st.max_restarts = 1;
+        st.round_min_since = None;
+        st.join_node(&node("t", 0, 0, 1)).unwrap();
+        st.round_min_since = Some(Instant::now() - Duration::from_secs(31));
+        assert_eq!(st.join_node(&node("t", 0, 0, 1)).unwrap().unwrap().world_size, 1);
+        assert!(st.join_node(&node("t", 0, 1, 2)).unwrap().is_none(), "waits while generation 0 runs");
+        failed(&mut st, 0, -9);
+        assert!(matches!(st.decide(), Some(Decision::Restart { generation: 1, .. })));
+        // Generation 1 waits for node 0 and the newcomer (which still says generation 0).
+        assert!(st.join_node(&node("t", 1, 0, 1)).unwrap().is_none());
+        let r = st.join_node(&node("t", 0, 1, 2)).unwrap().unwrap();
+        assert_eq!((r.generation, r.world_size, r.rank_offset, r.group_rank, r.restart_count), (1, 3, 1, 1, 1));
+        let done = ReportRequest { auth: auth("t", 1), rank: -1, node_rank: 1, success: true, exit_code: 0, host: "h1".into(), message: String::new(), timestamp: 0.0 };
+        st.report(&done).unwrap();
+        assert!(!st.node_disconnected(1, "h1"), "a node that finished may disconnect");
+    }
+
+    #[test]
+    fn a_full_disk_is_not_retried() {
+        let mut st = State::new("t".into(), 1);
+        st.max_restarts = 5;
+        st.join_node(&node("t", 0, 0, 1)).unwrap();
+        failed(&mut st, 0, EXIT_NO_SPACE);
+        match st.decide() {
+            Some(Decision::Abort { why, .. }) => assert!(why.contains("exit code 74 is not retried: the disk is full"), "{why}"),
+            d => panic!("{d:?}"),
+        }
     }
 }

@@ -41,7 +41,12 @@ pub async fn serve(host: &str, port: u16, shared: Arc<coordinator::Shared>) -> R
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let service = CoordinatorServer::new(coordinator::Service(shared));
     tokio::spawn(async move {
-        if let Err(e) = tonic::transport::Server::builder().add_service(service).serve_with_incoming(incoming).await {
+        if let Err(e) = tonic::transport::Server::builder()
+            // A launcher whose host vanished (no FIN ever comes) is noticed by unanswered pings:
+            // its connection, and so its command stream, closes and its node counts as lost.
+            .http2_keepalive_interval(Some(Duration::from_secs(5)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .add_service(service).serve_with_incoming(incoming).await {
             eprintln!("rankforge-launch: coordinator stopped: {e}");
         }
     });

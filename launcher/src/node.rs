@@ -78,6 +78,9 @@ struct GenerationSpec<'a> {
     generation: u64,
     restart: u32,
     world: u32,
+    /// This node's index in the round, and the round's node count.
+    group_rank: u32,
+    nnodes: u32,
     coord_addr: &'a str,
     local_addr: &'a str,
 }
@@ -91,6 +94,8 @@ pub async fn run(args: &Args, plan: Plan) -> Result<i32> {
     // Node 0 hosts the coordinator, on exactly the address it was given.
     let shared = if plan.node_rank == 0 {
         let mut st = State::new(plan.token.clone(), plan.nnodes);
+        st.min_nodes = plan.min_nodes;
+        st.last_call = Duration::from_secs_f64(args.last_call.max(0.0));
         st.max_restarts = args.max_restarts;
         st.heartbeat_timeout = (args.heartbeat_timeout > 0.0).then(|| Duration::from_secs_f64(args.heartbeat_timeout));
         st.stall_timeout = (args.stall_timeout > 0.0).then(|| Duration::from_secs_f64(args.stall_timeout));
@@ -102,7 +107,8 @@ pub async fn run(args: &Args, plan: Plan) -> Result<i32> {
         Some(s) => {
             let bound = crate::serve(&chost, cport, s.clone()).await?;
             s.clone().spawn_monitor();
-            eprintln!("rankforge-launch: coordinator listening on {bound} (job {}, {} node(s))", plan.run_id, plan.nnodes);
+            let nodes = if plan.min_nodes < plan.nnodes { format!("{} to {}", plan.min_nodes, plan.nnodes) } else { plan.nnodes.to_string() };
+            eprintln!("rankforge-launch: coordinator listening on {bound} (job {}, {nodes} node(s))", plan.run_id);
             bound.to_string()
         }
         None => format!("{chost}:{cport}"),
@@ -130,6 +136,8 @@ pub async fn run(args: &Args, plan: Plan) -> Result<i32> {
 
     let mut generation = 0u64;
     let mut restart = 0u32;
+    // The world of the previous round (printed again when membership changes).
+    let mut last_world = None;
     let mut commands = None;
     loop {
         let joined = tokio::time::timeout(
@@ -137,9 +145,11 @@ pub async fn run(args: &Args, plan: Plan) -> Result<i32> {
             client.join_node(JoinNodeRequest { auth: auth(&plan.token, generation), node_rank: plan.node_rank, nproc: plan.nproc, host: host.clone() }),
         )
         .await
-        .map_err(|_| anyhow!("not every node joined within {:.0} s (--join-timeout): {} node(s) expected", join_timeout.as_secs_f64(), plan.nnodes))?
+        .map_err(|_| anyhow!("not every node joined within {:.0} s (--join-timeout): {} node(s) expected", join_timeout.as_secs_f64(), plan.min_nodes))?
         .map_err(|s| anyhow!("the coordinator at {coord_addr} refused this node: {}", s.message()))?
         .into_inner();
+        // A node joining an elastic job late learns the generation here.
+        generation = joined.generation;
         // One command stream for the node's whole life (commands name their generation).
         let commands = match &mut commands {
             Some(c) => c,
@@ -153,7 +163,15 @@ pub async fn run(args: &Args, plan: Plan) -> Result<i32> {
         };
         let (exit_tx, mut exit_rx) = mpsc::unbounded_channel::<(usize, i32)>();
         let mut ranks = Vec::new();
-        let spec = GenerationSpec { generation, restart, world: joined.world_size, coord_addr: &coord_addr, local_addr: &local_addr };
+        let spec = GenerationSpec {
+            generation,
+            restart: joined.restart_count,
+            world: joined.world_size,
+            group_rank: joined.group_rank,
+            nnodes: joined.nnodes,
+            coord_addr: &coord_addr,
+            local_addr: &local_addr,
+        };
         for local in 0..plan.nproc as usize {
             let global = joined.rank_offset + local as u32;
             let r = spawn_rank(args, &plan, local, global, &spec, exit_tx.clone())
@@ -161,15 +179,16 @@ pub async fn run(args: &Args, plan: Plan) -> Result<i32> {
             ranks.push(r);
         }
         drop(exit_tx);
-        if plan.node_rank == 0 && generation == 0 {
+        if plan.node_rank == 0 && last_world != Some(joined.world_size) {
             eprintln!(
                 "rankforge-launch: {} rank(s) on {} node(s), {} thread(s) per rank, logs in {}",
                 joined.world_size,
-                plan.nnodes,
+                joined.nnodes,
                 plan.threads_per_rank,
                 plan.log_dir.display()
             );
         }
+        last_world = Some(joined.world_size);
         let started = Instant::now();
         let report = |rank: i32, success: bool, code: i32, message: String| ReportRequest {
             auth: auth(&plan.token, generation),
@@ -394,8 +413,8 @@ fn spawn_rank(args: &Args, plan: &Plan, local: usize, global: u32, g: &Generatio
         ("LOCAL_RANK", local.to_string()),
         ("WORLD_SIZE", world.to_string()),
         ("LOCAL_WORLD_SIZE", plan.nproc.to_string()),
-        ("GROUP_RANK", plan.node_rank.to_string()),
-        ("GROUP_WORLD_SIZE", plan.nnodes.to_string()),
+        ("GROUP_RANK", g.group_rank.to_string()),
+        ("GROUP_WORLD_SIZE", g.nnodes.to_string()),
         ("ROLE_NAME", "default".into()),
         ("ROLE_RANK", global.to_string()),
         ("ROLE_WORLD_SIZE", world.to_string()),
@@ -552,7 +571,9 @@ fn start_remotes(args: &Args, plan: &Plan, coord_addr: &str) -> Result<Vec<(Stri
         let mut a: Vec<String> = vec![
             exe.display().to_string(),
             "--nnodes".into(),
-            plan.nnodes.to_string(),
+            format!("{}:{}", plan.min_nodes, plan.nnodes),
+            "--last-call".into(),
+            args.last_call.to_string(),
             "--node-rank".into(),
             node.node_rank.to_string(),
             "--nproc-per-node".into(),

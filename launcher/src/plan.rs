@@ -25,7 +25,8 @@ pub struct Args {
     /// `cpu` (one rank per core).
     #[arg(long, env = "PET_NPROC_PER_NODE")]
     pub nproc_per_node: Option<String>,
-    /// Number of nodes (`N`, or `N:N`).
+    /// Number of nodes: `N`, or `MIN:MAX` for an elastic job that continues with fewer nodes
+    /// (down to MIN) when some are lost, and admits late nodes (up to MAX) at its next restart.
     #[arg(long, env = "PET_NNODES")]
     pub nnodes: Option<String>,
     /// This node's index, 0 hosts the coordinator.
@@ -35,6 +36,11 @@ pub struct Args {
     /// other nodes connect to it. Default on one node: 127.0.0.1:0.
     #[arg(long, visible_alias = "rdzv-endpoint", env = "PET_RDZV_ENDPOINT")]
     pub coordinator: Option<String>,
+    /// Elastic jobs: seconds a rendezvous round that has MIN nodes but not MAX waits for more
+    /// (torchrun's last_call_timeout). Rounds after a restart close as soon as every surviving
+    /// node is back.
+    #[arg(long, env = "RANKFORGE_LAST_CALL", default_value_t = 30.0)]
+    pub last_call: f64,
     /// One node on loopback with a free port (the default when --nnodes is 1).
     #[arg(long)]
     pub standalone: bool,
@@ -109,7 +115,10 @@ pub struct RemoteNode {
 
 #[derive(Debug, Clone)]
 pub struct Plan {
+    /// Most nodes (MAX of `--nnodes MIN:MAX`; node ranks are below it).
     pub nnodes: u32,
+    /// Fewest nodes the job continues with (equal to `nnodes` unless elastic).
+    pub min_nodes: u32,
     pub node_rank: u32,
     pub nproc: u32,
     pub mode: DeviceMode,
@@ -242,13 +251,16 @@ impl Plan {
         };
 
         // Nodes: flags/PET, else hostfile, else Slurm, else one.
-        let nnodes = match &args.nnodes {
+        let (min_nodes, nnodes) = match &args.nnodes {
             Some(s) => parse_nnodes(s)?,
-            None => match (&hostfile, &slurm) {
-                (Some(h), _) => h.len() as u32,
-                (None, Some(s)) => s.nnodes as u32,
-                _ => 1,
-            },
+            None => {
+                let n = match (&hostfile, &slurm) {
+                    (Some(h), _) => h.len() as u32,
+                    (None, Some(s)) => s.nnodes as u32,
+                    _ => 1,
+                };
+                (n, n)
+            }
         };
         if let Some(s) = &slurm {
             if args.nnodes.is_none() && s.ntasks != s.nnodes {
@@ -375,6 +387,7 @@ impl Plan {
             .collect();
         Ok(Plan {
             nnodes,
+            min_nodes,
             node_rank,
             nproc,
             mode,
@@ -400,13 +413,14 @@ fn env_master() -> Option<String> {
     Some(format!("{addr}:{port}"))
 }
 
-fn parse_nnodes(s: &str) -> Result<u32> {
+/// `N` or `MIN:MAX` → (MIN, MAX).
+fn parse_nnodes(s: &str) -> Result<(u32, u32)> {
     let (lo, hi) = s.split_once(':').unwrap_or((s, s));
     let parse = |v: &str| v.trim().parse::<u32>().ok().filter(|n| *n > 0);
     match (parse(lo), parse(hi)) {
-        (Some(a), Some(b)) if a == b => Ok(a),
-        (Some(_), Some(_)) => bail!("--nnodes {s}: elastic membership (MIN:MAX with MIN < MAX) is not supported yet; give a fixed node count"),
-        _ => bail!("--nnodes {s:?}: expected N or N:N with N ≥ 1"),
+        (Some(a), Some(b)) if a <= b => Ok((a, b)),
+        (Some(a), Some(b)) => bail!("--nnodes {s}: MIN ({a}) is larger than MAX ({b})"),
+        _ => bail!("--nnodes {s:?}: expected N or MIN:MAX with 1 ≤ MIN ≤ MAX"),
     }
 }
 
@@ -432,10 +446,12 @@ mod tests {
 
     #[test]
     fn nnodes_forms() {
-        assert_eq!(parse_nnodes("2").unwrap(), 2);
-        assert_eq!(parse_nnodes("3:3").unwrap(), 3);
-        assert!(parse_nnodes("1:2").unwrap_err().to_string().contains("not supported yet"));
+        assert_eq!(parse_nnodes("2").unwrap(), (2, 2));
+        assert_eq!(parse_nnodes("3:3").unwrap(), (3, 3));
+        assert_eq!(parse_nnodes("1:4").unwrap(), (1, 4));
+        assert!(parse_nnodes("3:2").unwrap_err().to_string().contains("MIN (3) is larger than MAX (2)"));
         assert!(parse_nnodes("0").is_err());
+        assert!(parse_nnodes("0:2").is_err());
     }
 
     #[test]
