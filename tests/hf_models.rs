@@ -80,6 +80,12 @@ fn gpt2_matches_transformers() {
 }
 
 #[test]
+fn gpt2_fp16_sharded_matches_transformers() {
+    assert!(models().join("gpt2_fp16_sharded/model.safetensors.index.json").exists());
+    check_causal("gpt2_fp16_sharded");
+}
+
+#[test]
 fn llama_tied_gqa_matches_transformers() {
     check_causal("llama_tied");
 }

@@ -5,7 +5,9 @@
 //! kernels where libtorch has them), GPT-2 initialisation: N(0, 0.02) everywhere, residual
 //! projections scaled by 1/sqrt(2·n_layer). Parameter names are GPT-2's Hugging Face names
 //! (`transformer.h.0.attn.c_attn.weight`); the one unavoidable mapping is that HF stores the
-//! Conv1D weights `[in, out]` while we keep `[out, in]` (see [`CONV1D`]).
+//! Conv1D weights `[in, out]` while we keep `[out, in]` (see [`CONV1D`]). Pretrained HF GPT-2
+//! directories load through [`Gpt::from_pretrained_as`] (fp32/fp16/bf16 files, single or
+//! sharded, via [`super::hf`]).
 //!
 //! References: Radford et al. 2019 (GPT-2); karpathy/nanoGPT `model.py`;
 //! transformers `modeling_gpt2.py`.

@@ -16,6 +16,7 @@ usage:
 
 Models (hidden <= 64, 2 layers):
   gpt2                 GPT2LMHeadModel (tied)
+  gpt2_fp16_sharded    GPT2LMHeadModel saved in fp16, in shards
   llama_tied           Llama, tied embeddings, GQA 4/2
   llama3_untied        Llama, untied, rope llama3, explicit head_dim, attention_bias, mlp_bias,
                        saved in shards (max_shard_size)
@@ -60,6 +61,8 @@ def causal_models():
     common = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
                   num_attention_heads=4, max_position_embeddings=64)
     yield "gpt2", GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64)), {}
+    yield "gpt2_fp16_sharded", GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4,
+                                                          n_positions=64)), {"dtype": torch.float16, "shard": "20KB"}
     yield "llama_tied", LlamaForCausalLM(LlamaConfig(**common, num_key_value_heads=2, tie_word_embeddings=True,
                                                      rms_norm_eps=1e-5)), {}
     llama3 = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
