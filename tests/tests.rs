@@ -7,5 +7,6 @@ mod common;
 mod dist;
 mod generate;
 mod hf;
+mod hf_models;
 mod tokenizer;
 mod train;

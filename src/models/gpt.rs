@@ -5,7 +5,9 @@
 //! kernels where libtorch has them), GPT-2 initialisation: N(0, 0.02) everywhere, residual
 //! projections scaled by 1/sqrt(2·n_layer). Parameter names are GPT-2's Hugging Face names
 //! (`transformer.h.0.attn.c_attn.weight`); the one unavoidable mapping is that HF stores the
-//! Conv1D weights `[in, out]` while we keep `[out, in]` (see [`CONV1D`]).
+//! Conv1D weights `[in, out]` while we keep `[out, in]` (see [`CONV1D`]). Pretrained HF GPT-2
+//! directories load through [`Gpt::from_pretrained_as`] (fp32/fp16/bf16 files, single or
+//! sharded, via [`super::hf`]).
 //!
 //! References: Radford et al. 2019 (GPT-2); karpathy/nanoGPT `model.py`;
 //! transformers `modeling_gpt2.py`.
@@ -17,7 +19,9 @@ use serde_json::json;
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
+use super::hf;
 use super::layers::{embedding, LayerNorm, Linear};
+use super::NamedLinear;
 use crate::error::{Error, IoContext, Result};
 
 /// HF GPT-2 weights stored as Conv1D `[in, out]`: transposed on export and import.
@@ -117,12 +121,8 @@ struct Block {
     mlp_proj: Linear,
 }
 
-/// Keys and values of past positions, one `(k, v)` of shape `(B, nh, T_past, hs)` per layer.
-#[derive(Default)]
-pub struct KvCache {
-    layers: Vec<Option<(Tensor, Tensor)>>,
-    pub len: usize,
-}
+/// Keys and values of past positions (shared with the other decoders).
+pub use super::shared::KvCache;
 
 /// The model. Its VarStore holds the parameters under their HF names.
 pub struct Gpt {
@@ -314,17 +314,52 @@ impl Gpt {
         Ok(())
     }
 
-    /// Loads `config.json` + `model.safetensors` from an HF GPT-2 directory (also a rankforge
-    /// checkpoint or `final/`).
+    /// Loads `config.json` + weights from an HF GPT-2 directory (also a rankforge checkpoint
+    /// or `final/`) as fp32.
     pub fn from_pretrained(dir: &Path, device: Device) -> Result<Gpt> {
+        Gpt::from_pretrained_as(dir, device, Kind::Float)
+    }
+
+    /// Loads an HF GPT-2 directory into a model of dtype `kind`: `model.safetensors` or
+    /// sharded files (`model.safetensors.index.json`), fp32, fp16 or bf16 tensors.
+    pub fn from_pretrained_as(dir: &Path, device: Device, kind: Kind) -> Result<Gpt> {
         let cfg = GptConfig::from_hf_json(&dir.join("config.json"))?;
         let mut model = Gpt::new(&cfg, device);
-        let weights = dir.join("model.safetensors");
-        if !weights.exists() {
-            return Err(Error::model(&weights, "not found"));
+        model.vs.set_kind(kind);
+        let (path, files) = hf::weight_files(dir)?;
+        let mut tensors = Vec::new();
+        for file in &files {
+            tensors.extend(crate::st::load(file)?);
         }
-        model.load_hf_state_dict(crate::st::load(&weights)?, &weights)?;
+        model.load_hf_state_dict(tensors, &path)?;
         Ok(model)
+    }
+
+    /// Every linear layer with its HF module path; all four per block are GPT-2 Conv1Ds.
+    pub fn linears_mut(&mut self) -> Vec<NamedLinear<'_>> {
+        let mut out = Vec::with_capacity(4 * self.h.len());
+        for (i, b) in self.h.iter_mut().enumerate() {
+            let Block { c_attn, attn_proj, c_fc, mlp_proj, .. } = b;
+            for (name, linear) in [("attn.c_attn", c_attn), ("attn.c_proj", attn_proj), ("mlp.c_fc", c_fc), ("mlp.c_proj", mlp_proj)] {
+                out.push(NamedLinear { name: format!("transformer.h.{i}.{name}"), linear, fan_in_fan_out: true });
+            }
+        }
+        out
+    }
+
+    /// A model like this one with `vocab` rows in the (tied) token embedding (see
+    /// [`super::resize_rows`]); all other weights copied. Same device and dtype.
+    pub fn resized(&self, vocab: usize) -> Result<Gpt> {
+        let cfg = GptConfig { vocab_size: vocab, ..self.cfg.clone() };
+        let mut fresh = Gpt::new(&cfg, self.vs.device());
+        fresh.vs.set_kind(self.wte.kind());
+        let mut vars = fresh.vs.variables();
+        for (name, t) in self.named_parameters() {
+            let mut var = vars.remove(&name).ok_or_else(|| Error::Input(format!("resize: no parameter {name}")))?;
+            let t = if name == "transformer.wte.weight" { super::resize_rows(&t, vocab) } else { t };
+            tch::no_grad(|| var.copy_(&t));
+        }
+        Ok(fresh)
     }
 
     /// Writes `config.json`, `generation_config.json` and `model.safetensors` into `dir`.
