@@ -371,6 +371,25 @@ mod tests {
     }
 
     #[test]
+    fn adapters_stay_fp32_on_a_bf16_base() {
+        tch::manual_seed(0);
+        let mut vs = VarStore::new(Device::Cpu);
+        let mut a = Linear::new(&vs.root() / "a", 8, 4, true, 0.5);
+        vs.bfloat16();
+        inject(vec![("a".into(), &mut a, false)], &cfg(names(&["a"])), Device::Cpu, 3).unwrap();
+        let l = a.lora.as_mut().unwrap();
+        assert_eq!((l.lora_a.kind(), l.lora_b.kind()), (Kind::Float, Kind::Float));
+        let _ = tch::no_grad(|| l.lora_b.fill_(0.1));
+        let x = Tensor::randn([3, 8], (Kind::BFloat16, Device::Cpu));
+        let y = a.forward(&x);
+        assert_eq!(y.kind(), Kind::BFloat16, "the output keeps the base dtype");
+        let want = a.weight.to_kind(Kind::Float);
+        merge(vec![("a".into(), &mut a, false)]).unwrap();
+        assert_eq!(a.weight.kind(), Kind::BFloat16);
+        assert!((a.weight.to_kind(Kind::Float) - want).abs().max().double_value(&[]) > 1e-3, "merged in place");
+    }
+
+    #[test]
     fn config_validation_and_scaling() {
         let mut c = cfg(TargetModules::Preset("q_.*".into()));
         assert!(c.validate().unwrap_err().1.contains("regular expressions are not supported"));

@@ -7,5 +7,6 @@ mod common;
 mod dist;
 mod generate;
 mod hf;
+mod lora;
 mod tokenizer;
 mod train;
