@@ -7,7 +7,11 @@ step after the checkpoint). That span covers failure detection, the coordinator'
 teardown of the surviving rank, re-rendezvous, process start (libtorch load), checkpoint load
 and broadcast, and one training step. Prints one JSON line per round and the median.
 
-    .venv/bin/python bench/recovery.py [--rounds 5]
+--mode node: an elastic job instead (two launchers, `--nnodes 1:2`, one rank each, on
+loopback); node 1's launcher is killed with SIGKILL (its rank dies with it) and the span runs
+until node 0 alone (world 1) writes its first new step.
+
+    .venv/bin/python bench/recovery.py [--rounds 5] [--mode rank|node]
 """
 import argparse, json, os, signal, statistics, subprocess, sys, tempfile, time
 
@@ -36,17 +40,35 @@ def rank_pid(tag, rank):
     return None
 
 
-def one_round(tmp):
+def launcher(run, extra):
+    return [os.path.join(ROOT, "target/release/rankforge-launch"), *extra, "--grace-period", "2",
+            "--config", os.path.join(ROOT, "configs/gpt_tiny_pretrain_cpu.toml"),
+            "--set", f"run.dir={run!r}".replace("'", '"'), "--set", "train.max_steps=100000",
+            "--set", "checkpoint.every_steps=10", "--set", "eval.every_steps=0"]
+
+
+def free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def one_round(tmp, mode):
     run = os.path.join(tmp, "run")
-    cmd = [os.path.join(ROOT, "target/release/rankforge-launch"), "--nproc-per-node", "2", "--max-restarts", "1",
-           "--grace-period", "2", "--config", os.path.join(ROOT, "configs/gpt_tiny_pretrain_cpu.toml"),
-           "--set", f"run.dir={run!r}".replace("'", '"'), "--set", "train.max_steps=100000",
-           "--set", "checkpoint.every_steps=10", "--set", "eval.every_steps=0"]
-    p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    if mode == "rank":
+        procs = [subprocess.Popen(launcher(run, ["--nproc-per-node", "2", "--max-restarts", "1"]), cwd=ROOT,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)]
+    else:
+        coord = f"127.0.0.1:{free_port()}"
+        env = dict(os.environ, RANKFORGE_JOB_TOKEN="recovery-bench-0123456789")
+        procs = [subprocess.Popen(launcher(run, ["--nnodes", "1:2", "--node-rank", str(n), "--nproc-per-node", "1",
+                                                 "--coordinator", coord]), cwd=ROOT, env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for n in (0, 1)]
     metrics = os.path.join(run, "metrics.jsonl")
     while len(rows(metrics)) < 40:
         time.sleep(0.01)
-    pid = rank_pid(run, 1)
+    pid = rank_pid(run, 1) if mode == "rank" else procs[1].pid
     killed_at_step = rows(metrics)[-1]["step"]
     ckpts = [int(d.split("_")[1]) for d in os.listdir(os.path.join(run, "checkpoints")) if d.startswith("step_")]
     resume_from = max(ckpts)
@@ -66,25 +88,28 @@ def one_round(tmp):
             resumed = time.monotonic() - t0
             break
         time.sleep(0.002)
-    p.send_signal(signal.SIGINT)
-    p.wait()
-    return {"impl": "rankforge", "recovery_s": resumed, "killed_after_step": killed_at_step,
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGINT)
+        p.wait()
+    return {"impl": "rankforge", "mode": mode, "recovery_s": resumed, "killed_after_step": killed_at_step,
             "resumed_from_checkpoint": resume_from}
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--mode", choices=["rank", "node"], default="rank")
     args = ap.parse_args()
     times = []
     for _ in range(args.rounds):
         with tempfile.TemporaryDirectory() as tmp:
-            r = one_round(tmp)
+            r = one_round(tmp, args.mode)
         print(json.dumps(r), flush=True)
         if r["recovery_s"] is None:
             sys.exit("the job did not resume within 120 s")
         times.append(r["recovery_s"])
-    print(json.dumps({"median_recovery_s": statistics.median(times), "rounds": len(times)}))
+    print(json.dumps({"mode": args.mode, "median_recovery_s": statistics.median(times), "rounds": len(times)}))
 
 
 if __name__ == "__main__":

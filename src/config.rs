@@ -1,10 +1,11 @@
 //! Recipes: the TOML file that describes a run (first step of the data flow).
 //!
-//! A recipe has one section per component (`[run] [model] [data] [train] [checkpoint] [eval]`);
-//! each deserialises with `deny_unknown_fields`, and every field's `///` doc is its reference
-//! documentation. `--set section.key=value` overrides any field before deserialisation. Errors
-//! name the file and the dotted key. The world size is never in the recipe: it comes from the
-//! launcher's rendezvous.
+//! A recipe has one section per component (`[run] [model] [data] [train] [checkpoint] [eval]
+//! [lora]`; `[lora]`'s struct lives with its component in [`crate::lora`]); each deserialises
+//! with `deny_unknown_fields`, and every field's `///` doc is its reference documentation.
+//! `--set section.key=value` overrides any field before deserialisation. Errors name the file
+//! and the dotted key. The world size is never in the recipe: it comes from the launcher's
+//! rendezvous.
 
 use std::path::{Path, PathBuf};
 
@@ -25,6 +26,9 @@ pub struct Recipe {
     pub checkpoint: CheckpointConfig,
     #[serde(default)]
     pub eval: EvalConfig,
+    /// `[lora]`: train LoRA adapters instead of every weight; absent = full fine-tuning.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lora: Option<crate::lora::LoraConfig>,
 }
 
 /// `[run]`: where the run lives.
@@ -355,6 +359,9 @@ impl Recipe {
         if t.log_every == 0 {
             return Err(("train.log_every", "must be at least 1".into()));
         }
+        if let Some(lora) = &self.lora {
+            lora.validate()?;
+        }
         if self.checkpoint.keep_last == 0 {
             return Err(("checkpoint.keep_last", "must be at least 1: the newest checkpoint is the resume point".into()));
         }
@@ -438,6 +445,25 @@ tokenizer = "tok"
         // The resolved recipe round-trips.
         let again = Recipe::from_toml(&r.to_toml(), Path::new("x"), &[]).unwrap();
         assert_eq!(again, r);
+    }
+
+    #[test]
+    fn lora_section() {
+        use crate::lora::TargetModules;
+        assert_eq!(load(MINI, &[]).unwrap().lora, None, "absent = full fine-tuning");
+        let r = load(&format!("{MINI}\n[lora]\nr = 4\nalpha = 8\ntarget_modules = [\"c_attn\"]\n"), &[]).unwrap();
+        let l = r.lora.clone().unwrap();
+        assert_eq!((l.r, l.alpha, l.dropout, l.use_rslora), (4, 8.0, 0.0, false));
+        assert_eq!(l.target_modules, TargetModules::Names(vec!["c_attn".into()]));
+        assert_eq!(Recipe::from_toml(&r.to_toml(), Path::new("x"), &[]).unwrap(), r, "round-trips");
+        let all = load(&format!("{MINI}\n[lora]\ntarget_modules = \"all-linear\"\n"), &[]).unwrap();
+        assert_eq!(all.lora.unwrap().target_modules, TargetModules::Preset("all-linear".into()));
+        let e = load(&format!("{MINI}\n[lora]\ntarget_modules = \"q_.*\"\n"), &[]).unwrap_err().to_string();
+        assert!(e.contains("r.toml: lora.target_modules: \"q_.*\" is not \"all-linear\""), "{e}");
+        let e = load(&format!("{MINI}\n[lora]\ntarget_modules = [\"c_attn\"]\nrank = 3\n"), &[]).unwrap_err().to_string();
+        assert!(e.contains("lora.rank: unknown field"), "{e}");
+        let e = load(&format!("{MINI}\n[lora]\nr = 4\n"), &[]).unwrap_err().to_string();
+        assert!(e.contains("missing field `target_modules`"), "{e}");
     }
 
     #[test]

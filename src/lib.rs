@@ -1,12 +1,12 @@
 //! rankforge: a Rust training coordinator for transformer models (tch/libtorch).
 //!
 //! Data flow of one rank: recipe ([`config`]) → tokenizer ([`tokenizer`]) → token cache and
-//! sampler ([`data`]) → model ([`models`]) → step (loss, backward, gradient all-reduce across
-//! ranks ([`dist`]), clip, [`optim`]) → checkpoints ([`checkpoint`]), metrics ([`metrics`]) and
-//! the Hugging Face export; the recipe loop itself is [`train`]. [`generate`] samples from a
-//! trained model, [`bench`] times steps and collectives. Under `rankforge-launch` a rank joins
-//! the job's coordinator and trains its slice of every global batch; without it, it is a world
-//! of one.
+//! sampler ([`data`]) → model ([`models`], optionally with LoRA adapters from [`lora`]) → step
+//! (loss, backward, gradient all-reduce across ranks ([`dist`]), clip, [`optim`]) → checkpoints
+//! ([`checkpoint`]), metrics ([`metrics`]) and the Hugging Face export; the recipe loop itself
+//! is [`train`]. [`generate`] samples from a trained model, [`bench`] times steps and
+//! collectives. Under `rankforge-launch` a rank joins the job's coordinator and trains its slice
+//! of every global batch; without it, it is a world of one.
 //!
 //! ```no_run
 //! use rankforge::config::Recipe;
@@ -24,6 +24,7 @@ pub mod device;
 pub mod error;
 pub mod fsutil;
 pub mod generate;
+pub mod lora;
 pub mod metrics;
 pub mod models;
 pub mod optim;

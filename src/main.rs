@@ -42,6 +42,10 @@ enum Command {
     Generate {
         #[arg(long)]
         model: PathBuf,
+        /// A PEFT LoRA adapter directory (adapter_config.json + adapter_model.safetensors) to
+        /// apply on top of --model.
+        #[arg(long)]
+        adapter: Option<PathBuf>,
         #[arg(long)]
         prompt: String,
         #[arg(long, default_value_t = 100)]
@@ -175,12 +179,16 @@ fn run(command: Command) -> Result<()> {
             tracing::info!("tokenizer with {n} tokens written to {}", opts.output.display());
             Ok(())
         }
-        Command::Generate { model, prompt, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, device, json } => {
+        Command::Generate { model, adapter, prompt, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, device, json } => {
             let device = rankforge::device::select(device)?;
             if !model.join("config.json").exists() && model.join("final").exists() {
                 return Err(Error::model(&model, "is a run directory; pass its final/ or a checkpoints/step_* directory"));
             }
-            let gpt = rankforge::models::gpt::Gpt::from_pretrained(&model, device)?;
+            let mut gpt = rankforge::models::gpt::Gpt::from_pretrained(&model, device)?;
+            if let Some(dir) = &adapter {
+                let loaded = gpt.load_adapter(dir)?;
+                tracing::info!("LoRA adapter {} on {} layers", dir.display(), loaded.modules.len());
+            }
             let tok = LoadedTokenizer::load(&model)?;
             let opts = GenOptions { max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed };
             let mut out = std::io::stdout().lock();

@@ -8,5 +8,6 @@ mod dist;
 mod generate;
 mod hf;
 mod hf_models;
+mod lora;
 mod tokenizer;
 mod train;

@@ -7,7 +7,8 @@
 //! (`transformer.h.0.attn.c_attn.weight`); the one unavoidable mapping is that HF stores the
 //! Conv1D weights `[in, out]` while we keep `[out, in]` (see [`CONV1D`]). Pretrained HF GPT-2
 //! directories load through [`Gpt::from_pretrained_as`] (fp32/fp16/bf16 files, single or
-//! sharded, via [`super::hf`]).
+//! sharded, via [`super::hf`]). LoRA adapters ([`crate::lora`]) attach to the four linear
+//! layers of each block through [`Gpt::linears_mut`].
 //!
 //! References: Radford et al. 2019 (GPT-2); karpathy/nanoGPT `model.py`;
 //! transformers `modeling_gpt2.py`.
@@ -220,7 +221,7 @@ impl Gpt {
     fn attn(&self, blk: &Block, x: &Tensor, train: bool, cache: Option<&mut Option<(Tensor, Tensor)>>) -> Tensor {
         let (b, t, c) = x.size3().expect("activations are (B, T, C)");
         let (nh, hs) = (self.cfg.n_head as i64, (self.cfg.n_embd / self.cfg.n_head) as i64);
-        let qkv = blk.c_attn.forward(x).split(c, 2); // 3 × (B, T, C)
+        let qkv = blk.c_attn.forward_t(x, train).split(c, 2); // 3 × (B, T, C)
         let heads = |t_: &Tensor| t_.view([b, t, nh, hs]).transpose(1, 2); // (B, nh, T, hs)
         let (q, mut k, mut v) = (heads(&qkv[0]), heads(&qkv[1]), heads(&qkv[2]));
         let mut causal = true;
@@ -236,12 +237,58 @@ impl Gpt {
         let p = if train { self.cfg.dropout } else { 0.0 };
         let y = Tensor::scaled_dot_product_attention::<Tensor>(&q, &k, &v, None, p, causal, None, false);
         let y = y.transpose(1, 2).contiguous().view([b, t, c]); // (B, T, C)
-        blk.attn_proj.forward(&y).dropout(self.cfg.dropout, train)
+        blk.attn_proj.forward_t(&y, train).dropout(self.cfg.dropout, train)
     }
 
     fn mlp(&self, blk: &Block, x: &Tensor, train: bool) -> Tensor {
-        let h = blk.c_fc.forward(x).gelu("tanh"); // (B, T, 4C)
-        blk.mlp_proj.forward(&h).dropout(self.cfg.dropout, train)
+        let h = blk.c_fc.forward_t(x, train).gelu("tanh"); // (B, T, 4C)
+        blk.mlp_proj.forward_t(&h, train).dropout(self.cfg.dropout, train)
+    }
+
+    /// Attaches fresh LoRA adapters (see [`crate::lora::inject`]) and freezes every base
+    /// parameter, so only the adapters train. Returns the adapted module paths.
+    pub fn add_lora(&mut self, cfg: &crate::lora::LoraConfig, seed: u64) -> Result<Vec<String>> {
+        let device = self.vs.device();
+        let adapted = crate::lora::inject(self.linears_mut(), cfg, device, seed)?;
+        self.vs.freeze();
+        Ok(adapted)
+    }
+
+    /// Loads a PEFT adapter directory onto this model and freezes every base parameter.
+    pub fn load_adapter(&mut self, dir: &Path) -> Result<crate::lora::LoadedAdapter> {
+        let device = self.vs.device();
+        let loaded = crate::lora::load_adapter(self.linears_mut(), dir, device)?;
+        self.vs.freeze();
+        Ok(loaded)
+    }
+
+    /// Folds the adapters into the base weights and removes them (see [`crate::lora::merge`]).
+    pub fn merge_lora(&mut self) -> Result<Vec<String>> {
+        crate::lora::merge(self.linears_mut())
+    }
+
+    /// Switches the adapters on or off (off = the base model); returns how many there are.
+    pub fn set_lora_enabled(&mut self, enabled: bool) -> usize {
+        crate::lora::set_enabled(self.linears_mut(), enabled)
+    }
+
+    /// The adapter tensors under PEFT's names, sorted (what the optimizer trains).
+    pub fn lora_parameters(&mut self) -> Vec<(String, Tensor)> {
+        crate::lora::adapter_parameters(&self.linears_mut())
+    }
+
+    /// Every tensor that requires a gradient, base parameters (HF names) and adapters (PEFT
+    /// names), sorted by name: after [`Gpt::add_lora`] only the adapters.
+    pub fn trainable_parameters(&mut self) -> Vec<(String, Tensor)> {
+        let mut out: Vec<(String, Tensor)> = self.named_parameters().into_iter().filter(|(_, t)| t.requires_grad()).collect();
+        out.extend(self.lora_parameters().into_iter().filter(|(_, t)| t.requires_grad()));
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    /// Whether any linear layer carries an adapter.
+    pub fn has_lora(&self) -> bool {
+        self.h.iter().any(|b| [&b.c_attn, &b.attn_proj, &b.c_fc, &b.mlp_proj].iter().any(|l| l.lora.is_some()))
     }
 
     /// Mean next-token cross-entropy of windows `(B, T+1)`: inputs `[.., :T]`, targets
@@ -335,7 +382,9 @@ impl Gpt {
         Ok(model)
     }
 
-    /// Every linear layer with its HF module path; all four per block are GPT-2 Conv1Ds.
+    /// The linear layers under their HF module paths (`transformer.h.0.attn.c_attn`, …), all
+    /// Conv1D in HF (`fan_in_fan_out` = true): what [`crate::lora::inject`] adapts. The tied
+    /// `lm_head` is the `wte` embedding, not a linear layer, so "all-linear" never touches it.
     pub fn linears_mut(&mut self) -> Vec<NamedLinear<'_>> {
         let mut out = Vec::with_capacity(4 * self.h.len());
         for (i, b) in self.h.iter_mut().enumerate() {
@@ -362,8 +411,13 @@ impl Gpt {
         Ok(fresh)
     }
 
-    /// Writes `config.json`, `generation_config.json` and `model.safetensors` into `dir`.
+    /// Writes `config.json`, `generation_config.json` and `model.safetensors` into `dir`: the
+    /// base weights only. Attached LoRA adapters are not included: merge them first
+    /// ([`crate::lora::merge`]) or save them as a PEFT adapter ([`crate::lora::save_adapter`]).
     pub fn save_pretrained(&self, dir: &Path, eos_id: Option<u32>) -> Result<()> {
+        if self.has_lora() {
+            tracing::warn!("{}: saving the base weights without the attached LoRA adapters (merge them to include them)", dir.display());
+        }
         crate::fsutil::write_json_atomic(&dir.join("config.json"), &self.cfg.to_hf_json(eos_id))?;
         let gen = json!({"bos_token_id": eos_id, "eos_token_id": eos_id, "_from_model_config": true});
         crate::fsutil::write_json_atomic(&dir.join("generation_config.json"), &gen)?;

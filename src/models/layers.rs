@@ -1,14 +1,18 @@
 //! Layers shared by the model families: linear, LayerNorm, embedding. Parameters are created
 //! through `nn::Path` so that the VarStore name of each weight is its Hugging Face name.
+//! A [`Linear`] may carry a LoRA adapter ([`crate::lora`]), which lives outside the VarStore.
 
 use tch::nn::{Init, Path};
 use tch::Tensor;
 
-/// `y = x·Wᵀ + b` with `W: [out, in]` (torch.nn.Linear layout).
+/// `y = x·Wᵀ + b` with `W: [out, in]` (torch.nn.Linear layout), plus `B(A(dropout(x)))·scaling`
+/// when a LoRA adapter is attached and enabled.
 #[derive(Debug)]
 pub struct Linear {
     pub weight: Tensor,
     pub bias: Option<Tensor>,
+    /// The LoRA adapter, if one is attached ([`crate::lora::inject`], [`crate::lora::load_adapter`]).
+    pub lora: Option<crate::lora::LoraLayer>,
 }
 
 impl Linear {
@@ -16,11 +20,21 @@ impl Linear {
     pub fn new(p: Path, d_in: usize, d_out: usize, bias: bool, std: f64) -> Linear {
         let weight = p.var("weight", &[d_out as i64, d_in as i64], Init::Randn { mean: 0.0, stdev: std });
         let bias = bias.then(|| p.var("bias", &[d_out as i64], Init::Const(0.0)));
-        Linear { weight, bias }
+        Linear { weight, bias, lora: None }
     }
 
+    /// Inference forward (no adapter dropout).
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        x.linear(&self.weight, self.bias.as_ref())
+        self.forward_t(x, false)
+    }
+
+    /// Forward; `train` switches the adapter's dropout on.
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        let y = x.linear(&self.weight, self.bias.as_ref());
+        match &self.lora {
+            Some(lora) if lora.enabled => lora.add_to(y, x, train),
+            _ => y,
+        }
     }
 }
 
