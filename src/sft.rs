@@ -18,7 +18,8 @@
 //!   overlapping a span are trained.
 //! - `max_length` keeps the start; an example left without trained tokens is dropped. With
 //!   `packing`, examples are concatenated (in file order) and cut into sequences of `max_length`
-//!   (the last one holds the remainder), with no truncation.
+//!   (the last one holds the remainder), with no truncation (TRL's "wrapped" packing; as there,
+//!   a packed sequence may hold no trained token: weight the loss by trained tokens).
 //! - Validation: `data.val` files, or a seeded random `val_fraction` of the examples.
 //!
 //! Labels are unshifted (`labels[i]` is the target at position `i`; the model shifts).
@@ -56,7 +57,7 @@ pub struct SftStats {
     pub rows: usize,
     /// Examples cut to `max_length`.
     pub truncated: usize,
-    /// Examples (or packed sequences) without any trained token, dropped.
+    /// Examples without any trained token (before packing), dropped.
     pub dropped_no_labels: usize,
     /// Malformed rows skipped under `skip_malformed`.
     pub skipped_malformed: usize,
@@ -181,8 +182,9 @@ pub fn load(cfg: &DataConfig, tok: &LoadedTokenizer, seed: u64) -> Result<SftDat
         (train, val) = split(train, cfg.effective_val_fraction(), seed);
     }
     if let (true, Some(max)) = (cfg.packing, cfg.max_length) {
-        train = drop_unlabelled(pack(train, max), &mut stats);
-        val = drop_unlabelled(pack(val, max), &mut stats);
+        // As TRL: a packed sequence that happens to hold no trained token is kept.
+        train = pack(train, max);
+        val = pack(val, max);
     }
     if train.is_empty() {
         let first = cfg.train.first().map(|p| p.as_path()).unwrap_or(Path::new("data.train"));
@@ -272,12 +274,20 @@ impl Builder<'_> {
                 let labels = ids.iter().map(|&i| i64::from(i)).collect();
                 Ok(Example { input_ids: ids, labels })
             }
-            SftFormat::PromptCompletion => match (field(row, f.prompt)?, field(row, f.completion)?) {
-                (Value::Array(p), Value::Array(c)) => self.chat_prompt_completion(p, c),
-                (Value::String(p), Value::String(c)) => self.prompt_completion(p, c),
-                (p, c) => Err(RowError::Malformed(format!(
-                    "\"{}\" and \"{}\" must both be strings or both be lists of messages, found {} and {}",
-                    f.prompt, f.completion, kind(p), kind(c)
+            SftFormat::PromptCompletion => match field(row, f.prompt)? {
+                Value::String(p) => self.prompt_completion(p, req_str(row, f.completion)?),
+                Value::Array(p) => match field(row, f.completion)? {
+                    Value::Array(c) => self.chat_prompt_completion(p, c),
+                    c => Err(RowError::Malformed(format!(
+                        "field \"{}\": expected a list of messages (the prompt is one), found {}",
+                        f.completion,
+                        kind(c)
+                    ))),
+                },
+                p => Err(RowError::Malformed(format!(
+                    "field \"{}\": expected a string or a list of messages, found {}",
+                    f.prompt,
+                    kind(p)
                 ))),
             },
             SftFormat::Alpaca => {

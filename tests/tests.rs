@@ -7,5 +7,6 @@ mod common;
 mod dist;
 mod generate;
 mod hf;
+mod sft;
 mod tokenizer;
 mod train;
