@@ -551,6 +551,27 @@ tokenizer = "tok"
     }
 
     #[test]
+    fn sft_keys_are_optional_and_checked() {
+        // A pretraining recipe resolves to the same TOML as before the fine-tuning keys existed.
+        let r = load(MINI, &[]).unwrap();
+        assert_eq!(r.data.format, SftFormat::Auto);
+        let toml = r.to_toml();
+        for key in ["format", "packing", "skip_malformed", "max_length", "_field"] {
+            assert!(!toml.contains(key), "{key} in {toml}");
+        }
+        let r = load(MINI, &["data.format=\"prompt_completion\"", "data.prompt_field=q", "data.max_length=64", "data.packing=true"]).unwrap();
+        assert_eq!((r.data.format, r.data.prompt_field.as_deref(), r.data.max_length), (SftFormat::PromptCompletion, Some("q"), Some(64)));
+        assert_eq!(Recipe::from_toml(&r.to_toml(), Path::new("x"), &[]).unwrap(), r);
+        let e = load(MINI, &["data.packing=true"]).unwrap_err().to_string();
+        assert!(e.contains("data.packing: packing needs data.max_length"), "{e}");
+        let e = load(MINI, &["data.format=\"sharegpt\""]).unwrap_err().to_string();
+        assert!(e.contains("data.format: unknown variant `sharegpt`"), "{e}");
+        let r = load(&MINI.replace("tokenizer = \"tok\"\n", ""), &[]).unwrap();
+        let e = r.data.pretraining_tokenizer().unwrap_err().to_string();
+        assert!(e.starts_with("data.tokenizer is not set"), "{e}");
+    }
+
+    #[test]
     fn errors_name_file_and_key() {
         let e = load(MINI, &["train.lrr=1"]).unwrap_err().to_string();
         assert!(e.starts_with("r.toml: train.lrr: unknown field `lrr`"), "{e}");

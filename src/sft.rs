@@ -29,6 +29,7 @@ pub mod read;
 use std::path::Path;
 
 use rand::seq::SliceRandom;
+use rayon::prelude::*;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde_json::{Map, Value};
@@ -38,7 +39,7 @@ use crate::chat_template::ChatTemplate;
 use crate::config::{DataConfig, SftFormat};
 use crate::error::{Error, Result};
 use crate::tokenizer::LoadedTokenizer;
-use read::{kind, Row};
+use read::{field, kind, messages, messages_slice, opt_str, req_str, Row, RowError};
 
 /// Label of a position that is not trained (PyTorch's cross-entropy `ignore_index`).
 pub const IGNORE: i64 = -100;
@@ -229,26 +230,20 @@ struct Builder<'a> {
     skip_malformed: bool,
 }
 
-/// Why a row gives no example: bad data (skippable) or a fatal error.
-enum RowError {
-    Malformed(String),
-    Fatal(Error),
-}
-
-impl From<Error> for RowError {
-    fn from(e: Error) -> Self {
-        RowError::Fatal(e)
-    }
-}
-
 impl Builder<'_> {
+    /// Examples of `rows` in order (tokenized in parallel); the first bad row in file order is
+    /// the error, or with `skip_malformed` every bad row is skipped and counted.
     fn examples(&self, rows: &[Row], stats: &mut SftStats) -> Result<Vec<Example>> {
-        let mut out = Vec::with_capacity(rows.len());
-        for row in rows {
-            let result = match &row.fields {
+        let results: Vec<std::result::Result<Example, RowError>> = rows
+            .par_iter()
+            .map(|row| match &row.fields {
                 Ok(map) => self.example(map),
                 Err(msg) => Err(RowError::Malformed(msg.clone())),
-            };
+            })
+            .collect();
+        let mut out = Vec::with_capacity(rows.len());
+        let skipped_before = stats.skipped_malformed;
+        for (row, result) in rows.iter().zip(results) {
             match result {
                 Ok(e) => out.push(e),
                 Err(RowError::Malformed(msg)) if self.skip_malformed => {
@@ -259,8 +254,8 @@ impl Builder<'_> {
                 Err(RowError::Fatal(e)) => return Err(e),
             }
         }
-        if stats.skipped_malformed > 0 {
-            tracing::warn!(skipped = stats.skipped_malformed, "skipped malformed rows (data.skip_malformed)");
+        if stats.skipped_malformed > skipped_before {
+            tracing::warn!(skipped = stats.skipped_malformed - skipped_before, "skipped malformed rows (data.skip_malformed)");
         }
         Ok(out)
     }
@@ -437,55 +432,6 @@ fn common_prefix(a: &[u32], b: &[u32]) -> usize {
 fn masked_after(ids: Vec<u32>, n: usize) -> Example {
     let labels = ids.iter().enumerate().map(|(i, &id)| if i < n { IGNORE } else { i64::from(id) }).collect();
     Example { input_ids: ids, labels }
-}
-
-fn field<'a>(row: &'a Map<String, Value>, name: &str) -> std::result::Result<&'a Value, RowError> {
-    match row.get(name) {
-        None | Some(Value::Null) => Err(RowError::Malformed(format!("missing field \"{name}\""))),
-        Some(v) => Ok(v),
-    }
-}
-
-fn req_str<'a>(row: &'a Map<String, Value>, name: &str) -> std::result::Result<&'a str, RowError> {
-    let v = field(row, name)?;
-    v.as_str().ok_or_else(|| RowError::Malformed(format!("field \"{name}\": expected a string, found {}", kind(v))))
-}
-
-fn opt_str<'a>(row: &'a Map<String, Value>, name: &str) -> std::result::Result<Option<&'a str>, RowError> {
-    match row.get(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s)),
-        Some(v) => Err(RowError::Malformed(format!("field \"{name}\": expected a string, found {}", kind(v)))),
-    }
-}
-
-/// A list of messages: an array (or, from CSV, a string holding one in JSON).
-fn messages(v: &Value, name: &str) -> std::result::Result<Vec<Value>, RowError> {
-    match v {
-        Value::Array(items) => messages_slice(items, name),
-        Value::String(s) => match serde_json::from_str::<Value>(s) {
-            Ok(Value::Array(items)) => messages_slice(&items, name),
-            _ => Err(RowError::Malformed(format!("field \"{name}\": expected a list of messages, found a string"))),
-        },
-        other => Err(RowError::Malformed(format!("field \"{name}\": expected a list of messages, found {}", kind(other)))),
-    }
-}
-
-fn messages_slice(items: &[Value], name: &str) -> std::result::Result<Vec<Value>, RowError> {
-    if items.is_empty() {
-        return Err(RowError::Malformed(format!("field \"{name}\": the conversation is empty")));
-    }
-    for (i, m) in items.iter().enumerate() {
-        let bad = |what: &str| RowError::Malformed(format!("field \"{name}\": message {i}: {what}"));
-        let obj = m.as_object().ok_or_else(|| bad(&format!("expected an object, found {}", kind(m))))?;
-        if !obj.get("role").is_some_and(Value::is_string) {
-            return Err(bad("missing string \"role\""));
-        }
-        if !obj.contains_key("content") {
-            return Err(bad("missing \"content\""));
-        }
-    }
-    Ok(items.to_vec())
 }
 
 fn truncate(examples: Vec<Example>, max: usize, stats: &mut SftStats) -> Vec<Example> {

@@ -266,3 +266,4 @@ fn pretraining_recipe_without_tokenizer_names_the_key() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("data.tokenizer is not set"), "{err}");
 }
+

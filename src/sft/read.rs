@@ -1,7 +1,8 @@
 //! Reading fine-tuning rows: JSON (an array of objects, or JSON Lines in a `.json` file as
 //! `datasets` writes them), JSONL, CSV (header row) and Parquet, from files, folders (sorted,
 //! recursive, data files only) and globs. Every row keeps its file and line (or Parquet row) so
-//! that a problem names where it is.
+//! that a problem names where it is. Field access helpers turn a missing field or a wrong type
+//! into a [`RowError::Malformed`] message.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -237,6 +238,67 @@ fn parquet_rows(path: &Arc<PathBuf>) -> Result<Vec<Row>> {
         rows.push(Row { path: path.clone(), loc: Loc::Row(i + 1), fields: object(row.to_json_value()) });
     }
     Ok(rows)
+}
+
+/// Why a row gives no example: bad data (skippable) or a fatal error.
+pub enum RowError {
+    Malformed(String),
+    Fatal(Error),
+}
+
+impl From<Error> for RowError {
+    fn from(e: Error) -> Self {
+        RowError::Fatal(e)
+    }
+}
+
+pub fn field<'a>(row: &'a Map<String, Value>, name: &str) -> std::result::Result<&'a Value, RowError> {
+    match row.get(name) {
+        None | Some(Value::Null) => Err(RowError::Malformed(format!("missing field \"{name}\""))),
+        Some(v) => Ok(v),
+    }
+}
+
+pub fn req_str<'a>(row: &'a Map<String, Value>, name: &str) -> std::result::Result<&'a str, RowError> {
+    let v = field(row, name)?;
+    v.as_str().ok_or_else(|| RowError::Malformed(format!("field \"{name}\": expected a string, found {}", kind(v))))
+}
+
+pub fn opt_str<'a>(row: &'a Map<String, Value>, name: &str) -> std::result::Result<Option<&'a str>, RowError> {
+    match row.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(v) => Err(RowError::Malformed(format!("field \"{name}\": expected a string, found {}", kind(v)))),
+    }
+}
+
+/// A list of messages: an array (or, from CSV, a string holding one in JSON).
+pub fn messages(v: &Value, name: &str) -> std::result::Result<Vec<Value>, RowError> {
+    match v {
+        Value::Array(items) => messages_slice(items, name),
+        Value::String(s) => match serde_json::from_str::<Value>(s) {
+            Ok(Value::Array(items)) => messages_slice(&items, name),
+            _ => Err(RowError::Malformed(format!("field \"{name}\": expected a list of messages, found a string"))),
+        },
+        other => Err(RowError::Malformed(format!("field \"{name}\": expected a list of messages, found {}", kind(other)))),
+    }
+}
+
+pub fn messages_slice(items: &[Value], name: &str) -> std::result::Result<Vec<Value>, RowError> {
+    if items.is_empty() {
+        return Err(RowError::Malformed(format!("field \"{name}\": the conversation is empty")));
+    }
+    for (i, m) in items.iter().enumerate() {
+        let bad = |what: &str| RowError::Malformed(format!("field \"{name}\": message {i}: {what}"));
+        let obj = m.as_object().ok_or_else(|| bad(&format!("expected an object, found {}", kind(m))))?;
+        if !obj.get("role").is_some_and(Value::is_string) {
+            return Err(bad("missing string \"role\""));
+        }
+        if !obj.contains_key("content") {
+            return Err(bad("missing \"content\""));
+        }
+    }
+    Ok(items.to_vec())
 }
 
 #[cfg(test)]
