@@ -146,6 +146,12 @@ PC_ROWS = [
     {"prompt": "Q", "completion": " The quick brown fox jumps over the lazy dog again and again."},
     {"prompt": "x", "completion": " done</s><|endoftext|>"},
 ]
+CONV_PC_ROWS = [
+    {"prompt": [{"role": "user", "content": "What is the capital of France?"}],
+     "completion": [{"role": "assistant", "content": "Paris."}]},
+    {"prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hi"}],
+     "completion": [{"role": "assistant", "content": "hello there"}]},
+]
 TEXT_ROWS = [{"text": "The quick brown fox."}, {"text": "Guten Morgen, Paris!"}, {"text": "hello there</s>"}]
 MSG_ROWS = [
     {"messages": [
@@ -214,6 +220,7 @@ def write_jsonl(name, rows):
 pc = write_jsonl("pc.jsonl", PC_ROWS)
 text = write_jsonl("text.jsonl", TEXT_ROWS)
 msgs = write_jsonl("messages.jsonl", MSG_ROWS)
+conv_pc = write_jsonl("conv_pc.jsonl", CONV_PC_ROWS)
 alpaca = write_jsonl("alpaca.jsonl", ALPACA_ROWS)
 dolly = write_jsonl("dolly.jsonl", DOLLY_ROWS)
 # The same rows in the other file types, written by pandas / pyarrow as users' tools do.
@@ -232,6 +239,8 @@ for tok_name in ["tok_chatml", "tok_llama", "tok_llama_pp"]:
          "examples": trl_examples(d(tok_name), PC_ROWS)},
         {"name": f"{tok_name}/prompt_completion max_length 12", "rust_tokenizer": d(tok_name),
          "data": {"train": pc, "max_length": 12}, "examples": trl_examples(d(tok_name), PC_ROWS, max_length=12)},
+        {"name": f"{tok_name}/conversational prompt_completion", "rust_tokenizer": d(tok_name),
+         "data": {"train": conv_pc}, "examples": trl_examples(d(tok_name), CONV_PC_ROWS)},
         {"name": f"{tok_name}/text", "rust_tokenizer": d(tok_name), "data": {"train": text},
          "examples": trl_examples(d(tok_name), TEXT_ROWS)},
         {"name": f"{tok_name}/alpaca", "rust_tokenizer": d(tok_name), "data": {"train": alpaca},
