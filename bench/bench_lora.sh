@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Fine-tuning step benchmark (issue 5), side by side in the same run, alternating rounds:
+#   rankforge LoRA   (`rankforge bench` on a `model.kind = "hf"` recipe with `[lora]`)
+#   PEFT LoRA        (bench/peft_llama.py: transformers + peft.get_peft_model)
+#   rankforge full   (the same recipe without `[lora]`)
+#   PyTorch full     (bench/peft_llama.py --full)
+# on the small random Llama of bench/make_llama.py (made once under runs/bench-llama), random
+# tokens with every position labelled, fp32, same batch, sequence length and threads.
+# Prints a Markdown table of medians and ratios; raw rows go to bench/results/lora-<date>.jsonl.
+#
+#   bench/bench_lora.sh                                  # ROUNDS=3, all cores, batch 4 x 256
+#   ROUNDS=5 THREADS=2 TARGETS=all-linear bench/bench_lora.sh
+#   knobs: ROUNDS THREADS STEPS WARMUP BATCH SEQ R ALPHA TARGETS (q_proj,v_proj | all-linear)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROUNDS=${ROUNDS:-3} THREADS=${THREADS:-$(nproc)} STEPS=${STEPS:-10} WARMUP=${WARMUP:-3}
+BATCH=${BATCH:-4} SEQ=${SEQ:-256} R=${R:-16} ALPHA=${ALPHA:-32} TARGETS=${TARGETS:-q_proj,v_proj}
+PY=.venv/bin/python RF=target/release/rankforge MODEL=runs/bench-llama
+out=bench/results/lora-$(date +%Y%m%d-%H%M%S).jsonl
+mkdir -p bench/results
+[ -f "$MODEL/model.safetensors" ] || "$PY" bench/make_llama.py "$MODEL" >&2
+
+# The recipes: [data] is required by the recipe format but `rankforge bench` never reads it
+# (it times the fine-tuning step on random tokens); data.max_length is the sequence length.
+if [ "$TARGETS" = all-linear ]; then toml_targets='"all-linear"'
+else toml_targets="[$(echo "$TARGETS" | sed 's/[^,][^,]*/"&"/g')]"; fi
+recipe() { # $1: file, $2: "lora" or "full"
+  cat > "$1" <<TOML
+[run]
+dir = "runs/bench-lora-run"
+[model]
+kind = "hf"
+path = "$MODEL"
+dtype = "fp32"
+[data]
+train = "$MODEL/unused.jsonl"
+max_length = $SEQ
+[train]
+global_batch_size = $BATCH
+micro_batch_size = $BATCH
+device = "cpu"
+precision = "fp32"
+threads = $THREADS
+TOML
+  [ "$2" = full ] || printf '[lora]\nr = %s\nalpha = %s\ndropout = 0.0\ntarget_modules = %s\n' "$R" "$ALPHA" "$toml_targets" >> "$1"
+}
+recipe "$MODEL/bench-lora.toml" lora
+recipe "$MODEL/bench-full.toml" full
+
+common=(--batch "$BATCH" --seq "$SEQ" --steps "$STEPS" --warmup "$WARMUP" --threads "$THREADS")
+for r in $(seq "$ROUNDS"); do
+  echo "round $r/$ROUNDS (rustc running: $(pgrep -c rustc || true))" >&2
+  "$RF" bench --config "$MODEL/bench-lora.toml" --steps "$STEPS" --warmup "$WARMUP" 2>/dev/null | sed "s/^{/{\"round\":$r,/" >> "$out"
+  "$PY" bench/peft_llama.py --model "$MODEL" --lora-r "$R" --lora-alpha "$ALPHA" --targets "$TARGETS" "${common[@]}" 2>/dev/null | sed "s/^{/{\"round\": $r, /" >> "$out"
+  "$RF" bench --config "$MODEL/bench-full.toml" --steps "$STEPS" --warmup "$WARMUP" 2>/dev/null | sed "s/^{/{\"round\":$r,/" >> "$out"
+  "$PY" bench/peft_llama.py --model "$MODEL" --full "${common[@]}" 2>/dev/null | sed "s/^{/{\"round\": $r, /" >> "$out"
+done
+"$PY" bench/lora_table.py "$out"
