@@ -11,14 +11,21 @@
 #   bench/bench_lora.sh                                  # ROUNDS=3, all cores, batch 4 x 256
 #   ROUNDS=5 THREADS=2 TARGETS=all-linear bench/bench_lora.sh
 #   knobs: ROUNDS THREADS STEPS WARMUP BATCH SEQ R ALPHA TARGETS (q_proj,v_proj | all-linear)
+#   GPU (bf16: LoRA on a bf16 base, full fine-tuning with fp32 weights under bf16 autocast, on
+#   both sides), with a bigger model made by make_llama.py's flags:
+#   DEVICE=cuda MODEL=runs/bench-llama-1b MAKE_ARGS="--hidden 2048 --layers 22 --heads 32 \
+#     --kv-heads 4 --intermediate 5632 --vocab 32000" BATCH=8 SEQ=1024 bench/bench_lora.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-3} THREADS=${THREADS:-$(nproc)} STEPS=${STEPS:-10} WARMUP=${WARMUP:-3}
 BATCH=${BATCH:-4} SEQ=${SEQ:-256} R=${R:-16} ALPHA=${ALPHA:-32} TARGETS=${TARGETS:-q_proj,v_proj}
-PY=.venv/bin/python RF=target/release/rankforge MODEL=runs/bench-llama
+DEVICE=${DEVICE:-cpu} MODEL=${MODEL:-runs/bench-llama} MAKE_ARGS=${MAKE_ARGS:-}
+PY=.venv/bin/python RF=target/release/rankforge
 out=bench/results/lora-$(date +%Y%m%d-%H%M%S).jsonl
 mkdir -p bench/results
-[ -f "$MODEL/model.safetensors" ] || "$PY" bench/make_llama.py "$MODEL" >&2
+# shellcheck disable=SC2086 # MAKE_ARGS is a list of flags
+[ -f "$MODEL/model.safetensors" ] || "$PY" bench/make_llama.py "$MODEL" $MAKE_ARGS >&2
+if [ "$DEVICE" = cuda ]; then precision=bf16 dtype=auto pydtype=bf16; else precision=fp32 dtype=fp32 pydtype=fp32; fi
 
 # The recipes: [data] is required by the recipe format but `rankforge bench` never reads it
 # (it times the fine-tuning step on random tokens); data.max_length is the sequence length.
@@ -31,15 +38,15 @@ dir = "runs/bench-lora-run"
 [model]
 kind = "hf"
 path = "$MODEL"
-dtype = "fp32"
+dtype = "$dtype"
 [data]
 train = "$MODEL/unused.jsonl"
 max_length = $SEQ
 [train]
 global_batch_size = $BATCH
 micro_batch_size = $BATCH
-device = "cpu"
-precision = "fp32"
+device = "$DEVICE"
+precision = "$precision"
 threads = $THREADS
 TOML
   [ "$2" = full ] || printf '[lora]\nr = %s\nalpha = %s\ndropout = 0.0\ntarget_modules = %s\n' "$R" "$ALPHA" "$toml_targets" >> "$1"
@@ -47,7 +54,7 @@ TOML
 recipe "$MODEL/bench-lora.toml" lora
 recipe "$MODEL/bench-full.toml" full
 
-common=(--batch "$BATCH" --seq "$SEQ" --steps "$STEPS" --warmup "$WARMUP" --threads "$THREADS")
+common=(--batch "$BATCH" --seq "$SEQ" --steps "$STEPS" --warmup "$WARMUP" --threads "$THREADS" --device "$DEVICE" --dtype "$pydtype")
 for r in $(seq "$ROUNDS"); do
   echo "round $r/$ROUNDS (rustc running: $(pgrep -c rustc || true))" >&2
   "$RF" bench --config "$MODEL/bench-lora.toml" --steps "$STEPS" --warmup "$WARMUP" 2>/dev/null | sed "s/^{/{\"round\":$r,/" >> "$out"

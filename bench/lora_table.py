@@ -21,7 +21,7 @@ def main(path):
     med = {k: (statistics.median(r["tokens_per_s"] for r in rs), statistics.median(r["step_ms"] for r in rs))
            for k, rs in groups.items()}
     first = rows[0]
-    print(f"results: {path}  (threads={first['threads']}, batch={first['batch']}, seq={first['seq']}, "
+    print(f"results: {path}  ({first.get('device', 'cpu')} {first.get('dtype', 'fp32')}, threads={first['threads']}, batch={first['batch']}, seq={first['seq']}, "
           f"rounds={max(len(v) for v in groups.values())})\n")
     names = {("rankforge", "lora"): "rankforge LoRA", ("pytorch", "lora"): "PEFT LoRA (transformers + peft)",
              ("rankforge", "full"): "rankforge full", ("pytorch", "full"): "PyTorch full (transformers)"}
