@@ -31,7 +31,7 @@ pub fn run(recipe: &Recipe, steps: usize, warmup: usize) -> Result<Option<serde_
     // The tokenizer only supplies the vocabulary size when the recipe does not.
     let tok = match recipe.model.vocab_size {
         Some(_) => None,
-        None => Some(LoadedTokenizer::load(&recipe.data.tokenizer)?),
+        None => Some(LoadedTokenizer::load(recipe.data.pretraining_tokenizer()?)?),
     };
     let cfg = crate::train::model_config(recipe, tok.as_ref().map(|t| (t.vocab_size(), t.path.as_path())))?;
     tch::manual_seed(recipe.train.seed as i64);

@@ -80,29 +80,137 @@ pub struct ModelConfig {
 }
 
 /// `[data]`: what to train on.
+///
+/// Pretraining reads plain text (`train`, `val`, `tokenizer`, `cache_dir`). Fine-tuning reads
+/// JSON, JSONL, CSV or Parquet rows in one of the [`SftFormat`] layouts (see the README's
+/// "Fine-tuning data"); the keys from `format` on only apply to it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct DataConfig {
-    /// Training text: a file, a folder (every file in it, recursively, in sorted order) or a
-    /// list of them. Relative paths are relative to the working directory.
+    /// Training data: a file, a folder (every file in it, recursively, in sorted order), a glob
+    /// (`data/*.jsonl`, fine-tuning only) or a list of them. Relative paths are relative to the
+    /// working directory.
     #[serde(deserialize_with = "one_or_many")]
     pub train: Vec<PathBuf>,
-    /// Validation text, same forms as `train`. When absent, the last `val_fraction` of the
-    /// training tokens is held out instead.
+    /// Validation data, same forms as `train`. When absent, `val_fraction` of the training data
+    /// is held out instead (the last tokens for pretraining; a seeded random choice of examples
+    /// for fine-tuning).
     #[serde(default, deserialize_with = "opt_one_or_many")]
     pub val: Option<Vec<PathBuf>>,
-    /// Fraction of the training tokens held out for validation when `val` is absent
+    /// Fraction of the training data held out for validation when `val` is absent
     /// (default 0.05). 0 disables evaluation.
     #[serde(default)]
     pub val_fraction: Option<f64>,
     /// A tokenizer directory (with tokenizer.json) or a tokenizer.json file, e.g. made by
-    /// `rankforge tokenizer train`.
-    pub tokenizer: PathBuf,
+    /// `rankforge tokenizer train`. Pretraining needs it; fine-tuning uses the model
+    /// directory's tokenizer when it is absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokenizer: Option<PathBuf>,
     /// Where tokenized data is cached (memory-mapped token files keyed by tokenizer and source
     /// content). Default: $RANKFORGE_CACHE, else $XDG_CACHE_HOME/rankforge, else
     /// ~/.cache/rankforge; the files go in its `tokens/` folder.
     #[serde(default)]
     pub cache_dir: Option<PathBuf>,
+    /// Fine-tuning: the layout of each row. `auto` (default) decides from the first row's
+    /// fields: messages, prompt + completion, instruction + output (alpaca), instruction +
+    /// response (dolly), text; the field names below apply to the detection too.
+    #[serde(default, skip_serializing_if = "SftFormat::is_auto")]
+    pub format: SftFormat,
+    /// Fine-tuning, `text` format: the field holding the text (default "text").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text_field: Option<String>,
+    /// Fine-tuning, `prompt_completion` format: the prompt field (default "prompt").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_field: Option<String>,
+    /// Fine-tuning, `prompt_completion` format: the completion field (default "completion").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_field: Option<String>,
+    /// Fine-tuning, `messages` format: the list of `{role, content}` turns (default
+    /// "messages").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub messages_field: Option<String>,
+    /// Fine-tuning, `alpaca` and `dolly`: the instruction field (default "instruction").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instruction_field: Option<String>,
+    /// Fine-tuning, `alpaca`: the optional input field (default "input").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_field: Option<String>,
+    /// Fine-tuning, `alpaca`: the answer field (default "output").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_field: Option<String>,
+    /// Fine-tuning, `dolly`: the optional context field (default "context").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context_field: Option<String>,
+    /// Fine-tuning, `dolly`: the answer field (default "response").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_field: Option<String>,
+    /// Fine-tuning: tokens per example. Longer examples keep their start and are counted as
+    /// truncated; one left without any trained token is dropped. With `packing`, the length of
+    /// the packed sequences. Default: no limit (and no packing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_length: Option<usize>,
+    /// Fine-tuning: concatenate examples (inputs and labels alike) and cut the stream into
+    /// sequences of `max_length` tokens, so no compute is spent on padding. Examples are not
+    /// truncated then; they continue in the next sequence.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub packing: bool,
+    /// Fine-tuning: skip and count malformed rows (bad JSON, a missing field, a wrong type)
+    /// instead of stopping at the first with an error naming its file and line.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub skip_malformed: bool,
+}
+
+impl DataConfig {
+    /// `tokenizer`, which pretraining needs.
+    pub fn pretraining_tokenizer(&self) -> Result<&Path> {
+        self.tokenizer.as_deref().ok_or_else(|| {
+            Error::Input(
+                "data.tokenizer is not set: pretraining needs a tokenizer directory or tokenizer.json \
+                 (make one with `rankforge tokenizer train`)"
+                    .into(),
+            )
+        })
+    }
+
+    /// Validation fraction in effect: 0 with `val` files, else `val_fraction` (default 0.05).
+    pub fn effective_val_fraction(&self) -> f64 {
+        match (&self.val, self.val_fraction) {
+            (Some(_), _) => 0.0,
+            (None, Some(f)) => f,
+            (None, None) => 0.05,
+        }
+    }
+}
+
+/// Layouts of fine-tuning rows (TRL's dataset formats, plus Alpaca and Dolly).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SftFormat {
+    /// Decide from the first row's fields.
+    #[default]
+    Auto,
+    /// `{"text"}`: trained on every token.
+    Text,
+    /// `{"prompt", "completion"}`: trained on the completion (and EOS) only.
+    PromptCompletion,
+    /// `{"messages": [{role, content}, ...]}` through the chat template: trained on assistant
+    /// turns only.
+    Messages,
+    /// `{"instruction", "input", "output"}` in the Alpaca prompt: trained on the output.
+    Alpaca,
+    /// `{"instruction", "context", "response", "category"}` in the Alpaca prompt (context as
+    /// the input): trained on the response.
+    Dolly,
+}
+
+impl SftFormat {
+    pub fn is_auto(&self) -> bool {
+        *self == SftFormat::Auto
+    }
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// Learning-rate schedule after warm-up.
@@ -346,6 +454,12 @@ impl Recipe {
         if self.data.train.is_empty() {
             return Err(("data.train", "names no file".into()));
         }
+        if self.data.max_length == Some(0) {
+            return Err(("data.max_length", "must be at least 1".into()));
+        }
+        if self.data.packing && self.data.max_length.is_none() {
+            return Err(("data.packing", "packing needs data.max_length, the length of the packed sequences".into()));
+        }
         let t = &self.train;
         if !(t.lr > 0.0) || !(t.min_lr >= 0.0) || t.min_lr > t.lr {
             return Err(("train.lr", format!("need lr > 0 and 0 <= min_lr <= lr, got lr = {}, min_lr = {}", t.lr, t.min_lr)));
@@ -375,11 +489,7 @@ impl Recipe {
 
     /// Validation fraction in effect.
     pub fn val_fraction(&self) -> f64 {
-        match (&self.data.val, self.data.val_fraction) {
-            (Some(_), _) => 0.0,
-            (None, Some(f)) => f,
-            (None, None) => 0.05,
-        }
+        self.data.effective_val_fraction()
     }
 }
 
@@ -464,6 +574,27 @@ tokenizer = "tok"
         assert!(e.contains("lora.rank: unknown field"), "{e}");
         let e = load(&format!("{MINI}\n[lora]\nr = 4\n"), &[]).unwrap_err().to_string();
         assert!(e.contains("missing field `target_modules`"), "{e}");
+    }
+
+    #[test]
+    fn sft_keys_are_optional_and_checked() {
+        // A pretraining recipe resolves to the same TOML as before the fine-tuning keys existed.
+        let r = load(MINI, &[]).unwrap();
+        assert_eq!(r.data.format, SftFormat::Auto);
+        let toml = r.to_toml();
+        for key in ["format", "packing", "skip_malformed", "max_length", "_field"] {
+            assert!(!toml.contains(key), "{key} in {toml}");
+        }
+        let r = load(MINI, &["data.format=\"prompt_completion\"", "data.prompt_field=q", "data.max_length=64", "data.packing=true"]).unwrap();
+        assert_eq!((r.data.format, r.data.prompt_field.as_deref(), r.data.max_length), (SftFormat::PromptCompletion, Some("q"), Some(64)));
+        assert_eq!(Recipe::from_toml(&r.to_toml(), Path::new("x"), &[]).unwrap(), r);
+        let e = load(MINI, &["data.packing=true"]).unwrap_err().to_string();
+        assert!(e.contains("data.packing: packing needs data.max_length"), "{e}");
+        let e = load(MINI, &["data.format=\"sharegpt\""]).unwrap_err().to_string();
+        assert!(e.contains("data.format: unknown variant `sharegpt`"), "{e}");
+        let r = load(&MINI.replace("tokenizer = \"tok\"\n", ""), &[]).unwrap();
+        let e = r.data.pretraining_tokenizer().unwrap_err().to_string();
+        assert!(e.starts_with("data.tokenizer is not set"), "{e}");
     }
 
     #[test]

@@ -5,8 +5,10 @@
 //! (loss, backward, gradient all-reduce across ranks ([`dist`]), clip, [`optim`]) → checkpoints
 //! ([`checkpoint`]), metrics ([`metrics`]) and the Hugging Face export; the recipe loop itself
 //! is [`train`]. [`generate`] samples from a trained model, [`bench`] times steps and
-//! collectives. Under `rankforge-launch` a rank joins the job's coordinator and trains its slice
-//! of every global batch; without it, it is a world of one.
+//! collectives. For fine-tuning, [`sft`] turns prompt/completion, chat (through
+//! [`chat_template`]), Alpaca and Dolly data into token ids with loss masks. Under
+//! `rankforge-launch` a rank joins the job's coordinator and trains its slice of every global
+//! batch; without it, it is a world of one.
 //!
 //! ```no_run
 //! use rankforge::config::Recipe;
@@ -16,6 +18,7 @@
 //! ```
 
 pub mod bench;
+pub mod chat_template;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
@@ -29,6 +32,7 @@ pub mod metrics;
 pub mod models;
 pub mod optim;
 pub mod progress;
+pub mod sft;
 pub mod st;
 pub mod tokenizer;
 pub mod train;

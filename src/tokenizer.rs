@@ -3,6 +3,11 @@
 //! crate's own format) plus a v4-style `tokenizer_config.json` naming the special tokens, so
 //! Python `tokenizers` and `transformers.AutoTokenizer` load what we write.
 //!
+//! Loading also reads what fine-tuning needs from a model's tokenizer files: the special tokens
+//! (`bos_token`, `eos_token`, `pad_token`, `unk_token`, …), `add_bos_token`/`add_eos_token`
+//! (applied as transformers 5 does, so BOS is never added twice) and the chat template
+//! ([`crate::chat_template`]), which `save_pretrained` writes back as `chat_template.jinja`.
+//!
 //! Two kinds:
 //! - `bpe`: byte-level BPE as in GPT-2 (every byte is in the alphabet: any text round-trips);
 //! - `unigram`: SentencePiece-style Unigram with the `▁` metaspace. Every character seen in
@@ -20,6 +25,7 @@ use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::metaspace::{Metaspace, PrependScheme};
 use tokenizers::{AddedToken, Tokenizer};
 
+use crate::chat_template::{ChatMessage, ChatTemplate};
 use crate::error::{Error, IoContext, Result};
 
 /// GPT-2's document separator, our default end-of-text token.
@@ -139,7 +145,7 @@ fn tok_err(path: &Path, e: impl std::fmt::Display) -> Error {
     Error::Tokenizer { path: path.to_path_buf(), msg: e.to_string() }
 }
 
-/// A loaded tokenizer with the special tokens the trainer needs.
+/// A loaded tokenizer with the special tokens and chat template of its directory.
 pub struct LoadedTokenizer {
     pub tokenizer: Tokenizer,
     /// `tokenizer.json` it came from.
@@ -147,11 +153,30 @@ pub struct LoadedTokenizer {
     /// End-of-text id, appended after each document. From tokenizer_config.json's
     /// `eos_token`, else `<|endoftext|>`, `</s>` or `<eos>` when the vocabulary has one.
     pub eos_id: Option<u32>,
+    /// Special tokens by name (`bos_token`, `eos_token`, `pad_token`, `unk_token`, and `sep_token`,
+    /// `cls_token`, `mask_token` when set), from tokenizer_config.json (a string or a
+    /// `{"content": ...}` object), else special_tokens_map.json. `eos_token` falls back to the
+    /// token of `eos_id`. Chat templates see them under these names.
+    pub specials: Vec<(String, String)>,
+    pub bos_id: Option<u32>,
+    pub pad_id: Option<u32>,
+    pub unk_id: Option<u32>,
+    /// tokenizer_config.json's `add_bos_token` / `add_eos_token`, when present. As in
+    /// transformers 5, either key (or a tokenizer.json without post-processor) replaces the
+    /// post-processor by "BOS if add_bos_token, the text, EOS if add_eos_token"; otherwise
+    /// tokenizer.json's own post-processor (Llama's `<s> $A`) adds what it adds. Never both.
+    pub add_bos_token: Option<bool>,
+    pub add_eos_token: Option<bool>,
+    /// From `chat_template.jinja`, else tokenizer_config.json's `chat_template` (a string, or
+    /// a list of `{name, template}` of which `default` is taken).
+    pub chat_template: Option<ChatTemplate>,
+    /// The file the chat template came from (for messages).
+    pub chat_template_path: PathBuf,
 }
 
 impl LoadedTokenizer {
-    /// Loads a tokenizer directory (tokenizer.json + optional tokenizer_config.json) or a
-    /// tokenizer.json file.
+    /// Loads a tokenizer directory (tokenizer.json + optional tokenizer_config.json,
+    /// special_tokens_map.json, chat_template.jinja) or a tokenizer.json file.
     pub fn load(path: &Path) -> Result<LoadedTokenizer> {
         let (json, dir) = if path.is_dir() {
             (path.join("tokenizer.json"), path.to_path_buf())
@@ -163,24 +188,53 @@ impl LoadedTokenizer {
         }
         let tokenizer = Tokenizer::from_file(&json).map_err(|e| tok_err(&json, e))?;
         let config_path = dir.join("tokenizer_config.json");
-        let mut eos_name = None;
-        if config_path.exists() {
-            let text = std::fs::read_to_string(&config_path).at(&config_path)?;
-            let v: serde_json::Value =
-                serde_json::from_str(&text).map_err(|e| tok_err(&config_path, e))?;
-            eos_name = match &v["eos_token"] {
-                serde_json::Value::String(s) => Some(s.clone()),
-                serde_json::Value::Object(o) => o.get("content").and_then(|c| c.as_str()).map(String::from),
-                _ => None,
-            };
+        let config = read_json_if_exists(&config_path)?.unwrap_or_default();
+        let map_path = dir.join("special_tokens_map.json");
+        let map = read_json_if_exists(&map_path)?.unwrap_or_default();
+        let mut specials = Vec::new();
+        for name in ["bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token"] {
+            if let Some(content) = token_content(&config[name]).or_else(|| token_content(&map[name])) {
+                specials.push((name.to_string(), content));
+            }
         }
-        let eos_id = match eos_name {
-            Some(name) => Some(tokenizer.token_to_id(&name).ok_or_else(|| {
-                tok_err(&config_path, format!("eos_token {name:?} is not in the vocabulary"))
-            })?),
+        let lookup = |name: &str| -> Option<String> { specials.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()) };
+        let id_of = |name: &str| -> Result<Option<u32>> {
+            let Some(content) = lookup(name) else { return Ok(None) };
+            match token_id(&tokenizer, &config, &content) {
+                Some(id) => Ok(Some(id)),
+                None if name == "eos_token" => {
+                    Err(tok_err(&config_path, format!("eos_token {content:?} is not in the vocabulary")))
+                }
+                None => {
+                    tracing::warn!("{}: {name} {content:?} is not in the vocabulary; ignoring it", config_path.display());
+                    Ok(None)
+                }
+            }
+        };
+        let eos_id = match id_of("eos_token")? {
+            Some(id) => Some(id),
             None => [END_OF_TEXT, "</s>", "<eos>"].iter().find_map(|t| tokenizer.token_to_id(t)),
         };
-        Ok(LoadedTokenizer { tokenizer, path: json, eos_id })
+        let (bos_id, pad_id, unk_id) = (id_of("bos_token")?, id_of("pad_token")?, id_of("unk_token")?);
+        if lookup("eos_token").is_none() {
+            if let Some(t) = eos_id.and_then(|id| tokenizer.id_to_token(id)) {
+                specials.push(("eos_token".into(), t));
+            }
+        }
+        let (chat_template, chat_template_path) = load_chat_template(&dir, &config, &config_path)?;
+        Ok(LoadedTokenizer {
+            add_bos_token: config["add_bos_token"].as_bool(),
+            add_eos_token: config["add_eos_token"].as_bool(),
+            tokenizer,
+            path: json,
+            eos_id,
+            specials,
+            bos_id,
+            pad_id,
+            unk_id,
+            chat_template,
+            chat_template_path,
+        })
     }
 
     /// Vocabulary size including added tokens.
@@ -194,18 +248,158 @@ impl LoadedTokenizer {
         Ok(enc.get_ids().to_vec())
     }
 
+    /// Token ids of `text` with the special tokens transformers adds (`tokenizer(text)`):
+    /// see [`LoadedTokenizer::add_bos_token`].
+    pub fn encode_with_special(&self, text: &str) -> Result<Vec<u32>> {
+        let override_post = self.add_bos_token.is_some()
+            || self.add_eos_token.is_some()
+            || self.tokenizer.get_post_processor().is_none();
+        if !override_post {
+            let enc = self.tokenizer.encode(text, true).map_err(|e| tok_err(&self.path, e))?;
+            return Ok(enc.get_ids().to_vec());
+        }
+        let mut ids = Vec::new();
+        if self.add_bos_token == Some(true) {
+            ids.extend(self.bos_id);
+        }
+        ids.extend(self.encode(text)?);
+        if self.add_eos_token == Some(true) {
+            ids.extend(self.eos_id);
+        }
+        Ok(ids)
+    }
+
+    /// A special token's text by name (`"eos_token"`).
+    pub fn special(&self, name: &str) -> Option<&str> {
+        self.specials.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+
+    /// The padding id: `pad_token`, else `eos_token` (TRL's choice).
+    pub fn pad_or_eos_id(&self) -> Option<u32> {
+        self.pad_id.or(self.eos_id)
+    }
+
+    /// Renders a conversation with the chat template (transformers'
+    /// `apply_chat_template(messages, tokenize=False, add_generation_prompt=...)`).
+    pub fn apply_chat_template(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
+        let values: Vec<serde_json::Value> =
+            messages.iter().map(|m| json!({"role": m.role, "content": m.content})).collect();
+        self.render_chat(&values, add_generation_prompt)
+            .map_err(|msg| tok_err(&self.chat_template_path, msg))
+    }
+
+    /// Renders messages given as JSON objects (all their keys are visible to the template);
+    /// the error is the template's message, for the caller to place.
+    pub fn render_chat(&self, messages: &[serde_json::Value], add_generation_prompt: bool) -> std::result::Result<String, String> {
+        self.template()?.render(messages, add_generation_prompt, &self.special_refs())
+    }
+
+    /// As [`LoadedTokenizer::render_chat`], with the spans of `{% generation %}` blocks.
+    pub fn render_chat_tracked(
+        &self,
+        messages: &[serde_json::Value],
+        add_generation_prompt: bool,
+    ) -> std::result::Result<(String, Vec<std::ops::Range<usize>>), String> {
+        self.template()?.render_tracked(messages, add_generation_prompt, &self.special_refs())
+    }
+
+    fn template(&self) -> std::result::Result<&ChatTemplate, String> {
+        self.chat_template.as_ref().ok_or_else(|| {
+            format!(
+                "the tokenizer in {} has no chat template (chat_template.jinja or tokenizer_config.json's chat_template)",
+                self.path.parent().unwrap_or(Path::new(".")).display()
+            )
+        })
+    }
+
+    fn special_refs(&self) -> Vec<(&str, &str)> {
+        self.specials.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+    }
+
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         self.tokenizer.decode(ids, false).map_err(|e| tok_err(&self.path, e))
     }
 
-    /// Writes tokenizer.json and tokenizer_config.json (with `model_max_length`) into `dir`.
+    /// Writes tokenizer.json and tokenizer_config.json (with `model_max_length`) into `dir`,
+    /// and chat_template.jinja when there is a template.
     pub fn save_pretrained(&self, dir: &Path, model_max_length: Option<usize>) -> Result<()> {
         let json_path = dir.join("tokenizer.json");
         let text = self.tokenizer.to_string(false).map_err(|e| tok_err(&json_path, e))?;
         crate::fsutil::write_atomic(&json_path, text.as_bytes())?;
-        let config = tokenizer_config(&self.tokenizer, model_max_length);
-        crate::fsutil::write_json_atomic(&dir.join("tokenizer_config.json"), &config)
+        let mut config = tokenizer_config(&self.tokenizer, model_max_length);
+        for (name, content) in &self.specials {
+            config[name.as_str()] = json!(content);
+        }
+        if let Some(b) = self.add_bos_token {
+            config["add_bos_token"] = json!(b);
+        }
+        if let Some(b) = self.add_eos_token {
+            config["add_eos_token"] = json!(b);
+        }
+        crate::fsutil::write_json_atomic(&dir.join("tokenizer_config.json"), &config)?;
+        if let Some(t) = &self.chat_template {
+            crate::fsutil::write_atomic(&dir.join("chat_template.jinja"), t.source.as_bytes())?;
+        }
+        Ok(())
     }
+}
+
+fn read_json_if_exists(path: &Path) -> Result<Option<serde_json::Value>> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(path).at(path)?;
+    serde_json::from_str(&text).map(Some).map_err(|e| tok_err(path, e))
+}
+
+/// A special token entry: `"<s>"` or `{"content": "<s>", ...}`.
+fn token_content(v: &serde_json::Value) -> Option<String> {
+    match v {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Object(o) => o.get("content").and_then(|c| c.as_str()).map(String::from),
+        _ => None,
+    }
+}
+
+/// The id of `content`: the vocabulary's, else the key of its `added_tokens_decoder` entry.
+fn token_id(tokenizer: &Tokenizer, config: &serde_json::Value, content: &str) -> Option<u32> {
+    tokenizer.token_to_id(content).or_else(|| {
+        let decoder = config["added_tokens_decoder"].as_object()?;
+        decoder
+            .iter()
+            .find(|(_, t)| t["content"].as_str() == Some(content))
+            .and_then(|(id, _)| id.parse().ok())
+            .filter(|id| (*id as usize) < tokenizer.get_vocab_size(true))
+    })
+}
+
+/// `chat_template.jinja` first, else tokenizer_config.json's `chat_template`.
+fn load_chat_template(
+    dir: &Path,
+    config: &serde_json::Value,
+    config_path: &Path,
+) -> Result<(Option<ChatTemplate>, PathBuf)> {
+    let jinja = dir.join("chat_template.jinja");
+    let (source, from) = if jinja.exists() {
+        (Some(std::fs::read_to_string(&jinja).at(&jinja)?), jinja)
+    } else {
+        let source = match &config["chat_template"] {
+            serde_json::Value::String(s) => Some(s.clone()),
+            serde_json::Value::Array(list) => {
+                let default = list.iter().find(|t| t["name"].as_str() == Some("default"));
+                let t = default.ok_or_else(|| tok_err(config_path, "chat_template: a list of templates without one named \"default\""))?;
+                Some(t["template"].as_str().ok_or_else(|| tok_err(config_path, "chat_template: the \"default\" entry has no string \"template\""))?.to_string())
+            }
+            serde_json::Value::Null => None,
+            _ => return Err(tok_err(config_path, "chat_template: expected a string or a list of {name, template}")),
+        };
+        (source, config_path.to_path_buf())
+    };
+    let template = match source {
+        Some(s) => Some(ChatTemplate::new(&s).map_err(|msg| tok_err(&from, format!("chat template: {msg}")))?),
+        None => None,
+    };
+    Ok((template, from))
 }
 
 /// A transformers v4-style tokenizer_config.json for `tokenizer` (PreTrainedTokenizerFast).

@@ -94,7 +94,7 @@ impl Trainer {
         let mut dist = Dist::init(&hash, device)?;
         let main = dist.is_main();
         // Tokenizer first: it fixes the vocabulary the model and the token cache depend on.
-        let tok = LoadedTokenizer::load(&recipe.data.tokenizer)?;
+        let tok = LoadedTokenizer::load(recipe.data.pretraining_tokenizer()?)?;
         let cfg = model_config(&recipe, Some((tok.vocab_size(), &tok.path)))?;
         // Rank 0 fills the token cache; the others then find it there (on a shared disk).
         let prepare = || Dataset::prepare(&recipe.data, recipe.val_fraction(), &tok, recipe.model.block_size);

@@ -9,5 +9,6 @@ mod generate;
 mod hf;
 mod hf_models;
 mod lora;
+mod sft;
 mod tokenizer;
 mod train;
