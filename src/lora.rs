@@ -321,6 +321,10 @@ mod tests {
         LoraConfig { r: 2, alpha: 4.0, dropout: 0.0, target_modules: targets, use_rslora: false }
     }
 
+    fn nl<'a>(name: &str, linear: &'a mut Linear, fan_in_fan_out: bool) -> NamedLinear<'a> {
+        NamedLinear { name: name.into(), linear, fan_in_fan_out }
+    }
+
     fn names(v: &[&str]) -> TargetModules {
         TargetModules::Names(v.iter().map(|s| s.to_string()).collect())
     }
@@ -346,12 +350,12 @@ mod tests {
         let mut b = Linear::new(&vs.root() / "b", 5, 3, false, 0.5);
         let x = Tensor::randn([4, 6], (Kind::Float, Device::Cpu));
         let base = a.forward(&x);
-        let e = inject(vec![("x.a".into(), &mut a, false), ("x.b".into(), &mut b, true)], &cfg(names(&["a", "q"])), Device::Cpu, 1)
+        let e = inject(vec![nl("x.a", &mut a, false), nl("x.b", &mut b, true)], &cfg(names(&["a", "q"])), Device::Cpu, 1)
             .unwrap_err()
             .to_string();
         assert!(e.contains("[\"q\"] matches no linear layer") && e.contains("named a, b"), "{e}");
         assert!(a.lora.is_none() && b.lora.is_none(), "nothing changes on error");
-        let done = inject(vec![("x.a".into(), &mut a, false), ("x.b".into(), &mut b, true)], &cfg(names(&["a"])), Device::Cpu, 1).unwrap();
+        let done = inject(vec![nl("x.a", &mut a, false), nl("x.b", &mut b, true)], &cfg(names(&["a"])), Device::Cpu, 1).unwrap();
         assert_eq!(done, ["x.a"]);
         assert!(!a.weight.requires_grad() && !b.weight.requires_grad());
         let l = a.lora.as_ref().unwrap();
@@ -362,11 +366,11 @@ mod tests {
         let _ = tch::no_grad(|| a.lora.as_mut().unwrap().lora_b.normal_(0.0, 1.0));
         let adapted = a.forward(&x);
         assert!((&adapted - &base).abs().max().double_value(&[]) > 1e-2);
-        set_enabled(vec![("x.a".into(), &mut a, false)], false);
+        set_enabled(vec![nl("x.a", &mut a, false)], false);
         assert_eq!((a.forward(&x) - &base).abs().max().double_value(&[]), 0.0);
-        assert!(merge(vec![("x.a".into(), &mut a, false)]).is_err(), "disabled adapters do not merge");
-        set_enabled(vec![("x.a".into(), &mut a, false)], true);
-        assert_eq!(merge(vec![("x.a".into(), &mut a, false)]).unwrap(), ["x.a"]);
+        assert!(merge(vec![nl("x.a", &mut a, false)]).is_err(), "disabled adapters do not merge");
+        set_enabled(vec![nl("x.a", &mut a, false)], true);
+        assert_eq!(merge(vec![nl("x.a", &mut a, false)]).unwrap(), ["x.a"]);
         assert!(a.lora.is_none());
         assert!((a.forward(&x) - &adapted).abs().max().double_value(&[]) < 1e-5);
     }
@@ -377,7 +381,7 @@ mod tests {
         let mut vs = VarStore::new(Device::Cpu);
         let mut a = Linear::new(&vs.root() / "a", 8, 4, true, 0.5);
         vs.bfloat16();
-        inject(vec![("a".into(), &mut a, false)], &cfg(names(&["a"])), Device::Cpu, 3).unwrap();
+        inject(vec![nl("a", &mut a, false)], &cfg(names(&["a"])), Device::Cpu, 3).unwrap();
         let l = a.lora.as_mut().unwrap();
         assert_eq!((l.lora_a.kind(), l.lora_b.kind()), (Kind::Float, Kind::Float));
         let _ = tch::no_grad(|| l.lora_b.fill_(0.1));
@@ -385,7 +389,7 @@ mod tests {
         let y = a.forward(&x);
         assert_eq!(y.kind(), Kind::BFloat16, "the output keeps the base dtype");
         let want = a.weight.to_kind(Kind::Float);
-        merge(vec![("a".into(), &mut a, false)]).unwrap();
+        merge(vec![nl("a", &mut a, false)]).unwrap();
         assert_eq!(a.weight.kind(), Kind::BFloat16);
         assert!((a.weight.to_kind(Kind::Float) - want).abs().max().double_value(&[]) > 1e-3, "merged in place");
     }
