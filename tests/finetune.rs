@@ -75,8 +75,8 @@ max_steps = 20
 lr_decay_steps = 20
 global_batch_size = 8
 micro_batch_size = 2
-lr = 2e-2
-min_lr = 2e-3
+lr = 5e-3
+min_lr = 5e-4
 warmup_steps = 2
 weight_decay = 0.0
 seed = 7
@@ -100,7 +100,7 @@ sample_tokens = 12
     path
 }
 
-const LORA: &str = "[lora]\nr = 4\nalpha = 8\ndropout = 0.1\ntarget_modules = [\"q_proj\", \"v_proj\", \"o_proj\"]\n";
+const LORA: &str = "[lora]\nr = 8\nalpha = 16\ndropout = 0.1\ntarget_modules = \"all-linear\"\n";
 
 fn lora_recipe(f: &Fixture, run: &Path) -> PathBuf {
     recipe(f, &f.llama, run, LORA)
@@ -219,7 +219,7 @@ fn lora_run_loads_in_peft_and_merged_in_transformers() {
     for key in ["warnings", "missing_keys", "unexpected_keys", "file_keys_not_in_peft", "peft_keys_not_in_file"] {
         assert_eq!(report[key], serde_json::json!([]), "{key}: {report}");
     }
-    assert_eq!(report["n_keys"], 12, "3 targets × 2 layers × (A, B): {report}");
+    assert_eq!(report["n_keys"], 28, "7 linear layers × 2 layers × (A, B): {report}");
     assert_eq!(report["task_type"], "CAUSAL_LM");
     assert_eq!(report["base_model_name_or_path"], base.as_str());
     assert_eq!(report["merged_class"], "LlamaForCausalLM");
