@@ -67,6 +67,8 @@ def one_round(tmp, mode):
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for n in (0, 1)]
     metrics = os.path.join(run, "metrics.jsonl")
     while len(rows(metrics)) < 40:
+        if any(p.poll() is not None for p in procs):
+            sys.exit(f"a launcher exited before step 40 (see {run}/logs)")
         time.sleep(0.01)
     pid = rank_pid(run, 1) if mode == "rank" else procs[1].pid
     killed_at_step = rows(metrics)[-1]["step"]
@@ -96,7 +98,15 @@ def one_round(tmp, mode):
             "resumed_from_checkpoint": resume_from}
 
 
+def ensure_tokenizer():
+    """The tiny recipe's tokenizer (runs/tok-1k), trained once on the bundled corpus."""
+    if not os.path.exists(os.path.join(ROOT, "runs/tok-1k/tokenizer.json")):
+        subprocess.run([os.path.join(ROOT, "target/release/rankforge"), "tokenizer", "train", "--input", "data/kjv.txt",
+                        "--vocab-size", "1000", "--kind", "bpe", "--output", "runs/tok-1k"], cwd=ROOT, check=True)
+
+
 def main():
+    ensure_tokenizer()
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--mode", choices=["rank", "node"], default="rank")

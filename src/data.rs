@@ -38,7 +38,7 @@ pub fn expand_inputs(paths: &[PathBuf], key: &str) -> Result<Vec<PathBuf>> {
             .map_err(|e| Error::data(path, format!("{key}: cannot read: {e}")))?;
         if meta.is_dir() {
             let before = files.len();
-            walk(path, &mut files)?;
+            walk_files(path, &mut files, &|_| true)?;
             if files.len() == before {
                 return Err(Error::data(path, format!("{key}: folder contains no files")));
             }
@@ -54,7 +54,9 @@ pub fn expand_inputs(paths: &[PathBuf], key: &str) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+/// Appends the files under `dir` (recursively, sorted, hidden entries skipped) that `keep`
+/// accepts to `out`.
+pub(crate) fn walk_files(dir: &Path, out: &mut Vec<PathBuf>, keep: &dyn Fn(&Path) -> bool) -> Result<()> {
     let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
         .at(dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -63,8 +65,8 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
     entries.sort();
     for p in entries {
         if p.is_dir() {
-            walk(&p, out)?;
-        } else {
+            walk_files(&p, out, keep)?;
+        } else if keep(&p) {
             out.push(p);
         }
     }

@@ -342,6 +342,10 @@ mod tests {
         assert!(!all.matches("lm_head"));
     }
 
+    fn nl<'a>(name: &str, linear: &'a mut Linear, fan_in_fan_out: bool) -> NamedLinear<'a> {
+        NamedLinear { name: name.into(), linear, fan_in_fan_out }
+    }
+
     #[test]
     fn inject_forward_merge_and_errors() {
         tch::manual_seed(0);
