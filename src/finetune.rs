@@ -160,7 +160,7 @@ fn check_data(data: &sft::SftData, recipe: &Recipe, model: &CausalLm, world: usi
         )));
     }
     let longest = data.train.iter().chain(&data.val).map(|e| e.input_ids.len()).max().unwrap_or(0);
-    if let (Some(n), "gpt2") = (model.max_positions(), model.model_type()) {
+    if let Some(n) = model.hard_context() {
         if longest > n {
             return Err(Error::Input(format!(
                 "the longest example has {longest} tokens, more than the model's {n} positions (config.json n_positions): set data.max_length <= {n}"
@@ -399,6 +399,9 @@ impl FineTuner {
             }
             let Some(start) = e.labels.iter().skip(1).position(|&l| l != IGNORE).map(|p| p + 1) else { continue };
             let prompt = e.input_ids[..start].to_vec();
+            if self.model.hard_context().is_some_and(|n| prompt.len() >= n) {
+                continue; // no room left to generate
+            }
             let g = generate::generate(&self.model, &self.tok, prompt.clone(), &opts, &stop, |_| {})?;
             out.push(json!({"prompt": self.tok.decode(&prompt)?, "completion": g.text}));
         }

@@ -4,9 +4,9 @@
 //!
 //! Per token: repetition penalty (HF/CTRL style: positive logits of seen tokens divided by
 //! `r`, negative ones multiplied), then temperature 0 → greedy argmax, else logits / T, top-k,
-//! top-p (nucleus) and a draw seeded by `seed`. Generation stops at an end-of-sequence token (the tokenizer's EOS
-//! and config.json's `eos_token_id`s), at `max_new_tokens`, or when the context (`n_positions`
-//! / `max_position_embeddings`) is full.
+//! top-p (nucleus) and a draw seeded by `seed`. Generation stops at an end-of-sequence token
+//! (the tokenizer's EOS and config.json's `eos_token_id`s), at `max_new_tokens`, or when
+//! GPT-2's learned position table (`n_positions`) is full (RoPE models have no such limit).
 
 use tch::{Kind, Tensor};
 
@@ -86,14 +86,14 @@ pub fn generate(
 ) -> Result<Generated> {
     opts.validate()?;
     let _guard = tch::no_grad_guard();
-    let ctx = model.max_positions().unwrap_or(usize::MAX);
+    let ctx = model.hard_context().unwrap_or(usize::MAX);
     if prompt_ids.is_empty() {
         let start = tok.bos_id.or(tok.eos_id);
         prompt_ids.push(start.ok_or_else(|| Error::Input("the prompt is empty and the tokenizer has no BOS or end-of-text token to start from".into()))?);
     }
     if prompt_ids.len() > ctx {
         return Err(Error::Input(format!(
-            "the prompt is {} tokens, longer than the model's context of {ctx} tokens (config.json n_positions / max_position_embeddings)",
+            "the prompt is {} tokens, longer than the model's context of {ctx} tokens (config.json n_positions)",
             prompt_ids.len()
         )));
     }

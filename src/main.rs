@@ -230,7 +230,7 @@ fn run(command: Command) -> Result<()> {
             } else {
                 println!();
                 if g.stop == "context" {
-                    tracing::warn!("stopped: the model's context of {} tokens is full", lm.max_positions().unwrap_or(0));
+                    tracing::warn!("stopped: the model's context of {} tokens is full", lm.hard_context().unwrap_or(0));
                 }
             }
             Ok(())

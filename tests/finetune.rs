@@ -345,3 +345,57 @@ fn bad_model_path_and_lora_target_fail_clearly() {
     assert!(err.contains("model.n_layer: only for model.kind = \"gpt\""), "{err}");
     assert!(!run.exists(), "nothing written on bad input");
 }
+
+/// (7) Every fine-tuning recipe in configs/ runs (2 steps, CPU) with a tiny model and tiny data
+/// in its format: prompt/completion (GPT-2), Dolly (Llama), chat messages through the chat
+/// template on a bf16 base (Llama).
+#[test]
+fn shipped_fine_tuning_recipes_run_on_tiny_models() {
+    let f = fx();
+    let verses: Vec<serde_json::Value> = jsonl_rows().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let write = |name: &str, rows: Vec<serde_json::Value>| -> PathBuf {
+        let p = f.dir.join(name);
+        std::fs::write(&p, rows.iter().map(|r| format!("{r}\n")).collect::<String>()).unwrap();
+        p
+    };
+    let dolly = write("dolly.jsonl", verses.iter().map(|v| serde_json::json!({
+        "instruction": "Continue the verse.", "context": v["prompt"], "response": v["completion"], "category": "open_qa"})).collect());
+    let chat = write("chat.jsonl", verses.iter().map(|v| serde_json::json!({"messages": [
+        {"role": "user", "content": v["prompt"]}, {"role": "assistant", "content": v["completion"]}]})).collect());
+    // GPT-2's 128 positions are a hard limit; the Alpaca prompt of Dolly rows is long.
+    let cases = [("gpt2_lora_sft_cpu", &f.gpt2, &f.data, 64), ("dolly_lora_sft", &f.llama, &dolly, 384), ("llama_8b_lora_sft_gpu", &f.llama, &chat, 128)];
+    for (name, model, data, max_length) in cases {
+        let run = f.dir.join(format!("recipe-{name}"));
+        let recipe = root().join(format!("configs/{name}.toml"));
+        let sets = [
+            format!("model.path={}", model.display()),
+            format!("data.train={}", data.display()),
+            format!("run.dir={}", run.display()),
+            "train.max_steps=2".into(),
+            "train.device=\"cpu\"".into(),
+            "train.threads=1".into(),
+            "train.global_batch_size=4".into(),
+            "train.micro_batch_size=2".into(),
+            format!("data.max_length={max_length}"),
+            "eval.max_batches=1".into(),
+            "eval.sample_tokens=4".into(),
+        ];
+        let mut args = vec!["train".to_string(), "--config".into(), recipe.display().to_string()];
+        for s in &sets {
+            args.extend(["--set".to_string(), s.clone()]);
+        }
+        if name.starts_with("llama") {
+            args.extend(["--set".to_string(), format!("data.val={}", data.display())]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        ok(&args);
+        assert_eq!(losses(&run).len(), 2, "{name}");
+        for file in ["final/adapter_config.json", "final/adapter_model.safetensors", "final/merged/config.json", "final/merged/model.safetensors"] {
+            assert!(run.join(file).exists(), "{name}: {file}");
+        }
+        let evals = read(&run.join("metrics.jsonl")).lines().filter(|l| l.contains("val_loss")).count();
+        assert_eq!(evals, 1, "{name}: one evaluation at the end");
+    }
+    let merged: serde_json::Value = serde_json::from_str(&read(&f.dir.join("recipe-llama_8b_lora_sft_gpu/final/merged/config.json"))).unwrap();
+    assert_eq!(merged["dtype"], "bfloat16", "model.dtype = \"bf16\" keeps the merged model in bf16");
+}

@@ -118,6 +118,16 @@ impl CausalLm {
         }
     }
 
+    /// The context the model cannot go beyond: GPT-2's learned position table. RoPE models
+    /// (Llama family) have none (`max_position_embeddings` is what they were trained on, not a
+    /// limit of the computation).
+    pub fn hard_context(&self) -> Option<usize> {
+        match &self.arch {
+            CausalArch::Gpt2(m) => Some(m.cfg.n_positions),
+            CausalArch::Llama(_) => None,
+        }
+    }
+
     /// The dtype of the parameters.
     pub fn kind(&self) -> Kind {
         self.vs().variables().values().next().map_or(Kind::Float, |t| t.kind())
