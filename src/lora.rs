@@ -321,10 +321,6 @@ mod tests {
         LoraConfig { r: 2, alpha: 4.0, dropout: 0.0, target_modules: targets, use_rslora: false }
     }
 
-    fn nl<'a>(name: &str, linear: &'a mut Linear, fan_in_fan_out: bool) -> NamedLinear<'a> {
-        NamedLinear { name: name.into(), linear, fan_in_fan_out }
-    }
-
     fn names(v: &[&str]) -> TargetModules {
         TargetModules::Names(v.iter().map(|s| s.to_string()).collect())
     }
