@@ -203,6 +203,9 @@ fn run(command: Command) -> Result<()> {
             if !model.join("config.json").exists() && model.join("final").exists() {
                 return Err(Error::model(&model, "is a run directory; pass its final/ (final/merged/ after LoRA) or a checkpoints/step_* directory"));
             }
+            if !model.join("config.json").exists() && model.join(rankforge::lora::ADAPTER_CONFIG).exists() {
+                return Err(Error::model(&model, "is a LoRA adapter, not a model: pass --model BASE --adapter DIR (or DIR/merged after a rankforge run)"));
+            }
             let mut lm = rankforge::models::CausalLm::from_pretrained(&model, device, generation_kind(&model, device))?;
             if let Some(dir) = &adapter {
                 let loaded = lm.load_adapter(dir)?;
