@@ -280,6 +280,14 @@ fn full_finetuning_writes_a_plain_hf_directory() {
     let ours = CausalLm::from_pretrained(&fin, Device::Cpu, Kind::Float).unwrap();
     let d = max_diff(&py_logits(&out)["logits"], &our_logits(&ours));
     assert!(d <= 1e-4, "transformers vs rankforge on final/: {d}");
+    // The label-masked loss is transformers' (unshifted labels, -100 ignored, mean over labels).
+    let ids = Tensor::from_slice(&ids().concat()).view([2, 20]);
+    let labels = ids.copy();
+    let _ = labels.narrow(1, 0, 5).fill_(-100);
+    let sum = tch::no_grad(|| ours.loss_sum(&ids, &labels, false)).double_value(&[]);
+    let ours_loss = sum / (2.0 * 15.0);
+    let theirs = report["loss_prompt_masked"].as_f64().unwrap();
+    assert!((ours_loss - theirs).abs() <= 1e-5, "loss: rankforge {ours_loss} vs transformers {theirs}");
     let before = CausalLm::from_pretrained(&f.gpt2, Device::Cpu, Kind::Float).unwrap();
     for ((name, a), (_, b)) in before.named_parameters().iter().zip(ours.named_parameters()) {
         assert!(max_diff(a, &b) > 0.0, "{name} did not train");

@@ -14,8 +14,8 @@ usage:
       missing/unexpected keys of load_adapter, how the file's keys compare with those PEFT
       would save, the adapter config's task_type and base_model_name_or_path.
   finetune_reference.py model MODEL_DIR IDS_JSON OUT_SAFETENSORS
-      AutoModelForCausalLM.from_pretrained(MODEL_DIR) logits (`logits`) on IDS_JSON and its
-      class name.
+      AutoModelForCausalLM.from_pretrained(MODEL_DIR) logits (`logits`) on IDS_JSON; prints its
+      class name and its loss with labels = the ids, the first 5 positions set to -100.
 """
 import json
 import os
@@ -116,8 +116,12 @@ def peft_check(base_dir, adapter_dir, merged_dir, ids_path, out_path):
 def model_check(model_dir, ids_path, out_path):
     ids = ids_tensor(ids_path)
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    labels = ids.clone()
+    labels[:, :5] = -100  # a prompt: not trained
+    with torch.no_grad():
+        loss = model(ids, labels=labels).loss.item()  # transformers' ForCausalLMLoss (shifts)
     save_file({"logits": logits(model, ids)}, out_path)
-    print(json.dumps({"class": type(model).__name__}))
+    print(json.dumps({"class": type(model).__name__, "loss_prompt_masked": loss}))
 
 
 if __name__ == "__main__":
