@@ -256,8 +256,9 @@ fn lora_run_loads_in_peft_and_merged_in_transformers() {
     }
 }
 
-/// (b) Full fine-tuning of the tiny GPT-2 writes a plain HF directory that transformers loads
-/// with rankforge's logits; every weight moved.
+/// (b) Full fine-tuning of the tiny GPT-2 (dropout 0.1 on) writes a plain HF directory that
+/// transformers loads with rankforge's logits and loss; every weight moved; resuming from a
+/// full checkpoint is exact.
 #[test]
 fn full_finetuning_writes_a_plain_hf_directory() {
     let f = fx();
@@ -291,6 +292,17 @@ fn full_finetuning_writes_a_plain_hf_directory() {
     let before = CausalLm::from_pretrained(&f.gpt2, Device::Cpu, Kind::Float).unwrap();
     for ((name, a), (_, b)) in before.named_parameters().iter().zip(ours.named_parameters()) {
         assert!(max_diff(a, &b) > 0.0, "{name} did not train");
+    }
+    // Resume from a full checkpoint (the model directory + moments): 5 + 5 steps = 10, exactly.
+    let halves = f.dir.join("full-gpt2-halves");
+    let r = recipe(f, &f.gpt2, &halves, "");
+    for steps in ["train.max_steps=5", "train.max_steps=10"] {
+        ok(&["train", "--config", r.to_str().unwrap(), "--set", steps, "--set", "train.lr=1e-3", "--set", "train.min_lr=1e-4", "--set", "checkpoint.every_steps=5"]);
+    }
+    assert_eq!(losses(&halves), l, "5 + 5 steps = 10 steps");
+    let resumed = CausalLm::from_pretrained(&halves.join("final"), Device::Cpu, Kind::Float).unwrap();
+    for ((name, a), (_, b)) in ours.named_parameters().iter().zip(resumed.named_parameters()) {
+        assert_eq!(max_diff(a, &b), 0.0, "{name} after resume");
     }
 }
 
