@@ -37,7 +37,7 @@ pub fn run(recipe: &Recipe, steps: usize, warmup: usize) -> Result<Option<serde_
     tch::manual_seed(recipe.train.seed as i64);
     let model = Gpt::new(&cfg, device);
     let mut opt = AdamW::new(model.named_parameters(), &recipe.train);
-    let (b, t) = (recipe.train.global_batch_size, recipe.model.block_size as i64);
+    let (b, t) = (recipe.train.global_batch_size, recipe.model.gpt()?.block_size as i64);
     let windows = Tensor::randint(cfg.vocab_size as i64, [b as i64, t + 1], (Kind::Int64, device));
     let mut times = Vec::with_capacity(steps);
     for i in 0..warmup + steps {

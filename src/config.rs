@@ -13,6 +13,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
+mod model;
+pub use model::{GptSpec, ModelConfig, ModelDtype, ModelKind};
+
 /// A whole recipe, resolved: overrides applied, defaults filled in, validated.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -38,45 +41,6 @@ pub struct RunConfig {
     /// Run directory: resolved recipe, metrics.jsonl, checkpoints/, final/. Running again on an
     /// existing directory resumes from its newest complete checkpoint.
     pub dir: PathBuf,
-}
-
-/// The model family. Only `gpt` (GPT-2 style, trained from scratch) so far.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum ModelKind {
-    Gpt,
-}
-
-/// `[model]`: the architecture.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct ModelConfig {
-    /// Model family: "gpt".
-    pub kind: ModelKind,
-    /// Number of transformer blocks.
-    pub n_layer: usize,
-    /// Attention heads; must divide `n_embd`.
-    pub n_head: usize,
-    /// Width of the residual stream.
-    pub n_embd: usize,
-    /// Tokens per training sequence (the context the model is trained on).
-    pub block_size: usize,
-    /// Size of the learned position table, GPT-2's `n_positions` (default: block_size). Larger
-    /// leaves room to continue training or generating with a longer context later.
-    #[serde(default)]
-    pub n_positions: Option<usize>,
-    /// Dropout on embeddings, attention and residual branches. 0 for pretraining small models
-    /// on plenty of data; 0.1-0.2 helps when the corpus is small and repeated.
-    #[serde(default)]
-    pub dropout: f64,
-    /// Biases in linear layers and LayerNorms (GPT-2 has them). Without, the HF export writes
-    /// zero biases, which is the same function.
-    #[serde(default = "yes")]
-    pub bias: bool,
-    /// Embedding rows. Default: the tokenizer's vocabulary rounded up to a multiple of 64,
-    /// because matmuls with such a dimension run faster. Must be >= the tokenizer's vocabulary.
-    #[serde(default)]
-    pub vocab_size: Option<usize>,
 }
 
 /// `[data]`: what to train on.
@@ -339,16 +303,30 @@ pub struct EvalConfig {
     /// Micro-batches of validation data per evaluation (the same ones each time, so values are
     /// comparable across the run).
     pub max_batches: usize,
+    /// Fine-tuning: greedy completions of this many held-out prompts written with each
+    /// evaluation (metrics.jsonl `samples`), to see what the numbers mean. 0 turns them off.
+    #[serde(skip_serializing_if = "is_default_samples")]
+    pub samples: usize,
+    /// Fine-tuning: at most this many new tokens per sample (generation also stops at EOS).
+    #[serde(skip_serializing_if = "is_default_sample_tokens")]
+    pub sample_tokens: usize,
+}
+
+const DEFAULT_SAMPLES: usize = 2;
+const DEFAULT_SAMPLE_TOKENS: usize = 48;
+
+fn is_default_samples(n: &usize) -> bool {
+    *n == DEFAULT_SAMPLES
+}
+
+fn is_default_sample_tokens(n: &usize) -> bool {
+    *n == DEFAULT_SAMPLE_TOKENS
 }
 
 impl Default for EvalConfig {
     fn default() -> Self {
-        EvalConfig { every_steps: 0, max_batches: 20 }
+        EvalConfig { every_steps: 0, max_batches: 20, samples: DEFAULT_SAMPLES, sample_tokens: DEFAULT_SAMPLE_TOKENS }
     }
-}
-
-fn yes() -> bool {
-    true
 }
 
 #[derive(Deserialize)]
@@ -398,7 +376,7 @@ impl Recipe {
             apply_override(&mut table, item).map_err(|msg| err(&format!("--set {item}"), msg))?;
         }
         let de = toml::Value::Table(table);
-        let recipe: Recipe = serde_path_to_error::deserialize(de).map_err(|e| {
+        let mut recipe: Recipe = serde_path_to_error::deserialize(de).map_err(|e| {
             let key = e.path().to_string();
             let key = if key == "." { "(top level)".to_string() } else { key };
             let mut msg = e.inner().message().trim().to_string();
@@ -407,41 +385,17 @@ impl Recipe {
             }
             err(&key, msg)
         })?;
+        recipe.model.resolve_defaults();
         recipe.validate().map_err(|(key, msg)| err(key, msg))?;
         Ok(recipe)
     }
 
     fn validate(&self) -> std::result::Result<(), (&'static str, String)> {
-        let m = &self.model;
-        let positive = [
-            ("model.n_layer", m.n_layer),
-            ("model.n_head", m.n_head),
-            ("model.n_embd", m.n_embd),
-            ("model.block_size", m.block_size),
-            ("train.global_batch_size", self.train.global_batch_size),
-            ("train.micro_batch_size", self.train.micro_batch_size),
-        ];
-        for (key, v) in positive {
+        self.model.validate()?;
+        for (key, v) in [("train.global_batch_size", self.train.global_batch_size), ("train.micro_batch_size", self.train.micro_batch_size)] {
             if v == 0 {
                 return Err((key, "must be at least 1".into()));
             }
-        }
-        if m.n_embd % m.n_head != 0 {
-            return Err((
-                "model.n_embd",
-                format!("{} is not divisible by model.n_head = {}", m.n_embd, m.n_head),
-            ));
-        }
-        if let Some(np) = m.n_positions {
-            if m.block_size > np {
-                return Err((
-                    "model.block_size",
-                    format!("{} exceeds the position table, model.n_positions = {np}", m.block_size),
-                ));
-            }
-        }
-        if !(0.0..1.0).contains(&m.dropout) {
-            return Err(("model.dropout", format!("{} is not in [0, 1)", m.dropout)));
         }
         if let Some(f) = self.data.val_fraction {
             if !(0.0..0.5).contains(&f) {
@@ -595,6 +549,28 @@ tokenizer = "tok"
         let r = load(&MINI.replace("tokenizer = \"tok\"\n", ""), &[]).unwrap();
         let e = r.data.pretraining_tokenizer().unwrap_err().to_string();
         assert!(e.starts_with("data.tokenizer is not set"), "{e}");
+    }
+
+    #[test]
+    fn hf_model_section() {
+        // A pretraining recipe still resolves to the same TOML (dropout and bias filled in).
+        let toml = load(MINI, &[]).unwrap().to_toml();
+        assert!(toml.contains("dropout = 0.0") && toml.contains("bias = true") && !toml.contains("path"), "{toml}");
+        let hf = "[run]\ndir = \"r\"\n[model]\nkind = \"hf\"\npath = \"models/x\"\n[data]\ntrain = \"d.jsonl\"\n";
+        let r = load(hf, &["model.dtype=\"bf16\""]).unwrap();
+        assert_eq!((r.model.kind, r.model.dtype, r.model.dropout), (ModelKind::Hf, Some(ModelDtype::Bf16), None));
+        assert!(r.model.gpt().is_err());
+        assert_eq!(Recipe::from_toml(&r.to_toml(), Path::new("x"), &[]).unwrap(), r, "round-trips");
+        let e = load(hf, &["model.block_size=64"]).unwrap_err().to_string();
+        assert!(e.contains("r.toml: model.block_size: only for model.kind = \"gpt\""), "{e}");
+        let e = load(&hf.replace("path = \"models/x\"\n", ""), &[]).unwrap_err().to_string();
+        assert!(e.contains("model.path: model.kind = \"hf\" needs path"), "{e}");
+        let e = load(MINI, &["model.path=m"]).unwrap_err().to_string();
+        assert!(e.contains("model.path: only for model.kind = \"hf\""), "{e}");
+        let e = load(&MINI.replace("n_layer = 2\n", ""), &[]).unwrap_err().to_string();
+        assert!(e.contains("model.n_layer: missing: required for model.kind = \"gpt\""), "{e}");
+        let e = load(hf, &["model.dtype=\"fp16\""]).unwrap_err().to_string();
+        assert!(e.contains("model.dtype: unknown variant `fp16`"), "{e}");
     }
 
     #[test]

@@ -38,7 +38,7 @@ pub fn expand_inputs(paths: &[PathBuf], key: &str) -> Result<Vec<PathBuf>> {
             .map_err(|e| Error::data(path, format!("{key}: cannot read: {e}")))?;
         if meta.is_dir() {
             let before = files.len();
-            walk(path, &mut files)?;
+            walk_files(path, &mut files, &|_| true)?;
             if files.len() == before {
                 return Err(Error::data(path, format!("{key}: folder contains no files")));
             }
@@ -54,7 +54,9 @@ pub fn expand_inputs(paths: &[PathBuf], key: &str) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+/// Appends the files under `dir` (recursively, sorted, hidden entries skipped) that `keep`
+/// accepts to `out`.
+pub(crate) fn walk_files(dir: &Path, out: &mut Vec<PathBuf>, keep: &dyn Fn(&Path) -> bool) -> Result<()> {
     let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
         .at(dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -63,8 +65,8 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
     entries.sort();
     for p in entries {
         if p.is_dir() {
-            walk(&p, out)?;
-        } else {
+            walk_files(&p, out, keep)?;
+        } else if keep(&p) {
             out.push(p);
         }
     }
@@ -328,6 +330,40 @@ impl Sampler {
     }
 }
 
+/// The order in which fine-tuning examples are visited, a pure function of (seed, epoch,
+/// index) like [`Sampler`]'s: epoch `e` is a permutation of the `n` examples seeded by
+/// `(seed, e)`, and global sample `g` is example `perm_{g / n}[g mod n]`.
+pub struct ExampleOrder {
+    n: u64,
+    seed: u64,
+    epoch: Option<(u64, Vec<u32>)>,
+}
+
+impl ExampleOrder {
+    /// `n` must be at least 1.
+    pub fn new(n: usize, seed: u64) -> ExampleOrder {
+        ExampleOrder { n: n.max(1) as u64, seed, epoch: None }
+    }
+
+    /// The example index of global sample `g`.
+    pub fn index(&mut self, g: u64) -> usize {
+        let epoch = g / self.n;
+        if self.epoch.as_ref().map(|e| e.0) != Some(epoch) {
+            let mut rng = ChaCha8Rng::seed_from_u64(self.seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            let mut perm: Vec<u32> = (0..self.n as u32).collect();
+            perm.shuffle(&mut rng);
+            self.epoch = Some((epoch, perm));
+        }
+        let (_, perm) = self.epoch.as_ref().expect("set above");
+        perm[(g % self.n) as usize] as usize
+    }
+
+    /// Epoch (fractional) reached after `samples` global samples.
+    pub fn epoch_of(&self, samples: u64) -> f64 {
+        samples as f64 / self.n as f64
+    }
+}
+
 /// Validation batches: the first `max_batches × micro` non-overlapping windows, in order.
 pub fn val_batches(span: &TokenSpan, block_size: usize, micro: usize, max_batches: usize) -> Vec<Tensor> {
     let n_windows = (span.len - 1) / block_size;
@@ -367,6 +403,19 @@ mod tests {
             }
             assert_eq!(all, (24..32).collect::<Vec<u64>>(), "world {world}");
         }
+    }
+
+    #[test]
+    fn example_order_is_a_permutation_per_epoch() {
+        let mut o = ExampleOrder::new(7, 3);
+        let e0: Vec<usize> = (0..7).map(|g| o.index(g)).collect();
+        let mut sorted = e0.clone();
+        sorted.sort();
+        assert_eq!(sorted, (0..7).collect::<Vec<_>>());
+        let e1: Vec<usize> = (7..14).map(|g| o.index(g)).collect();
+        assert_ne!(e0, e1, "another order each epoch");
+        // Random access agrees with sequential access (resume at any index).
+        assert_eq!(ExampleOrder::new(7, 3).index(9), e1[2]);
     }
 
     #[test]

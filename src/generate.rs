@@ -1,14 +1,18 @@
-//! `rankforge generate`: autoregressive sampling with a KV cache, streamed to the caller.
+//! `rankforge generate`: autoregressive sampling with a KV cache from any [`CausalLm`] (GPT-2,
+//! Llama, Mistral, Qwen2; with or without LoRA adapters), streamed to the caller. Also the
+//! greedy samples of fine-tuning's evaluation.
 //!
 //! Per token: repetition penalty (HF/CTRL style: positive logits of seen tokens divided by
 //! `r`, negative ones multiplied), then temperature 0 → greedy argmax, else logits / T, top-k,
-//! top-p (nucleus) and a draw seeded by `seed`. Generation stops at the end-of-text token, at
-//! `max_new_tokens`, or when the context (`n_positions`) is full.
+//! top-p (nucleus) and a draw seeded by `seed`. Generation stops at an end-of-sequence token
+//! (the tokenizer's EOS and config.json's `eos_token_id`s), at `max_new_tokens`, or when
+//! GPT-2's learned position table (`n_positions`) is full (RoPE models have no such limit).
 
 use tch::{Kind, Tensor};
 
 use crate::error::{Error, Result};
-use crate::models::gpt::{Gpt, KvCache};
+use crate::chat_template::ChatMessage;
+use crate::models::{CausalLm, KvCache};
 use crate::tokenizer::LoadedTokenizer;
 
 #[derive(Debug, Clone)]
@@ -49,20 +53,43 @@ pub struct Generated {
     pub stop: &'static str,
 }
 
-/// Generates a continuation of `prompt`, calling `on_text` with each newly decoded piece.
+/// The prompt's token ids. With `chat` the prompt is wrapped as one user message and rendered
+/// with the tokenizer's chat template (`add_generation_prompt`; the template writes the special
+/// tokens); otherwise it is tokenized as `tokenizer(prompt)` does (with BOS where the tokenizer
+/// adds one).
+pub fn prompt_ids(tok: &LoadedTokenizer, prompt: &str, chat: bool) -> Result<Vec<u32>> {
+    if chat {
+        let messages = [ChatMessage { role: "user".into(), content: prompt.into() }];
+        let text = tok.apply_chat_template(&messages, true)?;
+        return tok.encode(&text);
+    }
+    tok.encode_with_special(prompt)
+}
+
+/// The ids that end generation: the tokenizer's EOS and the model's `eos_token_id`s.
+pub fn stop_ids(model: &CausalLm, tok: &LoadedTokenizer) -> Vec<u32> {
+    let mut ids: Vec<u32> = tok.eos_id.into_iter().chain(model.eos_token_ids()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+/// Generates a continuation of `prompt_ids`, calling `on_text` with each newly decoded piece;
+/// stops after a token of `stop`.
 pub fn generate(
-    model: &Gpt,
+    model: &CausalLm,
     tok: &LoadedTokenizer,
-    prompt: &str,
+    mut prompt_ids: Vec<u32>,
     opts: &GenOptions,
+    stop: &[u32],
     mut on_text: impl FnMut(&str),
 ) -> Result<Generated> {
     opts.validate()?;
     let _guard = tch::no_grad_guard();
-    let ctx = model.cfg.n_positions;
-    let mut prompt_ids = tok.encode(prompt)?;
+    let ctx = model.hard_context().unwrap_or(usize::MAX);
     if prompt_ids.is_empty() {
-        prompt_ids.push(tok.eos_id.ok_or_else(|| Error::Input("the prompt is empty and the tokenizer has no end-of-text token to start from".into()))?);
+        let start = tok.bos_id.or(tok.eos_id);
+        prompt_ids.push(start.ok_or_else(|| Error::Input("the prompt is empty and the tokenizer has no BOS or end-of-text token to start from".into()))?);
     }
     if prompt_ids.len() > ctx {
         return Err(Error::Input(format!(
@@ -71,12 +98,12 @@ pub fn generate(
         )));
     }
     tch::manual_seed(opts.seed as i64);
-    let device = model.vs.device();
+    let device = model.vs().device();
     let mut all: Vec<i64> = prompt_ids.iter().map(|&i| i as i64).collect();
     let mut cache = KvCache::default();
     let input = Tensor::from_slice(&all).to_device(device).unsqueeze(0); // (1, T)
     let mut logits = last_logits(model, &input, &mut cache);
-    let (mut ids, mut printed, mut stop) = (Vec::new(), 0usize, "max_new_tokens");
+    let (mut ids, mut printed, mut why) = (Vec::new(), 0usize, "max_new_tokens");
     for _ in 0..opts.max_new_tokens {
         let next = choose(&logits, &all, opts);
         ids.push(next as u32);
@@ -87,12 +114,12 @@ pub fn generate(
             on_text(&text[printed..]);
             printed = text.len();
         }
-        if Some(next as u32) == tok.eos_id {
-            stop = "eos";
+        if stop.contains(&(next as u32)) {
+            why = "eos";
             break;
         }
         if all.len() >= ctx {
-            stop = "context";
+            why = "context";
             break;
         }
         let input = Tensor::from_slice(&[next]).to_device(device).unsqueeze(0); // (1, 1)
@@ -102,11 +129,11 @@ pub fn generate(
     if text.len() > printed {
         on_text(&text[printed..]);
     }
-    Ok(Generated { prompt_ids, ids, text, stop })
+    Ok(Generated { prompt_ids, ids, text, stop: why })
 }
 
 /// fp32 CPU logits `(V)` of the last position.
-fn last_logits(model: &Gpt, input: &Tensor, cache: &mut KvCache) -> Tensor {
+fn last_logits(model: &CausalLm, input: &Tensor, cache: &mut KvCache) -> Tensor {
     let logits = model.forward(input, false, Some(cache)); // (1, T, V)
     logits.get(0).get(-1).to_kind(Kind::Float).to_device(tch::Device::Cpu)
 }

@@ -3,12 +3,13 @@
 //! Data flow of one rank: recipe ([`config`]) → tokenizer ([`tokenizer`]) → token cache and
 //! sampler ([`data`]) → model ([`models`], optionally with LoRA adapters from [`lora`]) → step
 //! (loss, backward, gradient all-reduce across ranks ([`dist`]), clip, [`optim`]) → checkpoints
-//! ([`checkpoint`]), metrics ([`metrics`]) and the Hugging Face export; the recipe loop itself
-//! is [`train`]. [`generate`] samples from a trained model, [`bench`] times steps and
-//! collectives. For fine-tuning, [`sft`] turns prompt/completion, chat (through
-//! [`chat_template`]), Alpaca and Dolly data into token ids with loss masks. Under
-//! `rankforge-launch` a rank joins the job's coordinator and trains its slice of every global
-//! batch; without it, it is a world of one.
+//! ([`checkpoint`]), metrics ([`metrics`]) and the Hugging Face export; the recipe loops
+//! themselves are [`train`] (pretraining) and [`finetune`] (full or LoRA fine-tuning of a
+//! pretrained model), sharing the blocks in [`recipe_loop`]. [`generate`] samples from a
+//! trained model, [`bench`] times steps and collectives. For fine-tuning, [`sft`] turns
+//! prompt/completion, chat (through [`chat_template`]), Alpaca and Dolly data into token ids
+//! with loss masks. Under `rankforge-launch` a rank joins the job's coordinator and trains its
+//! slice of every global batch; without it, it is a world of one.
 //!
 //! ```no_run
 //! use rankforge::config::Recipe;
@@ -25,6 +26,7 @@ pub mod data;
 pub mod dist;
 pub mod device;
 pub mod error;
+pub mod finetune;
 pub mod fsutil;
 pub mod generate;
 pub mod lora;
@@ -32,6 +34,7 @@ pub mod metrics;
 pub mod models;
 pub mod optim;
 pub mod progress;
+pub mod recipe_loop;
 pub mod sft;
 pub mod st;
 pub mod tokenizer;

@@ -7,7 +7,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use rankforge::config::Recipe;
+use rankforge::config::{ModelKind, Recipe};
 use rankforge::error::{Error, Result};
 use rankforge::generate::GenOptions;
 use rankforge::tokenizer::{LoadedTokenizer, TokenizerKind, TrainOptions};
@@ -21,7 +21,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Train (or resume) the run a recipe describes.
+    /// Train (or resume) the run a recipe describes: `[model] kind = "gpt"` pretrains,
+    /// `kind = "hf"` fine-tunes a pretrained model (LoRA when the recipe has `[lora]`).
     Train {
         /// The recipe (TOML), e.g. configs/tiny_cpu.toml.
         #[arg(long)]
@@ -38,7 +39,9 @@ enum Command {
         #[command(subcommand)]
         command: TokenizerCommand,
     },
-    /// Generate text from a model directory (final/ or a checkpoint).
+    /// Generate text from a model directory: final/, final/merged/, a checkpoint, or any
+    /// Hugging Face GPT-2 / Llama / Mistral / Qwen2 directory (with --adapter: plus a LoRA
+    /// adapter). Stops at the end-of-sequence token.
     Generate {
         #[arg(long)]
         model: PathBuf,
@@ -48,6 +51,12 @@ enum Command {
         adapter: Option<PathBuf>,
         #[arg(long)]
         prompt: String,
+        /// Tokenize the prompt as it is. Without it, a tokenizer with a chat template (an
+        /// instruction or chat model) gets the prompt as one user message rendered by the
+        /// template, with the assistant's turn opened (`add_generation_prompt`), as chat
+        /// models expect; a tokenizer without one always reads the prompt raw.
+        #[arg(long)]
+        raw: bool,
         #[arg(long, default_value_t = 100)]
         max_new_tokens: usize,
         /// 0 = greedy.
@@ -155,6 +164,13 @@ fn main() {
     }
 }
 
+/// The dtype to generate in: fp32 on CPU (fast there, exact); on a GPU the model's own dtype
+/// (bf16/fp16 checkpoints stay small), fp32 when config.json names none.
+fn generation_kind(model: &std::path::Path, device: tch::Device) -> tch::Kind {
+    let declared = || rankforge::models::hf::read_config(model).ok().and_then(|(_, c)| rankforge::models::hf::config_kind(&c));
+    if device.is_cuda() { declared().unwrap_or(tch::Kind::Float) } else { tch::Kind::Float }
+}
+
 /// Under a launcher, the error also goes to `$TORCHELASTIC_ERROR_FILE` in torchelastic's
 /// error.json format, for the launcher's failure report.
 fn write_error_file(e: &Error) {
@@ -171,7 +187,10 @@ fn run(command: Command) -> Result<()> {
     match command {
         Command::Train { config, set, resume } => {
             let recipe = Recipe::load(&config, &set)?;
-            rankforge::train::run(recipe, resume)
+            match recipe.model.kind {
+                ModelKind::Gpt => rankforge::train::run(recipe, resume),
+                ModelKind::Hf => rankforge::finetune::run(recipe, resume),
+            }
         }
         Command::Tokenizer { command: TokenizerCommand::Train { input, vocab_size, kind, output, special_tokens, min_frequency } } => {
             let opts = TrainOptions { inputs: input, vocab_size, kind, output, special_tokens, min_frequency, show_progress: true };
@@ -179,17 +198,26 @@ fn run(command: Command) -> Result<()> {
             tracing::info!("tokenizer with {n} tokens written to {}", opts.output.display());
             Ok(())
         }
-        Command::Generate { model, adapter, prompt, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, device, json } => {
+        Command::Generate { model, adapter, prompt, raw, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, device, json } => {
             let device = rankforge::device::select(device)?;
             if !model.join("config.json").exists() && model.join("final").exists() {
-                return Err(Error::model(&model, "is a run directory; pass its final/ or a checkpoints/step_* directory"));
+                return Err(Error::model(&model, "is a run directory; pass its final/ (final/merged/ after LoRA) or a checkpoints/step_* directory"));
             }
-            let mut gpt = rankforge::models::gpt::Gpt::from_pretrained(&model, device)?;
+            if !model.join("config.json").exists() && model.join(rankforge::lora::ADAPTER_CONFIG).exists() {
+                return Err(Error::model(&model, "is a LoRA adapter, not a model: pass --model BASE --adapter DIR (or DIR/merged after a rankforge run)"));
+            }
+            let mut lm = rankforge::models::CausalLm::from_pretrained(&model, device, generation_kind(&model, device))?;
             if let Some(dir) = &adapter {
-                let loaded = gpt.load_adapter(dir)?;
+                let loaded = lm.load_adapter(dir)?;
                 tracing::info!("LoRA adapter {} on {} layers", dir.display(), loaded.modules.len());
             }
-            let tok = LoadedTokenizer::load(&model)?;
+            // The tokenizer that trained the adapter when it carries one (it may have grown the
+            // vocabulary), else the model's.
+            let tok_dir = adapter.as_ref().filter(|a| a.join("tokenizer.json").exists()).unwrap_or(&model);
+            let tok = LoadedTokenizer::load(tok_dir)?;
+            let chat = tok.chat_template.is_some() && !raw;
+            let prompt_ids = rankforge::generate::prompt_ids(&tok, &prompt, chat)?;
+            let stop = rankforge::generate::stop_ids(&lm, &tok);
             let opts = GenOptions { max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed };
             let mut out = std::io::stdout().lock();
             let streamed = |piece: &str| {
@@ -198,14 +226,14 @@ fn run(command: Command) -> Result<()> {
                     let _ = out.flush();
                 }
             };
-            let g = rankforge::generate::generate(&gpt, &tok, &prompt, &opts, streamed)?;
+            let g = rankforge::generate::generate(&lm, &tok, prompt_ids, &opts, &stop, streamed)?;
             if json {
-                let v = serde_json::json!({"prompt_ids": g.prompt_ids, "ids": g.ids, "text": g.text, "stop": g.stop});
+                let v = serde_json::json!({"prompt_ids": g.prompt_ids, "ids": g.ids, "text": g.text, "stop": g.stop, "chat": chat});
                 println!("{v}");
             } else {
                 println!();
                 if g.stop == "context" {
-                    tracing::warn!("stopped: the model's context of {} tokens is full", gpt.cfg.n_positions);
+                    tracing::warn!("stopped: the model's context of {} tokens is full", lm.hard_context().unwrap_or(0));
                 }
             }
             Ok(())

@@ -13,8 +13,9 @@ use crate::checkpoint::{self, TrainState};
 use crate::config::{Recipe, TrainConfig};
 use crate::data::{rank_slice, val_batches, Dataset, Sampler};
 use crate::dist::Dist;
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 use crate::metrics::MetricsWriter;
+use crate::recipe_loop;
 use crate::models::gpt::{Gpt, GptConfig};
 use crate::optim::{clip_grad_norm, lr_at, AdamW};
 use crate::progress::Progress;
@@ -25,6 +26,8 @@ struct Trainer {
     recipe: Recipe,
     device: Device,
     bf16: bool,
+    /// Tokens per training window (`model.block_size`).
+    block_size: usize,
     tok: LoadedTokenizer,
     model: Gpt,
     opt: AdamW,
@@ -50,7 +53,7 @@ pub fn run(recipe: Recipe, resume: Option<PathBuf>) -> Result<()> {
 
 /// The model architecture of a recipe, checked against the tokenizer.
 pub fn model_config(recipe: &Recipe, tok_vocab: Option<(usize, &Path)>) -> Result<GptConfig> {
-    let m = &recipe.model;
+    let m = recipe.model.gpt()?;
     let vocab_size = match (m.vocab_size, tok_vocab) {
         (Some(v), Some((tv, path))) if v < tv => {
             return Err(Error::Input(format!(
@@ -74,16 +77,6 @@ pub fn model_config(recipe: &Recipe, tok_vocab: Option<(usize, &Path)>) -> Resul
     })
 }
 
-/// The seed of the randomness (dropout) of the micro-batch that starts at global sample
-/// `sample` in step `step`: a resumed run draws what the uninterrupted one would have, and a
-/// micro-batch draws the same masks on whichever rank it lands (when micro-batch boundaries
-/// coincide, e.g. 1 and 2 ranks with an even split).
-fn micro_seed(seed: u64, step: u64, sample: u64) -> i64 {
-    (seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ step.wrapping_mul(0xBF58_476D_1CE4_E5B9) ^ sample.wrapping_mul(0x94D0_49BB_1331_11EB))
-        as i64
-        & i64::MAX
-}
-
 impl Trainer {
     fn setup(recipe: Recipe, resume: Option<PathBuf>) -> Result<Trainer> {
         let (device, bf16) = crate::device::setup(&recipe.train)?;
@@ -96,43 +89,26 @@ impl Trainer {
         // Tokenizer first: it fixes the vocabulary the model and the token cache depend on.
         let tok = LoadedTokenizer::load(recipe.data.pretraining_tokenizer()?)?;
         let cfg = model_config(&recipe, Some((tok.vocab_size(), &tok.path)))?;
+        let block_size = recipe.model.gpt()?.block_size;
         // Rank 0 fills the token cache; the others then find it there (on a shared disk).
-        let prepare = || Dataset::prepare(&recipe.data, recipe.val_fraction(), &tok, recipe.model.block_size);
+        let prepare = || Dataset::prepare(&recipe.data, recipe.val_fraction(), &tok, block_size);
         let data = if main { Some(prepare()?) } else { None };
         dist.gather_small("token-cache", Vec::new())?;
         let data = match data {
             Some(d) => d,
             None => prepare()?,
         };
-        let sampler = Sampler::new(data.train.clone(), recipe.model.block_size, recipe.train.seed);
+        let sampler = Sampler::new(data.train.clone(), block_size, recipe.train.seed);
         let val = match (&data.val, main) {
-            (Some(v), true) => val_batches(v, recipe.model.block_size, recipe.train.micro_batch_size, recipe.eval.max_batches),
+            (Some(v), true) => val_batches(v, block_size, recipe.train.micro_batch_size, recipe.eval.max_batches),
             _ => Vec::new(),
         };
         tch::manual_seed(recipe.train.seed as i64);
         let mut model = Gpt::new(&cfg, device);
         let mut opt = AdamW::new(model.named_parameters(), &recipe.train);
         // Rank 0 picks the resume point and restores it; the others receive its state below.
-        let resume = match (resume, main) {
-            (_, false) => None,
-            (Some(p), true) => {
-                checkpoint::verify(&p)?;
-                Some(p)
-            }
-            (None, true) => checkpoint::latest_valid(&run_dir)?,
-        };
-        let fresh = TrainState {
-            step: 0,
-            samples: 0,
-            tokens: 0,
-            epoch: 0.0,
-            optimizer_steps: 0,
-            elapsed_s: 0.0,
-            world_size: dist.world(),
-            recipe_hash: hash.clone(),
-            seed: recipe.train.seed,
-            rankforge_version: env!("CARGO_PKG_VERSION").to_string(),
-        };
+        let resume = recipe_loop::resume_point(resume, main, &run_dir)?;
+        let fresh = recipe_loop::fresh_state(&recipe, &hash, dist.world());
         let state = match &resume {
             // Checkpoints written from now on come from the current recipe and world.
             Some(dir) => TrainState {
@@ -142,16 +118,10 @@ impl Trainer {
             },
             None => fresh,
         };
-        let state = Self::sync_start(&mut dist, state, &model, &mut opt)?;
-        let metrics = if main {
-            // Inputs are valid: only now touch the run directory.
-            std::fs::create_dir_all(&run_dir).at(&run_dir)?;
-            checkpoint::remove_stale_temps(&run_dir)?;
-            crate::fsutil::write_atomic(&run_dir.join("recipe.toml"), recipe.to_toml().as_bytes())?;
-            Some(MetricsWriter::open(&run_dir, state.step)?)
-        } else {
-            None
-        };
+        let params = model.named_parameters().into_iter().map(|(_, t)| t).collect();
+        let state = recipe_loop::sync_start(&mut dist, state, params, &mut opt)?;
+        // Inputs are valid: only now touch the run directory.
+        let metrics = if main { Some(recipe_loop::open_run_dir(&recipe, state.step)?) } else { None };
         tracing::info!(
             params = model.num_params(),
             vocab = cfg.vocab_size,
@@ -162,25 +132,7 @@ impl Trainer {
             "model ready; {}",
             if state.step > 0 { format!("resuming at step {}", state.step) } else { "starting at step 0".into() }
         );
-        Ok(Trainer { recipe, device, bf16, tok, model, opt, sampler, val, state, metrics, dist })
-    }
-
-    /// Makes every rank start from rank 0's state: the progress counters through the
-    /// coordinator, the weights and optimizer moments by broadcast. Identical starting weights
-    /// do not rely on identical seeding, and ranks on other hosts need no copy of the
-    /// checkpoint.
-    fn sync_start(dist: &mut Dist, state: TrainState, model: &Gpt, opt: &mut AdamW) -> Result<TrainState> {
-        if dist.world() == 1 {
-            return Ok(state);
-        }
-        let payload = serde_json::to_vec(&state).expect("TrainState serialises");
-        let all = dist.gather_small("start-state", payload)?;
-        let state: TrainState = serde_json::from_slice(&all[0]).map_err(|e| Error::Dist(format!("rank 0 sent an unreadable start state: {e}")))?;
-        let mut tensors: Vec<Tensor> = model.named_parameters().into_iter().map(|(_, t)| t).collect();
-        tensors.extend(opt.state_tensors().into_iter().map(|(_, t)| t));
-        dist.broadcast_tensors(&tensors, 0)?;
-        opt.steps = state.optimizer_steps;
-        Ok(state)
+        Ok(Trainer { recipe, device, bf16, block_size, tok, model, opt, sampler, val, state, metrics, dist })
     }
 
     /// Loads a checkpoint into `model` and `opt`; warns about recipe values that changed.
@@ -190,15 +142,7 @@ impl Trainer {
         model.load_hf_state_dict(crate::st::load(&weights)?, &weights)?;
         let opt_path = dir.join("optimizer.safetensors");
         opt.load_state(crate::st::load(&opt_path)?, state.optimizer_steps, &opt_path)?;
-        let old = run_dir.join("recipe.toml");
-        if let Ok(text) = std::fs::read_to_string(&old) {
-            if let Ok(old) = text.parse::<toml::Table>() {
-                let new: toml::Table = recipe.to_toml().parse().expect("our own TOML parses");
-                for (key, before, now) in diff_tables("", &old, &new) {
-                    tracing::warn!("recipe changed since the checkpoint: {key} = {before} before, {now} now; the new value wins");
-                }
-            }
-        }
+        recipe_loop::warn_recipe_changes(recipe, run_dir);
         tracing::info!(checkpoint = %dir.display(), step = state.step, "resuming");
         Ok(state)
     }
@@ -278,7 +222,7 @@ impl Trainer {
         if !(loss.is_finite() && grad_norm.is_finite()) && self.dist.is_main() {
             tracing::warn!(step = step + 1, loss, grad_norm, "non-finite loss or gradient: update skipped");
         }
-        let n_tokens = (cfg.global_batch_size * self.recipe.model.block_size) as u64;
+        let n_tokens = (cfg.global_batch_size * self.block_size) as u64;
         self.state.step = step + 1;
         self.state.samples += cfg.global_batch_size as u64;
         self.state.tokens += n_tokens;
@@ -324,16 +268,10 @@ impl Trainer {
 
     /// `<run.dir>/final/`: an HF GPT-2 directory with tokenizer files and a model card.
     fn export_final(&self) -> Result<()> {
-        let run_dir = &self.recipe.run.dir;
-        let staged = run_dir.join(format!(".tmp-final-{}", std::process::id()));
-        if staged.exists() {
-            std::fs::remove_dir_all(&staged).at(&staged)?;
-        }
-        std::fs::create_dir_all(&staged).at(&staged)?;
-        self.write_model_dir(&staged)?;
-        crate::fsutil::write_atomic(&staged.join("README.md"), self.model_card().as_bytes())?;
-        let target = run_dir.join("final");
-        crate::fsutil::replace_dir(&staged, &target)?;
+        let target = recipe_loop::write_staged_dir(&self.recipe.run.dir, "final", |staged| {
+            self.write_model_dir(staged)?;
+            crate::fsutil::write_atomic(&staged.join("README.md"), self.model_card().as_bytes())
+        })?;
         tracing::info!(path = %target.display(), "final model written (transformers: GPT2LMHeadModel.from_pretrained)");
         Ok(())
     }
@@ -390,7 +328,7 @@ pub fn step_on_batch(model: &Gpt, opt: &mut AdamW, batch: &Batch, cfg: &TrainCon
     let mut first = batch.first_sample;
     for chunk in batch.windows.split(cfg.micro_batch_size as i64, 0) {
         let n = chunk.size()[0];
-        tch::manual_seed(micro_seed(cfg.seed, batch.step, first));
+        tch::manual_seed(recipe_loop::micro_seed(cfg.seed, batch.step, first));
         let weight = n as f64 / batch.global_batch as f64;
         let loss = tch::autocast(bf16, || model.loss(&chunk, true)) * weight;
         loss.backward();
@@ -398,9 +336,8 @@ pub fn step_on_batch(model: &Gpt, opt: &mut AdamW, batch: &Batch, cfg: &TrainCon
         first += n as u64;
     }
     model.zero_null_grads();
-    let flag = |f: &std::sync::atomic::AtomicBool| if f.load(std::sync::atomic::Ordering::SeqCst) { 1.0 } else { 0.0 };
-    let mut sums = [total.double_value(&[]), flag(&dist.status.checkpoint), flag(&dist.status.stop)];
-    dist.status.checkpoint.store(false, std::sync::atomic::Ordering::SeqCst);
+    let [checkpoint, stop] = recipe_loop::take_flags(dist);
+    let mut sums = [total.double_value(&[]), checkpoint, stop];
     dist.status.set_phase(rankforge_proto::Phase::Collective);
     dist.reduce_grads(opt.params(), &mut sums)?;
     dist.status.set_phase(rankforge_proto::Phase::Compute);
@@ -410,22 +347,4 @@ pub fn step_on_batch(model: &Gpt, opt: &mut AdamW, batch: &Batch, cfg: &TrainCon
         opt.step(lr);
     }
     Ok(StepOutcome { loss, grad_norm, checkpoint_requested: sums[1] > 0.0, stop_requested: sums[2] > 0.0 })
-}
-
-/// `(dotted key, old, new)` for every value that differs between two TOML tables.
-fn diff_tables(prefix: &str, old: &toml::Table, new: &toml::Table) -> Vec<(String, String, String)> {
-    let mut out = Vec::new();
-    let keys: std::collections::BTreeSet<&String> = old.keys().chain(new.keys()).collect();
-    for k in keys {
-        let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
-        match (old.get(k), new.get(k)) {
-            (Some(toml::Value::Table(a)), Some(toml::Value::Table(b))) => out.extend(diff_tables(&key, a, b)),
-            (a, b) if a != b => {
-                let show = |v: Option<&toml::Value>| v.map_or("(unset)".to_string(), |v| v.to_string());
-                out.push((key, show(a), show(b)));
-            }
-            _ => {}
-        }
-    }
-    out
 }

@@ -396,7 +396,7 @@ fn bad_input_is_not_retried() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(err.contains("means bad input (recipe, data): not restarted"), "{err}");
+    assert!(err.contains("exit code 2 is not retried: bad input (recipe, data)"), "{err}");
     assert!(!err.contains("restarting"), "{err}");
     assert_no_orphans(&dir);
 }

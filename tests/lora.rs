@@ -261,3 +261,29 @@ fn wrong_keys_and_unmatched_targets_are_errors() {
     assert_eq!(model.add_lora(&all, 0).unwrap().len(), 8);
     assert_eq!(count(&model.trainable_parameters()), r.trainable["count_all_linear"].as_i64().unwrap());
 }
+
+/// Adapters PEFT writes for Llama-family models (its default llama targets q_proj/v_proj on an
+/// untied Llama; all-linear rsLoRA on a tied Qwen2 with q/k/v biases and GQA) load onto
+/// rankforge's `CausalLm` with PEFT's logits and trainable-parameter counts.
+#[test]
+fn peft_adapters_for_llama_and_qwen2_load_with_pefts_logits() {
+    use rankforge::models::CausalLm;
+    let dir = scratch("lora-llama-ref");
+    let report = run_py(&["make_llama", dir.to_str().unwrap()]);
+    let ids: Vec<Vec<i64>> = serde_json::from_str(&std::fs::read_to_string(dir.join("ids.json")).unwrap()).unwrap();
+    let reference: HashMap<String, Tensor> = rankforge::st::load(&dir.join("ref_logits.safetensors")).unwrap().into_iter().collect();
+    for (adapter, base, modules) in [("llama_default", "llama", 4), ("qwen2_all_linear", "qwen2", 14)] {
+        let mut lm = CausalLm::from_pretrained(&dir.join(base), Device::Cpu, tch::Kind::Float).unwrap();
+        let loaded = rankforge::lora::load_adapter(lm.linears_mut(), &dir.join(adapter), Device::Cpu).unwrap();
+        assert_eq!(loaded.modules.len(), modules, "{adapter}: {:?}", loaded.modules);
+        let trainable: i64 = rankforge::lora::adapter_parameters(&lm.linears_mut()).iter().map(|(_, t)| t.numel() as i64).sum();
+        assert_eq!(trainable, report["trainable"][adapter].as_i64().unwrap(), "{adapter}: PEFT's trainable count");
+        let ours = tch::no_grad(|| lm.forward(&ids_tensor(&ids), false, None));
+        let d = max_diff(&ours, &reference[adapter]);
+        assert!(d <= 1e-4, "{adapter}: max |logit difference| {d:e}");
+        // The adapter matters: without it the logits are the base model's, far from PEFT's.
+        rankforge::lora::set_enabled(lm.linears_mut(), false);
+        let off = tch::no_grad(|| lm.forward(&ids_tensor(&ids), false, None));
+        assert!(max_diff(&off, &reference[adapter]) > 1e-2, "{adapter}: the adapter changes the output");
+    }
+}

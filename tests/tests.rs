@@ -5,6 +5,7 @@
 mod bad_input;
 mod common;
 mod dist;
+mod finetune;
 mod generate;
 mod hf;
 mod hf_models;

@@ -21,6 +21,7 @@ use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
 use crate::error::{Error, Result};
+use crate::lora::{LoadedAdapter, LoraConfig};
 use gpt::Gpt;
 use layers::Linear;
 use llama::Llama;
@@ -117,6 +118,16 @@ impl CausalLm {
         }
     }
 
+    /// The context the model cannot go beyond: GPT-2's learned position table. RoPE models
+    /// (Llama family) have none (`max_position_embeddings` is what they were trained on, not a
+    /// limit of the computation).
+    pub fn hard_context(&self) -> Option<usize> {
+        match &self.arch {
+            CausalArch::Gpt2(m) => Some(m.cfg.n_positions),
+            CausalArch::Llama(_) => None,
+        }
+    }
+
     /// The dtype of the parameters.
     pub fn kind(&self) -> Kind {
         self.vs().variables().values().next().map_or(Kind::Float, |t| t.kind())
@@ -170,6 +181,89 @@ impl CausalLm {
             CausalArch::Llama(m) => CausalArch::Llama(m.resized(new_vocab)?),
         };
         Ok(())
+    }
+}
+
+/// Fine-tuning: LoRA, the label-masked loss, weights from a checkpoint.
+impl CausalLm {
+    /// The model's weights only (no adapters), i.e. HF's `num_parameters()`; tied embeddings
+    /// counted once.
+    pub fn num_params(&self) -> i64 {
+        self.vs().variables().values().map(|t| t.numel() as i64).sum()
+    }
+
+    /// Attaches fresh LoRA adapters ([`crate::lora::inject`]) and freezes every base parameter,
+    /// so only the adapters train. Returns the adapted module paths.
+    pub fn add_lora(&mut self, cfg: &LoraConfig, seed: u64) -> Result<Vec<String>> {
+        let device = self.vs().device();
+        let adapted = crate::lora::inject(self.linears_mut(), cfg, device, seed)?;
+        self.vs_mut().freeze();
+        Ok(adapted)
+    }
+
+    /// Loads a PEFT adapter directory onto this model and freezes every base parameter.
+    pub fn load_adapter(&mut self, dir: &Path) -> Result<LoadedAdapter> {
+        let device = self.vs().device();
+        let loaded = crate::lora::load_adapter(self.linears_mut(), dir, device)?;
+        self.vs_mut().freeze();
+        Ok(loaded)
+    }
+
+    /// Folds the adapters into the base weights and removes them ([`crate::lora::merge`]).
+    pub fn merge_lora(&mut self) -> Result<Vec<String>> {
+        crate::lora::merge(self.linears_mut())
+    }
+
+    /// The adapter tensors under PEFT's names, sorted (what LoRA fine-tuning optimises).
+    pub fn lora_parameters(&mut self) -> Vec<(String, Tensor)> {
+        crate::lora::adapter_parameters(&self.linears_mut())
+    }
+
+    /// Copies the weights of an HF directory (e.g. a full fine-tuning checkpoint) into this
+    /// model; names and shapes must match.
+    pub fn load_weights(&mut self, dir: &Path) -> Result<()> {
+        match &mut self.arch {
+            CausalArch::Llama(m) => m.load_weights(dir),
+            CausalArch::Gpt2(m) => {
+                let (path, files) = hf::weight_files(dir)?;
+                let mut tensors = Vec::new();
+                for file in &files {
+                    tensors.extend(crate::st::load(file)?);
+                }
+                m.load_hf_state_dict(tensors, &path)
+            }
+        }
+    }
+
+    /// Sum of the next-token cross-entropies over the label tokens: `labels` `(B, T)` are
+    /// unshifted (`labels[t]` is the target of position `t - 1`, -100 = not trained), as
+    /// transformers' `ForCausalLMLoss` takes them. Computed in fp32. Divide by the number of
+    /// label tokens of the whole global batch to get its mean.
+    pub fn loss_sum(&self, ids: &Tensor, labels: &Tensor, train: bool) -> Tensor {
+        let t = ids.size()[1];
+        let logits = self.forward(ids, train, None); // (B, T, V)
+        let v = logits.size()[2];
+        let logits = logits.narrow(1, 0, t - 1).to_kind(Kind::Float).reshape([-1, v]); // (B·(T-1), V)
+        let targets = labels.narrow(1, 1, t - 1).reshape([-1]); // (B·(T-1))
+        logits.cross_entropy_loss::<Tensor>(&targets, None, tch::Reduction::Sum, -100, 0.0)
+    }
+
+    /// Zeroes gradients whose true value is exactly zero (GPT-2's attention key bias, see
+    /// [`Gpt::zero_null_grads`]), so that runs on different numbers of ranks stay identical.
+    pub fn zero_null_grads(&self) {
+        if let CausalArch::Gpt2(m) = &self.arch {
+            m.zero_null_grads();
+        }
+    }
+
+    /// Token ids that end generation: `eos_token_id` of `config.json` (a number or a list, as
+    /// Llama 3 has), empty when it has none.
+    pub fn eos_token_ids(&self) -> Vec<u32> {
+        match &self.config["eos_token_id"] {
+            Value::Number(n) => n.as_u64().map(|n| vec![n as u32]).unwrap_or_default(),
+            Value::Array(list) => list.iter().filter_map(|v| v.as_u64().map(|n| n as u32)).collect(),
+            _ => Vec::new(),
+        }
     }
 }
 

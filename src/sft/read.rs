@@ -62,7 +62,7 @@ pub fn expand(paths: &[PathBuf], key: &str) -> Result<Vec<PathBuf>> {
             files.extend(found);
         } else if path.is_dir() {
             let before = files.len();
-            walk(path, &mut files)?;
+            crate::data::walk_files(path, &mut files, &|p| extension(p).is_some_and(|e| EXTENSIONS.contains(&e.as_str())))?;
             if files.len() == before {
                 return Err(Error::data(path, format!("{key}: folder contains no .json, .jsonl, .csv or .parquet file")));
             }
@@ -72,23 +72,6 @@ pub fn expand(paths: &[PathBuf], key: &str) -> Result<Vec<PathBuf>> {
         }
     }
     Ok(files)
-}
-
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
-        .at(dir)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
-        .collect();
-    entries.sort();
-    for p in entries {
-        if p.is_dir() {
-            walk(&p, out)?;
-        } else if extension(&p).is_some_and(|e| EXTENSIONS.contains(&e.as_str())) {
-            out.push(p);
-        }
-    }
-    Ok(())
 }
 
 fn extension(p: &Path) -> Option<String> {

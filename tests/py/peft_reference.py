@@ -8,6 +8,12 @@ usage:
       use_rslora=True, OUT_DIR/peft_rslora. Writes the logits of the base model and of both
       adapted models to OUT_DIR/ref_logits.safetensors and prints, as JSON, PEFT's trainable
       parameter counts (print_trainable_parameters) for the configurations the tests use.
+  peft_reference.py make_llama OUT_DIR
+      Llama-family models: a tiny random Llama (untied) in OUT_DIR/llama and a tiny Qwen2 (q/k/v
+      biases, GQA, tied) in OUT_DIR/qwen2, fixed token ids in OUT_DIR/ids.json, and PEFT
+      adapters with B randomised: OUT_DIR/llama_default (PEFT's default targets for llama,
+      q_proj and v_proj) and OUT_DIR/qwen2_all_linear (all-linear, r=8, alpha=16, rsLoRA).
+      Writes their logits to OUT_DIR/ref_logits.safetensors and prints PEFT's trainable counts.
   peft_reference.py check BASE_DIR ADAPTER_DIR MERGED_DIR IDS_JSON OUT_SAFETENSORS
       Loads ADAPTER_DIR (written by rankforge) with PeftModel.from_pretrained as a user would,
       and MERGED_DIR with GPT2LMHeadModel. Writes logits (adapted, adapters disabled, merged,
@@ -72,6 +78,39 @@ def make(out):
     print(json.dumps({"trainable": counts}))
 
 
+def make_llama(out):
+    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
+    torch.manual_seed(0)
+    common = dict(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                  initializer_range=0.2)
+    LlamaForCausalLM = __import__("transformers").LlamaForCausalLM
+    Qwen2ForCausalLM = __import__("transformers").Qwen2ForCausalLM
+    LlamaForCausalLM(LlamaConfig(**common, tie_word_embeddings=False)).save_pretrained(os.path.join(out, "llama"))
+    Qwen2ForCausalLM(Qwen2Config(**common, tie_word_embeddings=True)).save_pretrained(os.path.join(out, "qwen2"))
+    gen = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, common["vocab_size"], (2, 13), generator=gen)
+    json.dump(ids.tolist(), open(os.path.join(out, "ids.json"), "w"))
+    result, counts = {}, {}
+    for name, base, lcfg in [
+        ("llama_default", "llama", LoraConfig(r=4, lora_alpha=8, task_type="CAUSAL_LM")),
+        ("qwen2_all_linear", "qwen2", LoraConfig(r=8, lora_alpha=16, target_modules="all-linear",
+                                                 use_rslora=True, task_type="CAUSAL_LM")),
+    ]:
+        model = AutoModelForCausalLM.from_pretrained(os.path.join(out, base), dtype=torch.float32).eval()
+        peft_model = get_peft_model(model, lcfg)
+        counts[name] = peft_model.get_nb_trainable_parameters()[0]
+        torch.manual_seed(2)
+        for module_name, param in peft_model.named_parameters():
+            if "lora_B" in module_name:
+                torch.nn.init.normal_(param, std=0.5)
+        peft_model.eval()
+        peft_model.save_pretrained(os.path.join(out, name))
+        result[name] = logits(peft_model, ids)
+    save_file(result, os.path.join(out, "ref_logits.safetensors"))
+    print(json.dumps({"trainable": counts}))
+
+
 def check(base_dir, adapter_dir, merged_dir, ids_path, out_path):
     ids = torch.tensor(json.load(open(ids_path)), dtype=torch.long)
     base = GPT2LMHeadModel.from_pretrained(base_dir).eval()
@@ -116,6 +155,8 @@ if __name__ == "__main__":
     mode = sys.argv[1]
     if mode == "make":
         make(sys.argv[2])
+    elif mode == "make_llama":
+        make_llama(sys.argv[2])
     elif mode == "check":
         check(*sys.argv[2:7])
     else:
