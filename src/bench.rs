@@ -1,5 +1,7 @@
 //! `rankforge bench`: times training steps of a recipe's model on random tokens (no data,
-//! no checkpoints), with the same step function as `rankforge train`, and `rankforge bench
+//! no checkpoints), with the same step function as `rankforge train`: the pretraining step
+//! ([`crate::train::step_on_batch`]) for `model.kind = "gpt"`, the fine-tuning step
+//! ([`crate::finetune::step_on_batch`], LoRA or full) for `kind = "hf"`. `rankforge bench
 //! collective`: all-reduce bus bandwidth between the ranks of a launched job. Each prints JSON
 //! lines (rank 0 only) to compare with the PyTorch references in `bench/` (see BENCHMARKS.md).
 
@@ -8,11 +10,13 @@ use std::time::Instant;
 use serde_json::json;
 use tch::{Device, Kind, Tensor};
 
-use crate::config::{DeviceChoice, Recipe};
+use crate::config::{DeviceChoice, ModelKind, Recipe};
 use crate::data::rank_slice;
 use crate::dist::Dist;
 use crate::error::{Error, Result};
+use crate::finetune::{self, MicroBatch};
 use crate::models::gpt::Gpt;
+use crate::models::CausalLm;
 use crate::optim::AdamW;
 use crate::tokenizer::LoadedTokenizer;
 use crate::train::{step_on_batch, Batch};
@@ -25,6 +29,9 @@ fn median(mut v: Vec<f64>) -> f64 {
 /// Data-parallel training steps; under the launcher each rank takes its slice of the global
 /// batch, exactly as in training. The reported time is rank 0's median step.
 pub fn run(recipe: &Recipe, steps: usize, warmup: usize) -> Result<Option<serde_json::Value>> {
+    if recipe.model.kind == ModelKind::Hf {
+        return run_finetune(recipe, steps, warmup);
+    }
     let (device, bf16) = crate::device::setup(&recipe.train)?;
     let hash = crate::checkpoint::sha256_hex(recipe.to_toml().as_bytes());
     let mut dist = Dist::init(&hash, device)?;
@@ -71,6 +78,78 @@ pub fn run(recipe: &Recipe, steps: usize, warmup: usize) -> Result<Option<serde_
             "block_size": t,
             "device": format!("{device:?}").to_lowercase(),
             "dtype": if bf16 { "bf16" } else { "fp32" },
+            "optimizer": "adamw",
+            "steps": steps,
+        })
+    }))
+}
+
+/// Fine-tuning steps of a `model.kind = "hf"` recipe (LoRA with `[lora]`, else full) on
+/// `train.global_batch_size` random sequences of `data.max_length` tokens, every position
+/// labelled; the model is loaded and adapted as `rankforge train` does it (`model.dtype`,
+/// `[lora]`, `train.seed`), without tokenizer or data. Reported tokens/s count every input
+/// token (batch × length), as `bench/peft_llama.py` does.
+fn run_finetune(recipe: &Recipe, steps: usize, warmup: usize) -> Result<Option<serde_json::Value>> {
+    let t = recipe.data.max_length.ok_or_else(|| {
+        Error::Input("data.max_length is not set: bench times fine-tuning sequences of that many tokens (e.g. --set data.max_length=512)".into())
+    })? as i64;
+    let (device, bf16) = crate::device::setup(&recipe.train)?;
+    let hash = crate::checkpoint::sha256_hex(recipe.to_toml().as_bytes());
+    let mut dist = Dist::init(&hash, device)?;
+    let kind = finetune::weight_kind(recipe.model.dtype, device, recipe.lora.is_some());
+    let mut model = CausalLm::from_pretrained(&finetune::model_dir(recipe)?, device, kind)?;
+    let trainable = match &recipe.lora {
+        Some(lora) => {
+            model.add_lora(lora, recipe.train.seed)?;
+            model.lora_parameters()
+        }
+        None => model.named_parameters(),
+    };
+    let n_trainable: i64 = trainable.iter().map(|(_, p)| p.numel() as i64).sum();
+    let mut opt = AdamW::new(trainable, &recipe.train);
+    let (b, mb) = (recipe.train.global_batch_size, recipe.train.micro_batch_size);
+    tch::manual_seed(recipe.train.seed as i64);
+    let ids = Tensor::randint(model.vocab_size() as i64, [b as i64, t], (Kind::Int64, device)); // (B, T)
+    let label_tokens = (b as i64 * (t - 1)) as u64; // every position but the first is a target
+    let range = rank_slice(0, b, dist.rank(), dist.world());
+    let mine = ids.narrow(0, range.start as i64, (range.end - range.start) as i64);
+    let mut times = Vec::with_capacity(steps);
+    for i in 0..warmup + steps {
+        let micro_batches = mine.split(mb as i64, 0).into_iter().enumerate().map(|(k, chunk)| MicroBatch {
+            labels: chunk.shallow_clone(),
+            ids: chunk,
+            seed: crate::recipe_loop::micro_seed(recipe.train.seed, i as u64, range.start + (k * mb) as u64),
+        });
+        let t0 = Instant::now();
+        let (loss, _, _) = finetune::step_on_batch(&model, &mut opt, micro_batches, label_tokens, &recipe.train, recipe.train.lr, bf16, &mut dist)?;
+        if device.is_cuda() {
+            tch::Cuda::synchronize(0);
+        }
+        if i >= warmup {
+            times.push(t0.elapsed().as_secs_f64());
+        }
+        tracing::debug!(step = i, loss, "bench step");
+    }
+    let step = median(times);
+    let lora = recipe.lora.as_ref();
+    Ok(dist.is_main().then(|| {
+        json!({
+            "impl": "rankforge",
+            "mode": if lora.is_some() { "lora" } else { "full" },
+            "step_ms": step * 1e3,
+            "tokens_per_s": (b as i64 * t) as f64 / step,
+            "params": model.num_params() + if lora.is_some() { n_trainable } else { 0 },
+            "trainable_params": n_trainable,
+            "threads": tch::get_num_threads(),
+            "ranks": dist.world(),
+            "batch": b,
+            "micro_batch": mb,
+            "seq": t,
+            "targets": lora.map(|l| serde_json::to_value(&l.target_modules).unwrap_or_default()),
+            "lora_r": lora.map(|l| l.r),
+            "device": format!("{device:?}").to_lowercase(),
+            "dtype": if bf16 { "bf16" } else { "fp32" },
+            "weights": format!("{:?}", model.kind()).to_lowercase(),
             "optimizer": "adamw",
             "steps": steps,
         })

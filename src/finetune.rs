@@ -34,7 +34,7 @@ use serde_json::json;
 use tch::{Device, Kind, Tensor};
 
 use crate::checkpoint::{self, TrainState};
-use crate::config::{ModelDtype, Recipe};
+use crate::config::{ModelDtype, Recipe, TrainConfig};
 use crate::data::{rank_slice, ExampleOrder};
 use crate::dist::Dist;
 use crate::error::{Error, Result};
@@ -111,7 +111,7 @@ fn label_count(e: &Example) -> u64 {
 }
 
 /// `model.path`, checked to exist, made absolute.
-fn model_dir(recipe: &Recipe) -> Result<PathBuf> {
+pub(crate) fn model_dir(recipe: &Recipe) -> Result<PathBuf> {
     let path = recipe.model.path.as_deref().ok_or_else(|| Error::Input("model.path is not set".into()))?;
     if !path.is_dir() {
         return Err(Error::model(path, "model.path: no such directory (a local Hugging Face model directory is needed; nothing is downloaded)"));
@@ -332,35 +332,19 @@ impl FineTuner {
         Ok(StepOut { loss, grad_norm, lr, tokens, label_tokens, checkpoint_requested, stop_requested })
     }
 
-    /// micro-batches → loss → backward → all-reduce → clip → finite check → AdamW, over this
-    /// rank's examples `mine` (the first is global sample `first`). Each micro-batch's summed
-    /// token loss is divided by the global batch's label tokens, so the ranks' summed
-    /// gradients are the global mean. Returns (loss, grad norm, [checkpoint, stop] flags).
+    /// One optimizer step over this rank's examples `mine` (the first is global sample
+    /// `first`): collated micro-batch by micro-batch (right-padded, only one alive at a time)
+    /// and given to [`step_on_batch`]. Returns (loss, grad norm, [checkpoint, stop] flags).
     fn step_on_examples(&mut self, mine: &[usize], first: u64, label_tokens: u64, step: u64, lr: f64) -> Result<(f64, f64, [bool; 2])> {
         let cfg = &self.recipe.train;
-        self.opt.zero_grad();
-        let denom = label_tokens.max(1) as f64;
-        let mut total = Tensor::zeros([], (Kind::Float, self.device));
-        for (k, chunk) in mine.chunks(cfg.micro_batch_size).enumerate() {
-            tch::manual_seed(recipe_loop::micro_seed(cfg.seed, step, first + (k * cfg.micro_batch_size) as u64));
-            let examples: Vec<&Example> = chunk.iter().map(|&i| &self.train[i]).collect();
-            let (ids, labels, _mask) = sft::collate(&examples, self.pad_id); // (B, T) each, right-padded
-            let (ids, labels) = (ids.to_device(self.device), labels.to_device(self.device));
-            let loss = tch::autocast(self.bf16, || self.model.loss_sum(&ids, &labels, true)) / denom;
-            loss.backward();
-            total += loss.detach();
-        }
-        self.model.zero_null_grads();
-        let [checkpoint, stop] = recipe_loop::take_flags(&self.dist);
-        let mut sums = [total.double_value(&[]), checkpoint, stop];
-        self.dist.status.set_phase(rankforge_proto::Phase::Collective);
-        self.dist.reduce_grads(self.opt.params(), &mut sums)?;
-        self.dist.status.set_phase(rankforge_proto::Phase::Compute);
-        let grad_norm = clip_grad_norm(self.opt.params(), cfg.grad_clip);
-        if sums[0].is_finite() && grad_norm.is_finite() {
-            self.opt.step(lr);
-        }
-        Ok((sums[0], grad_norm, [sums[1] > 0.0, sums[2] > 0.0]))
+        let (train, pad_id, device, mb) = (&self.train, self.pad_id, self.device, cfg.micro_batch_size);
+        let micro_batches = mine.chunks(mb).enumerate().map(|(k, chunk)| {
+            let examples: Vec<&Example> = chunk.iter().map(|&i| &train[i]).collect();
+            let (ids, labels, _mask) = sft::collate(&examples, pad_id); // (B, T) each
+            let seed = recipe_loop::micro_seed(cfg.seed, step, first + (k * mb) as u64);
+            MicroBatch { ids: ids.to_device(device), labels: labels.to_device(device), seed }
+        });
+        step_on_batch(&self.model, &mut self.opt, micro_batches, label_tokens, cfg, lr, self.bf16, &mut self.dist)
     }
 
     /// Held-out loss and perplexity over label tokens (the same first `eval.max_batches`
@@ -424,4 +408,52 @@ impl FineTuner {
         tracing::info!(step = self.state.step, path = %dir.display(), "checkpoint saved");
         Ok(())
     }
+}
+
+/// One micro-batch of a fine-tuning step, on the model's device.
+pub struct MicroBatch {
+    /// `(B, T)` token ids.
+    pub ids: Tensor,
+    /// `(B, T)` unshifted labels, -100 where no token is trained (see [`CausalLm::loss_sum`]).
+    pub labels: Tensor,
+    /// Seeds the micro-batch's randomness (dropout): [`recipe_loop::micro_seed`].
+    pub seed: i64,
+}
+
+/// The fine-tuning step, shared by `rankforge train` and `rankforge bench` (which feeds it
+/// random tokens): micro-batches → loss → backward → all-reduce → clip → finite check →
+/// AdamW over the trainable tensors `opt` holds. Each micro-batch's summed token loss is
+/// divided by `label_tokens`, the label tokens of the *whole* global batch, so the ranks'
+/// summed gradients are the global mean. Returns (loss, grad norm, [checkpoint, stop] flags).
+#[allow(clippy::too_many_arguments)]
+pub fn step_on_batch(
+    model: &CausalLm,
+    opt: &mut AdamW,
+    micro_batches: impl Iterator<Item = MicroBatch>,
+    label_tokens: u64,
+    cfg: &TrainConfig,
+    lr: f64,
+    bf16: bool,
+    dist: &mut Dist,
+) -> Result<(f64, f64, [bool; 2])> {
+    opt.zero_grad();
+    let denom = label_tokens.max(1) as f64;
+    let mut total = Tensor::zeros([], (Kind::Float, model.vs().device()));
+    for MicroBatch { ids, labels, seed } in micro_batches {
+        tch::manual_seed(seed);
+        let loss = tch::autocast(bf16, || model.loss_sum(&ids, &labels, true)) / denom;
+        loss.backward();
+        total += loss.detach();
+    }
+    model.zero_null_grads();
+    let [checkpoint, stop] = recipe_loop::take_flags(dist);
+    let mut sums = [total.double_value(&[]), checkpoint, stop];
+    dist.status.set_phase(rankforge_proto::Phase::Collective);
+    dist.reduce_grads(opt.params(), &mut sums)?;
+    dist.status.set_phase(rankforge_proto::Phase::Compute);
+    let grad_norm = clip_grad_norm(opt.params(), cfg.grad_clip);
+    if sums[0].is_finite() && grad_norm.is_finite() {
+        opt.step(lr);
+    }
+    Ok((sums[0], grad_norm, [sums[1] > 0.0, sums[2] > 0.0]))
 }
