@@ -3,7 +3,8 @@
 //! BPE), on prompt/completion data written here: LoRA loss falls and `final/` loads in PEFT
 //! with rankforge's logits, `final/merged` in transformers; full fine-tuning writes a plain HF
 //! directory; 1 and 2 ranks train alike; resume (also onto 2 ranks) equals a straight run;
-//! `generate` with base + adapter equals the merged model; bad input fails clearly.
+//! `generate` with base + adapter equals the merged model; bad input fails clearly; `bench`
+//! times the same step.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -418,4 +419,37 @@ fn shipped_fine_tuning_recipes_run_on_tiny_models() {
     }
     let merged: serde_json::Value = serde_json::from_str(&read(&f.dir.join("recipe-llama_8b_lora_sft_gpu/final/merged/config.json"))).unwrap();
     assert_eq!(merged["dtype"], "bfloat16", "model.dtype = \"bf16\" keeps the merged model in bf16");
+}
+
+/// `rankforge bench` on a fine-tuning recipe times the fine-tuning step itself (LoRA, then
+/// full): it reports the trainable tensors that step optimises (the LoRA count from the
+/// model's shapes, r·(in + out) per adapted layer; every weight when full), needs
+/// `data.max_length`, and writes no run directory.
+#[test]
+fn bench_times_the_finetuning_step() {
+    let f = fx();
+    let run = f.dir.join("bench");
+    let cfg: serde_json::Value = serde_json::from_str(&read(&f.llama.join("config.json"))).unwrap();
+    let n = |k: &str| cfg[k].as_u64().unwrap() as i64;
+    let (h, i, hd) = (n("hidden_size"), n("intermediate_size"), n("hidden_size") / n("num_attention_heads"));
+    let (q, kv) = (n("num_attention_heads") * hd, n("num_key_value_heads") * hd);
+    let shapes = [(h, q), (h, kv), (h, kv), (q, h), (h, i), (h, i), (i, h)]; // q k v o gate up down
+    let lora_count = n("num_hidden_layers") * shapes.iter().map(|(a, b)| 8 * (a + b)).sum::<i64>();
+    let full_count = CausalLm::from_pretrained(&f.llama, Device::Cpu, Kind::Float).unwrap().num_params();
+    for (extra, mode, trainable) in [(LORA, "lora", lora_count), ("", "full", full_count)] {
+        let r = recipe(f, &f.llama, &run, extra);
+        let out = ok(&["bench", "--config", r.to_str().unwrap(), "--steps", "2", "--warmup", "1"]);
+        let row: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+        assert_eq!(row["mode"], mode, "{row}");
+        assert_eq!(row["trainable_params"].as_i64(), Some(trainable), "{row}");
+        assert_eq!((row["batch"].as_u64(), row["seq"].as_u64()), (Some(8), Some(48)), "{row}");
+        assert!(row["step_ms"].as_f64().unwrap() > 0.0 && row["tokens_per_s"].as_f64().unwrap() > 0.0, "{row}");
+    }
+    let r = recipe(f, &f.llama, &run, LORA);
+    std::fs::write(&r, read(&r).replace("max_length = 48\n", "")).unwrap();
+    let out = rankforge(&["bench", "--config", r.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("data.max_length is not set"), "{err}");
+    assert!(!run.exists(), "bench writes no run directory");
 }
