@@ -11,6 +11,9 @@
 #   bench/bench_lora.sh                                  # ROUNDS=3, all cores, batch 4 x 256
 #   ROUNDS=5 THREADS=2 TARGETS=all-linear bench/bench_lora.sh
 #   knobs: ROUNDS THREADS STEPS WARMUP BATCH SEQ R ALPHA TARGETS (q_proj,v_proj | all-linear)
+#   PT_ENV: environment for the PyTorch side only, e.g. the malloc settings rankforge applies
+#   to itself (src/device.rs keep_freed_memory), to see what they are worth to PyTorch:
+#   PT_ENV="MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=2147483647 MALLOC_TOP_PAD_=67108864"
 #   GPU (bf16: LoRA on a bf16 base, full fine-tuning with fp32 weights under bf16 autocast, on
 #   both sides), with a bigger model made by make_llama.py's flags:
 #   DEVICE=cuda MODEL=runs/bench-llama-1b MAKE_ARGS="--hidden 2048 --layers 22 --heads 32 \
@@ -19,7 +22,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-3} THREADS=${THREADS:-$(nproc)} STEPS=${STEPS:-10} WARMUP=${WARMUP:-3}
 BATCH=${BATCH:-4} SEQ=${SEQ:-256} R=${R:-16} ALPHA=${ALPHA:-32} TARGETS=${TARGETS:-q_proj,v_proj}
-DEVICE=${DEVICE:-cpu} MODEL=${MODEL:-runs/bench-llama} MAKE_ARGS=${MAKE_ARGS:-}
+DEVICE=${DEVICE:-cpu} MODEL=${MODEL:-runs/bench-llama} MAKE_ARGS=${MAKE_ARGS:-} PT_ENV=${PT_ENV:-}
 PY=.venv/bin/python RF=target/release/rankforge
 out=bench/results/lora-$(date +%Y%m%d-%H%M%S).jsonl
 mkdir -p bench/results
@@ -58,8 +61,10 @@ common=(--batch "$BATCH" --seq "$SEQ" --steps "$STEPS" --warmup "$WARMUP" --thre
 for r in $(seq "$ROUNDS"); do
   echo "round $r/$ROUNDS (rustc running: $(pgrep -c rustc || true))" >&2
   "$RF" bench --config "$MODEL/bench-lora.toml" --steps "$STEPS" --warmup "$WARMUP" 2>/dev/null | sed "s/^{/{\"round\":$r,/" >> "$out"
-  "$PY" bench/peft_llama.py --model "$MODEL" --lora-r "$R" --lora-alpha "$ALPHA" --targets "$TARGETS" "${common[@]}" 2>/dev/null | sed "s/^{/{\"round\": $r, /" >> "$out"
+  # shellcheck disable=SC2086 # PT_ENV is a list of VAR=value words
+  env $PT_ENV "$PY" bench/peft_llama.py --model "$MODEL" --lora-r "$R" --lora-alpha "$ALPHA" --targets "$TARGETS" "${common[@]}" 2>/dev/null | sed "s/^{/{\"round\": $r, /" >> "$out"
   "$RF" bench --config "$MODEL/bench-full.toml" --steps "$STEPS" --warmup "$WARMUP" 2>/dev/null | sed "s/^{/{\"round\":$r,/" >> "$out"
-  "$PY" bench/peft_llama.py --model "$MODEL" --full "${common[@]}" 2>/dev/null | sed "s/^{/{\"round\": $r, /" >> "$out"
+  # shellcheck disable=SC2086
+  env $PT_ENV "$PY" bench/peft_llama.py --model "$MODEL" --full "${common[@]}" 2>/dev/null | sed "s/^{/{\"round\": $r, /" >> "$out"
 done
 "$PY" bench/lora_table.py "$out"

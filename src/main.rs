@@ -138,6 +138,7 @@ enum TokenizerCommand {
 }
 
 fn main() {
+    rankforge::device::keep_freed_memory();
     std::panic::set_hook(Box::new(|info| {
         eprintln!("rankforge: internal error (a bug, please report it): {info}");
     }));
