@@ -453,3 +453,32 @@ fn bench_times_the_finetuning_step() {
     assert!(err.contains("data.max_length is not set"), "{err}");
     assert!(!run.exists(), "bench writes no run directory");
 }
+
+/// A tokenizer trained with `rankforge tokenizer train` (1000 tokens) replaces the tiny GPT-2's
+/// own (384): the embeddings grow to the new vocabulary, the run trains on the new token ids,
+/// and `final/` — config, weights and the new tokenizer — loads in transformers with
+/// rankforge's logits.
+#[test]
+fn a_rankforge_tokenizer_replaces_the_models_and_resizes_the_embeddings() {
+    let f = fx();
+    let tok = crate::common::fixture().tokenizer.clone();
+    let run = f.dir.join("full-gpt2-newtok");
+    let r = recipe(f, &f.gpt2, &run, "");
+    let tok_set = format!("data.tokenizer={:?}", tok.display().to_string());
+    ok(&["train", "--config", r.to_str().unwrap(), "--set", &tok_set, "--set", "train.max_steps=3", "--set", "checkpoint.every_steps=0"]);
+    let fin = run.join("final");
+    let cfg: serde_json::Value = serde_json::from_str(&read(&fin.join("config.json"))).unwrap();
+    let before: serde_json::Value = serde_json::from_str(&read(&f.gpt2.join("config.json"))).unwrap();
+    assert!(before["vocab_size"].as_u64().unwrap() < 1000);
+    assert_eq!(cfg["vocab_size"], 1000, "resized to the new tokenizer");
+    let json = |p: &Path| serde_json::from_str::<serde_json::Value>(&read(p)).unwrap();
+    assert!(json(&fin.join("tokenizer.json")) == json(&tok.join("tokenizer.json")), "final/ carries the new tokenizer");
+    let work = scratch("ft-newtok");
+    let ids_path = write_ids(&work);
+    let out = work.join("py.safetensors");
+    run_py(&["model", fin.to_str().unwrap(), ids_path.to_str().unwrap(), out.to_str().unwrap()]);
+    let ours = CausalLm::from_pretrained(&fin, Device::Cpu, Kind::Float).unwrap();
+    assert_eq!(ours.vocab_size(), 1000);
+    let d = max_diff(&py_logits(&out)["logits"], &our_logits(&ours));
+    assert!(d <= 1e-4, "transformers vs rankforge on the resized final/: {d}");
+}
