@@ -21,6 +21,17 @@ use crate::optim::AdamW;
 use crate::tokenizer::LoadedTokenizer;
 use crate::train::{step_on_batch, Batch};
 
+/// Runs one step and returns its result with its wall time in seconds (CUDA work included:
+/// the device is synchronised before the clock stops).
+fn timed<T>(device: Device, step: impl FnOnce() -> Result<T>) -> Result<(T, f64)> {
+    let t0 = Instant::now();
+    let out = step()?;
+    if device.is_cuda() {
+        tch::Cuda::synchronize(0);
+    }
+    Ok((out, t0.elapsed().as_secs_f64()))
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -55,13 +66,9 @@ pub fn run(recipe: &Recipe, steps: usize, warmup: usize) -> Result<Option<serde_
             global_batch: b,
             step: i as u64,
         };
-        let t0 = Instant::now();
-        let loss = step_on_batch(&model, &mut opt, &batch, &recipe.train, recipe.train.lr, bf16, &mut dist)?.loss;
-        if device.is_cuda() {
-            tch::Cuda::synchronize(0);
-        }
+        let (loss, secs) = timed(device, || Ok(step_on_batch(&model, &mut opt, &batch, &recipe.train, recipe.train.lr, bf16, &mut dist)?.loss))?;
         if i >= warmup {
-            times.push(t0.elapsed().as_secs_f64());
+            times.push(secs);
         }
         tracing::debug!(step = i, loss, "bench step");
     }
@@ -120,13 +127,11 @@ fn run_finetune(recipe: &Recipe, steps: usize, warmup: usize) -> Result<Option<s
             ids: chunk,
             seed: crate::recipe_loop::micro_seed(recipe.train.seed, i as u64, range.start + (k * mb) as u64),
         });
-        let t0 = Instant::now();
-        let (loss, _, _) = finetune::step_on_batch(&model, &mut opt, micro_batches, label_tokens, &recipe.train, recipe.train.lr, bf16, &mut dist)?;
-        if device.is_cuda() {
-            tch::Cuda::synchronize(0);
-        }
+        let (loss, secs) = timed(device, || {
+            Ok(finetune::step_on_batch(&model, &mut opt, micro_batches, label_tokens, &recipe.train, recipe.train.lr, bf16, &mut dist)?.0)
+        })?;
         if i >= warmup {
-            times.push(t0.elapsed().as_secs_f64());
+            times.push(secs);
         }
         tracing::debug!(step = i, loss, "bench step");
     }
