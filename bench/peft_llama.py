@@ -29,10 +29,10 @@ Example:
 import argparse
 import contextlib
 import json
-import statistics
-import time
 
 import torch
+
+from timing import median_step_seconds
 
 
 def parse_args():
@@ -135,20 +135,7 @@ def main():
         optimizer.zero_grad(set_to_none=True)
         return loss
 
-    is_cuda = device.type == "cuda"
-    for _ in range(args.warmup):
-        train_step()
-    if is_cuda:
-        torch.cuda.synchronize()
-    times = []
-    for _ in range(args.steps):
-        t0 = time.perf_counter()
-        train_step()
-        if is_cuda:
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-
-    median_s = statistics.median(times)
+    median_s = median_step_seconds(train_step, args.warmup, args.steps, device)
     print(json.dumps({
         "impl": "pytorch+peft" if not args.full else "pytorch",
         "mode": "full" if args.full else "lora",

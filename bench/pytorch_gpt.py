@@ -18,12 +18,12 @@ import argparse
 import contextlib
 import json
 import math
-import statistics
-import time
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from timing import median_step_seconds
 
 
 class CausalSelfAttention(nn.Module):
@@ -213,7 +213,6 @@ def main():
         def autocast():
             return contextlib.nullcontext()
 
-    is_cuda = device.type == "cuda"
 
     def train_step():
         optimizer.zero_grad(set_to_none=True)
@@ -224,20 +223,7 @@ def main():
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
 
-    for _ in range(args.warmup):
-        train_step()
-    if is_cuda:
-        torch.cuda.synchronize()
-
-    times = []
-    for _ in range(args.steps):
-        t0 = time.perf_counter()
-        train_step()
-        if is_cuda:
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-
-    median_s = statistics.median(times)
+    median_s = median_step_seconds(train_step, args.warmup, args.steps, device)
     result = {
         "impl": "pytorch",
         "tokens_per_s": args.batch * args.block_size / median_s,

@@ -189,11 +189,9 @@ fn copy_named(dst: &[(String, Tensor)], src: Vec<(String, Tensor)>, path: &Path)
 
 impl FineTuner {
     fn setup(recipe: Recipe, resume: Option<PathBuf>) -> Result<FineTuner> {
-        let (device, bf16) = crate::device::setup(&recipe.train)?;
-        let run_dir = recipe.run.dir.clone();
-        let hash = checkpoint::sha256_hex(recipe.to_toml().as_bytes());
         // Join the job first: a rank with a different recipe is refused before any work.
-        let mut dist = Dist::init(&hash, device)?;
+        let recipe_loop::Joined { device, bf16, hash, mut dist } = recipe_loop::join(&recipe)?;
+        let run_dir = recipe.run.dir.clone();
         let main = dist.is_main();
         let base = model_dir(&recipe)?;
         // The tokenizer tokenizes the data and decides the vocabulary the model needs.

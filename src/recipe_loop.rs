@@ -1,7 +1,7 @@
 //! The blocks both recipe loops share — pretraining ([`crate::train`]) and fine-tuning
 //! ([`crate::finetune`]) each keep their own short `setup → train → export`, and call these
 //! for the parts that must behave the same: picking the resume point, warning about recipe
-//! changes, starting every rank from rank 0's state, preparing the run directory, the
+//! changes, joining the job, starting every rank from rank 0's state, preparing the run directory, the
 //! per-micro-batch seeds, the coordinator's checkpoint/stop flags and the staged `final/`.
 
 use std::path::{Path, PathBuf};
@@ -15,6 +15,24 @@ use crate::dist::Dist;
 use crate::error::{Error, IoContext, Result};
 use crate::metrics::MetricsWriter;
 use crate::optim::AdamW;
+
+/// What a rank has once it joined its job: its device, whether it computes in bf16, the
+/// sha256 of the resolved recipe (checked against every other rank's), and the job itself.
+pub struct Joined {
+    pub device: tch::Device,
+    pub bf16: bool,
+    pub hash: String,
+    pub dist: Dist,
+}
+
+/// Sets up the device and joins the job (a world of one without a launcher) first thing: a
+/// rank started with a different recipe is refused before anyone loads a model or data.
+pub fn join(recipe: &Recipe) -> Result<Joined> {
+    let (device, bf16) = crate::device::setup(&recipe.train)?;
+    let hash = checkpoint::sha256_hex(recipe.to_toml().as_bytes());
+    let dist = Dist::init(&hash, device)?;
+    Ok(Joined { device, bf16, hash, dist })
+}
 
 /// The progress record of a run that starts at step 0.
 pub fn fresh_state(recipe: &Recipe, hash: &str, world: usize) -> TrainState {

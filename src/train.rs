@@ -79,12 +79,10 @@ pub fn model_config(recipe: &Recipe, tok_vocab: Option<(usize, &Path)>) -> Resul
 
 impl Trainer {
     fn setup(recipe: Recipe, resume: Option<PathBuf>) -> Result<Trainer> {
-        let (device, bf16) = crate::device::setup(&recipe.train)?;
+        // Join the job first: a rank with a different recipe is refused before anyone
+        // tokenizes data.
+        let recipe_loop::Joined { device, bf16, hash, mut dist } = recipe_loop::join(&recipe)?;
         let run_dir = recipe.run.dir.clone();
-        let hash = checkpoint::sha256_hex(recipe.to_toml().as_bytes());
-        // Join the job first (a world of one without a launcher): a rank with a different
-        // recipe is refused before anyone tokenizes data.
-        let mut dist = Dist::init(&hash, device)?;
         let main = dist.is_main();
         // Tokenizer first: it fixes the vocabulary the model and the token cache depend on.
         let tok = LoadedTokenizer::load(recipe.data.pretraining_tokenizer()?)?;
