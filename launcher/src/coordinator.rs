@@ -198,6 +198,19 @@ impl State {
     /// Refuses a missing or wrong token (`UNAUTHENTICATED`) and a generation other than the
     /// current one (`FAILED_PRECONDITION`).
     pub fn check(&self, auth: Option<&Auth>) -> Result<(), Status> {
+        let auth = self.check_token(auth)?;
+        if auth.generation != self.generation {
+            return Err(Status::failed_precondition(format!(
+                "stale generation {}: the job is at generation {} (it restarted; this process belongs to an earlier attempt)",
+                auth.generation, self.generation
+            )));
+        }
+        Ok(())
+    }
+
+    /// Refuses a missing or wrong token (`UNAUTHENTICATED`); the generation is the caller's
+    /// business ([`State::check`] for every RPC but an elastic newcomer's `JoinNode`).
+    fn check_token<'a>(&self, auth: Option<&'a Auth>) -> Result<&'a Auth, Status> {
         let Some(auth) = auth else {
             return Err(Status::unauthenticated("request carries no job token"));
         };
@@ -206,13 +219,7 @@ impl State {
                 "wrong job token: this process does not belong to this job (RANKFORGE_JOB_TOKEN differs)",
             ));
         }
-        if auth.generation != self.generation {
-            return Err(Status::failed_precondition(format!(
-                "stale generation {}: the job is at generation {} (it restarted; this process belongs to an earlier attempt)",
-                auth.generation, self.generation
-            )));
-        }
-        Ok(())
+        Ok(auth)
     }
 
     fn check_alive(&self) -> Result<(), Status> {
@@ -233,10 +240,8 @@ impl State {
     /// generation runs waits for the next restart boundary (elastic) or is refused (static).
     pub fn join_node(&mut self, req: &JoinNodeRequest) -> Result<Option<JoinNodeReply>, Status> {
         // A newcomer to an elastic job does not know the generation: it enters the next round.
-        let newcomer = self.elastic() && req.auth.as_ref().is_some_and(|a| a.generation < self.generation);
-        if newcomer {
-            self.check(req.auth.as_ref().map(|a| Auth { generation: self.generation, ..a.clone() }).as_ref())?;
-        } else {
+        let auth = self.check_token(req.auth.as_ref())?;
+        if !(self.elastic() && auth.generation < self.generation) {
             self.check(req.auth.as_ref())?;
         }
         if let Some(Decision::Abort { root, .. }) = &self.decision {
