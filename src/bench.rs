@@ -43,7 +43,7 @@ pub fn run(recipe: &Recipe, steps: usize, warmup: usize) -> Result<Option<serde_
     if recipe.model.kind == ModelKind::Hf {
         return run_finetune(recipe, steps, warmup);
     }
-    let crate::recipe_loop::Joined { device, bf16, mut dist, .. } = crate::recipe_loop::join(recipe)?;
+    let crate::recipe_loop::Joined { device, bf16, mut dist, .. } = crate::recipe_loop::join(recipe, false)?;
     // The tokenizer only supplies the vocabulary size when the recipe does not.
     let tok = match recipe.model.vocab_size {
         Some(_) => None,
@@ -98,7 +98,7 @@ fn run_finetune(recipe: &Recipe, steps: usize, warmup: usize) -> Result<Option<s
     let t = recipe.data.max_length.ok_or_else(|| {
         Error::Input("data.max_length is not set: bench times fine-tuning sequences of that many tokens (e.g. --set data.max_length=512)".into())
     })? as i64;
-    let crate::recipe_loop::Joined { device, bf16, mut dist, .. } = crate::recipe_loop::join(recipe)?;
+    let crate::recipe_loop::Joined { device, bf16, mut dist, .. } = crate::recipe_loop::join(recipe, false)?;
     let kind = finetune::weight_kind(recipe.model.dtype, device, recipe.lora.is_some());
     let mut model = CausalLm::from_pretrained(&finetune::model_dir(recipe)?, device, kind)?;
     let trainable = match &recipe.lora {

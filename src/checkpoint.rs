@@ -36,6 +36,14 @@ pub struct TrainState {
     pub recipe_hash: String,
     pub seed: u64,
     pub rankforge_version: String,
+    /// sha256 of the tokenizer file the run trains with (`tokenizer.json`): a resume with a
+    /// different tokenizer (other token ids) is refused. Absent in checkpoints of older versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokenizer_sha256: Option<String>,
+    /// Consecutive steps, up to this one, whose update was skipped for a non-finite loss or
+    /// gradient (see `train.max_skipped_steps`).
+    #[serde(default)]
+    pub skipped_in_a_row: u64,
 }
 
 const MANIFEST: &str = "manifest.json";

@@ -249,6 +249,10 @@ pub struct TrainConfig {
     /// Write a log line (when not on a terminal) every this many steps; metrics.jsonl gets
     /// every step regardless.
     pub log_every: u64,
+    /// Stop the run (exit 1, no `final/`) when this many updates in a row were skipped for a
+    /// non-finite loss or gradient; 0 never stops. A single bad batch is skipped and training
+    /// goes on.
+    pub max_skipped_steps: u64,
 }
 
 impl Default for TrainConfig {
@@ -272,6 +276,7 @@ impl Default for TrainConfig {
             precision: Precision::Auto,
             threads: None,
             log_every: 10,
+            max_skipped_steps: 3,
         }
     }
 }
@@ -415,14 +420,24 @@ impl Recipe {
             return Err(("data.packing", "packing needs data.max_length, the length of the packed sequences".into()));
         }
         let t = &self.train;
-        if !(t.lr > 0.0) || !(t.min_lr >= 0.0) || t.min_lr > t.lr {
-            return Err(("train.lr", format!("need lr > 0 and 0 <= min_lr <= lr, got lr = {}, min_lr = {}", t.lr, t.min_lr)));
+        if !(t.lr > 0.0 && t.lr.is_finite()) {
+            return Err(("train.lr", format!("must be a finite number > 0, got {}", t.lr)));
         }
-        if !(0.0..1.0).contains(&t.beta1) || !(0.0..1.0).contains(&t.beta2) {
-            return Err(("train.beta1", "beta1 and beta2 must be in [0, 1)".into()));
+        if !(t.min_lr >= 0.0 && t.min_lr <= t.lr) {
+            return Err(("train.min_lr", format!("must be in [0, train.lr = {}], got {}", t.lr, t.min_lr)));
         }
-        if t.grad_clip < 0.0 || t.weight_decay < 0.0 {
-            return Err(("train.grad_clip", "grad_clip and weight_decay must be >= 0".into()));
+        for (key, v) in [("train.beta1", t.beta1), ("train.beta2", t.beta2)] {
+            if !(0.0..1.0).contains(&v) {
+                return Err((key, format!("must be in [0, 1), got {v}")));
+            }
+        }
+        if !(t.eps > 0.0 && t.eps.is_finite()) {
+            return Err(("train.eps", format!("must be a finite number > 0 (AdamW divides by sqrt(v) + eps), got {}", t.eps)));
+        }
+        for (key, v) in [("train.grad_clip", t.grad_clip), ("train.weight_decay", t.weight_decay)] {
+            if !(v >= 0.0 && v.is_finite()) {
+                return Err((key, format!("must be a finite number >= 0, got {v}")));
+            }
         }
         if t.log_every == 0 {
             return Err(("train.log_every", "must be at least 1".into()));
@@ -587,5 +602,24 @@ tokenizer = "tok"
         assert!(e.starts_with("r.toml: line 1:"), "{e}");
         let e = load(MINI, &["train"]).unwrap_err().to_string();
         assert!(e.contains("--set train: expected section.key=value"), "{e}");
+    }
+
+    #[test]
+    fn hyperparameters_must_be_finite_and_in_range() {
+        for (set, key) in [
+            ("train.lr=inf", "train.lr: must be a finite number > 0, got inf"),
+            ("train.lr=nan", "train.lr: must be a finite number > 0, got NaN"),
+            ("train.lr=0", "train.lr: must be a finite number > 0, got 0"),
+            ("train.eps=0", "train.eps: must be a finite number > 0"),
+            ("train.eps=-1e-8", "train.eps: must be a finite number > 0"),
+            ("train.min_lr=1", "train.min_lr: must be in [0, train.lr = 0.0006], got 1"),
+            ("train.beta2=1", "train.beta2: must be in [0, 1), got 1"),
+            ("train.weight_decay=inf", "train.weight_decay: must be a finite number >= 0, got inf"),
+            ("train.grad_clip=nan", "train.grad_clip: must be a finite number >= 0, got NaN"),
+        ] {
+            let e = load(MINI, &[set]).unwrap_err().to_string();
+            assert!(e.contains(key), "--set {set}: {e}");
+        }
+        assert_eq!(load(MINI, &[]).unwrap().train.max_skipped_steps, 3);
     }
 }

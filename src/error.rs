@@ -38,6 +38,10 @@ pub enum Error {
     /// The control plane or a collective failed (a peer died, the coordinator is gone).
     #[error("{0}")]
     Dist(String),
+    /// Training produced non-finite values: too many skipped updates in a row, or weights that
+    /// would be written as NaN/infinity. A runtime failure (exit 1): nothing non-finite is saved.
+    #[error("{0}")]
+    Diverged(String),
     /// Stopped on request (preemption) after checkpointing at a step boundary: not a failure.
     #[error("{0}")]
     Stopped(String),
@@ -70,7 +74,7 @@ impl Error {
             | Error::Model { .. }
             | Error::Input(_)
             | Error::Tokenizer { .. } => EXIT_BAD_INPUT,
-            Error::Io { .. } | Error::Torch(_) | Error::Dist(_) => EXIT_RUNTIME,
+            Error::Io { .. } | Error::Torch(_) | Error::Dist(_) | Error::Diverged(_) => EXIT_RUNTIME,
             Error::Stopped(_) => rankforge_proto::EXIT_STOPPED,
         }
     }

@@ -43,7 +43,7 @@ use crate::metrics::MetricsWriter;
 use crate::models::CausalLm;
 use crate::optim::{clip_grad_norm, lr_at, AdamW};
 use crate::progress::Progress;
-use crate::recipe_loop;
+use crate::recipe_loop::{self, RunOptions};
 use crate::sft::{self, Example, IGNORE};
 use crate::tokenizer::LoadedTokenizer;
 
@@ -67,6 +67,8 @@ struct FineTuner {
     /// Rank 0 only.
     metrics: Option<MetricsWriter>,
     dist: Dist,
+    /// Rank 0: the run directory's lock, released when the run ends.
+    _lock: Option<crate::run_dir::RunLock>,
 }
 
 /// What one optimizer step returns.
@@ -81,10 +83,10 @@ struct StepOut {
     stop_requested: bool,
 }
 
-/// Runs (or resumes) a fine-tuning recipe. `resume`: a checkpoint directory to start from
-/// instead of the run directory's newest.
-pub fn run(recipe: Recipe, resume: Option<PathBuf>) -> Result<()> {
-    let mut t = FineTuner::setup(recipe, resume)?;
+/// Runs (or resumes) a fine-tuning recipe; `opts` say where to resume from and whether a run
+/// directory that cannot be resumed may be started over.
+pub fn run(recipe: Recipe, opts: &RunOptions) -> Result<()> {
+    let mut t = FineTuner::setup(recipe, opts)?;
     t.train()?;
     if t.dist.is_main() {
         export::export_final(&mut t)?;
@@ -188,29 +190,32 @@ fn copy_named(dst: &[(String, Tensor)], src: Vec<(String, Tensor)>, path: &Path)
 }
 
 impl FineTuner {
-    fn setup(recipe: Recipe, resume: Option<PathBuf>) -> Result<FineTuner> {
-        // Join the job first: a rank with a different recipe is refused before any work.
-        let recipe_loop::Joined { device, bf16, hash, mut dist } = recipe_loop::join(&recipe)?;
+    fn setup(recipe: Recipe, opts: &RunOptions) -> Result<FineTuner> {
+        // Join the job first: a rank with a different recipe is refused before any work, and a
+        // second run on the same run directory before it touches it.
+        let recipe_loop::Joined { device, bf16, hash, mut dist, lock } = recipe_loop::join(&recipe, true)?;
         let run_dir = recipe.run.dir.clone();
         let main = dist.is_main();
         let base = model_dir(&recipe)?;
         // The tokenizer tokenizes the data and decides the vocabulary the model needs.
         let tok = LoadedTokenizer::load(recipe.data.tokenizer.as_deref().unwrap_or(&base))?;
+        let tok_hash = recipe_loop::tokenizer_hash(&tok)?;
         let data = sft::load(&recipe.data, &tok, recipe.train.seed)?;
         let mut model = load_model(&recipe, &base, &tok, device)?;
         check_data(&data, &recipe, &model, dist.world())?;
         let lora = recipe.lora.is_some();
         let mut opt = AdamW::new(trainable(&mut model, lora), &recipe.train);
         // Rank 0 picks the resume point and restores it; the others receive its state below.
-        let resume = recipe_loop::resume_point(resume, main, &run_dir)?;
+        let resume = recipe_loop::resume_point(opts, main, &run_dir)?;
         let state = match &resume {
-            // Checkpoints written from now on come from the current recipe and world.
+            // Checkpoints written from now on come from the current recipe, world and tokenizer.
             Some(dir) => TrainState {
                 recipe_hash: hash.clone(),
                 world_size: dist.world(),
-                ..Self::restore(dir, &mut model, &mut opt, &recipe)?
+                tokenizer_sha256: Some(tok_hash.clone()),
+                ..Self::restore(dir, &mut model, &mut opt, &recipe, &tok, &tok_hash)?
             },
-            None => recipe_loop::fresh_state(&recipe, &hash, dist.world()),
+            None => recipe_loop::fresh_state(&recipe, &hash, dist.world(), &tok_hash),
         };
         let params = trainable(&mut model, lora).into_iter().map(|(_, t)| t).collect();
         let state = recipe_loop::sync_start(&mut dist, state, params, &mut opt)?;
@@ -236,13 +241,14 @@ impl FineTuner {
         let order = ExampleOrder::new(data.train.len(), recipe.train.seed);
         let pad_id = tok.pad_or_eos_id().unwrap_or(0) as i64;
         let (train, val) = (data.train, data.val);
-        Ok(FineTuner { recipe, device, bf16, base, tok, model, opt, train, label_counts, val, order, pad_id, state, metrics, dist })
+        Ok(FineTuner { recipe, device, bf16, base, tok, model, opt, train, label_counts, val, order, pad_id, state, metrics, dist, _lock: lock })
     }
 
-    /// Loads a checkpoint's trainable tensors and optimizer moments; warns about recipe
-    /// values that changed.
-    fn restore(dir: &Path, model: &mut CausalLm, opt: &mut AdamW, recipe: &Recipe) -> Result<TrainState> {
+    /// Loads a checkpoint's trainable tensors and optimizer moments (refused if it was trained
+    /// with another tokenizer); warns about recipe values that changed.
+    fn restore(dir: &Path, model: &mut CausalLm, opt: &mut AdamW, recipe: &Recipe, tok: &LoadedTokenizer, tok_hash: &str) -> Result<TrainState> {
         let state = checkpoint::read_state(dir)?;
+        recipe_loop::check_tokenizer(&state, tok, tok_hash, dir)?;
         if recipe.lora.is_some() {
             let path = dir.join(crate::lora::ADAPTER_WEIGHTS);
             copy_named(&model.lora_parameters(), crate::st::load(&path)?, &path)?;
@@ -319,9 +325,7 @@ impl FineTuner {
         let range = rank_slice(first, b, self.dist.rank(), self.dist.world());
         let mine = global[(range.start - first) as usize..(range.end - first) as usize].to_vec();
         let (loss, grad_norm, [checkpoint_requested, stop_requested]) = self.step_on_examples(&mine, range.start, label_tokens, step, lr)?;
-        if !(loss.is_finite() && grad_norm.is_finite()) && self.dist.is_main() {
-            tracing::warn!(step = step + 1, loss, grad_norm, "non-finite loss or gradient: update skipped");
-        }
+        recipe_loop::check_update(&mut self.state, &self.recipe.train, step, loss, grad_norm, self.dist.is_main())?;
         self.state.step = step + 1;
         self.state.samples += b as u64;
         self.state.tokens += tokens;

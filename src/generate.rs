@@ -105,6 +105,12 @@ pub fn generate(
     let mut logits = last_logits(model, &input, &mut cache);
     let (mut ids, mut printed, mut why) = (Vec::new(), 0usize, "max_new_tokens");
     for _ in 0..opts.max_new_tokens {
+        if logits.isfinite().logical_not().any().int64_value(&[]) != 0 {
+            return Err(Error::Input(format!(
+                "the model's logits are not finite (NaN or infinity) after {} token(s): its weights are damaged or diverged",
+                all.len()
+            )));
+        }
         let next = choose(&logits, &all, opts);
         ids.push(next as u32);
         all.push(next);

@@ -14,7 +14,7 @@
 //! ```no_run
 //! use rankforge::config::Recipe;
 //! let recipe = Recipe::load("configs/gpt_tiny_pretrain_cpu.toml".as_ref(), &["train.max_steps=5".into()])?;
-//! rankforge::train::run(recipe, None)?;
+//! rankforge::train::run(recipe, &Default::default())?;
 //! # Ok::<(), rankforge::error::Error>(())
 //! ```
 
@@ -35,6 +35,7 @@ pub mod models;
 pub mod optim;
 pub mod progress;
 pub mod recipe_loop;
+pub mod run_dir;
 pub mod sft;
 pub mod st;
 pub mod tokenizer;

@@ -33,6 +33,12 @@ enum Command {
         /// Resume from this checkpoint directory instead of the run's newest.
         #[arg(long)]
         resume: Option<PathBuf>,
+        /// When the run directory cannot be resumed (every checkpoint fails its manifest, or it
+        /// holds a final/ model but no checkpoint), move its files into
+        /// <run.dir>/abandoned/run-<time>/ and train from step 0. Without it such a run is
+        /// refused. Ignored while a checkpoint verifies (a launcher's restart still resumes).
+        #[arg(long)]
+        start_over: bool,
     },
     /// Tokenizer tools.
     Tokenizer {
@@ -186,11 +192,12 @@ fn write_error_file(e: &Error) {
 
 fn run(command: Command) -> Result<()> {
     match command {
-        Command::Train { config, set, resume } => {
+        Command::Train { config, set, resume, start_over } => {
             let recipe = Recipe::load(&config, &set)?;
+            let opts = rankforge::recipe_loop::RunOptions { resume, start_over };
             match recipe.model.kind {
-                ModelKind::Gpt => rankforge::train::run(recipe, resume),
-                ModelKind::Hf => rankforge::finetune::run(recipe, resume),
+                ModelKind::Gpt => rankforge::train::run(recipe, &opts),
+                ModelKind::Hf => rankforge::finetune::run(recipe, &opts),
             }
         }
         Command::Tokenizer { command: TokenizerCommand::Train { input, vocab_size, kind, output, special_tokens, min_frequency } } => {

@@ -3,7 +3,7 @@
 //! needs; the model's parameters are what the optimizer and a checkpoint hold), then
 //! `for step in start..max_steps { step; maybe eval; maybe checkpoint }`, then `final/`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use serde_json::json;
@@ -15,7 +15,7 @@ use crate::data::{rank_slice, val_batches, Dataset, Sampler};
 use crate::dist::Dist;
 use crate::error::{Error, Result};
 use crate::metrics::MetricsWriter;
-use crate::recipe_loop;
+use crate::recipe_loop::{self, RunOptions};
 use crate::models::gpt::{Gpt, GptConfig};
 use crate::optim::{clip_grad_norm, lr_at, AdamW};
 use crate::progress::Progress;
@@ -37,12 +37,14 @@ struct Trainer {
     /// Rank 0 only: ranks > 0 write nothing to the run directory.
     metrics: Option<MetricsWriter>,
     dist: Dist,
+    /// Rank 0: the run directory's lock, released when the run ends.
+    _lock: Option<crate::run_dir::RunLock>,
 }
 
-/// Runs (or resumes) the recipe. `resume`: a checkpoint directory to start from instead of the
-/// run directory's newest.
-pub fn run(recipe: Recipe, resume: Option<PathBuf>) -> Result<()> {
-    let mut t = Trainer::setup(recipe, resume)?;
+/// Runs (or resumes) the recipe; `opts` say where to resume from and whether a run directory
+/// that cannot be resumed may be started over.
+pub fn run(recipe: Recipe, opts: &RunOptions) -> Result<()> {
+    let mut t = Trainer::setup(recipe, opts)?;
     t.train()?;
     if t.dist.is_main() {
         t.export_final()?;
@@ -78,14 +80,15 @@ pub fn model_config(recipe: &Recipe, tok_vocab: Option<(usize, &Path)>) -> Resul
 }
 
 impl Trainer {
-    fn setup(recipe: Recipe, resume: Option<PathBuf>) -> Result<Trainer> {
+    fn setup(recipe: Recipe, opts: &RunOptions) -> Result<Trainer> {
         // Join the job first: a rank with a different recipe is refused before anyone
-        // tokenizes data.
-        let recipe_loop::Joined { device, bf16, hash, mut dist } = recipe_loop::join(&recipe)?;
+        // tokenizes data, and a second run on the same run directory before it touches it.
+        let recipe_loop::Joined { device, bf16, hash, mut dist, lock } = recipe_loop::join(&recipe, true)?;
         let run_dir = recipe.run.dir.clone();
         let main = dist.is_main();
         // Tokenizer first: it fixes the vocabulary the model and the token cache depend on.
         let tok = LoadedTokenizer::load(recipe.data.pretraining_tokenizer()?)?;
+        let tok_hash = recipe_loop::tokenizer_hash(&tok)?;
         let cfg = model_config(&recipe, Some((tok.vocab_size(), &tok.path)))?;
         let block_size = recipe.model.gpt()?.block_size;
         // Rank 0 fills the token cache; the others then find it there (on a shared disk).
@@ -105,14 +108,15 @@ impl Trainer {
         let mut model = Gpt::new(&cfg, device);
         let mut opt = AdamW::new(model.named_parameters(), &recipe.train);
         // Rank 0 picks the resume point and restores it; the others receive its state below.
-        let resume = recipe_loop::resume_point(resume, main, &run_dir)?;
-        let fresh = recipe_loop::fresh_state(&recipe, &hash, dist.world());
+        let resume = recipe_loop::resume_point(opts, main, &run_dir)?;
+        let fresh = recipe_loop::fresh_state(&recipe, &hash, dist.world(), &tok_hash);
         let state = match &resume {
-            // Checkpoints written from now on come from the current recipe and world.
+            // Checkpoints written from now on come from the current recipe, world and tokenizer.
             Some(dir) => TrainState {
                 recipe_hash: hash.clone(),
                 world_size: dist.world(),
-                ..Self::restore(dir, &mut model, &mut opt, &recipe, &run_dir)?
+                tokenizer_sha256: Some(tok_hash.clone()),
+                ..Self::restore(dir, &mut model, &mut opt, &recipe, &tok, &tok_hash)?
             },
             None => fresh,
         };
@@ -130,17 +134,19 @@ impl Trainer {
             "model ready; {}",
             if state.step > 0 { format!("resuming at step {}", state.step) } else { "starting at step 0".into() }
         );
-        Ok(Trainer { recipe, device, bf16, block_size, tok, model, opt, sampler, val, state, metrics, dist })
+        Ok(Trainer { recipe, device, bf16, block_size, tok, model, opt, sampler, val, state, metrics, dist, _lock: lock })
     }
 
-    /// Loads a checkpoint into `model` and `opt`; warns about recipe values that changed.
-    fn restore(dir: &Path, model: &mut Gpt, opt: &mut AdamW, recipe: &Recipe, run_dir: &Path) -> Result<TrainState> {
+    /// Loads a checkpoint into `model` and `opt` (refused if it was trained with another
+    /// tokenizer); warns about recipe values that changed.
+    fn restore(dir: &Path, model: &mut Gpt, opt: &mut AdamW, recipe: &Recipe, tok: &LoadedTokenizer, tok_hash: &str) -> Result<TrainState> {
         let state = checkpoint::read_state(dir)?;
+        recipe_loop::check_tokenizer(&state, tok, tok_hash, dir)?;
         let weights = dir.join("model.safetensors");
         model.load_hf_state_dict(crate::st::load(&weights)?, &weights)?;
         let opt_path = dir.join("optimizer.safetensors");
         opt.load_state(crate::st::load(&opt_path)?, state.optimizer_steps, &opt_path)?;
-        recipe_loop::warn_recipe_changes(recipe, run_dir);
+        recipe_loop::warn_recipe_changes(recipe, &recipe.run.dir);
         tracing::info!(checkpoint = %dir.display(), step = state.step, "resuming");
         Ok(state)
     }
@@ -217,9 +223,7 @@ impl Trainer {
         };
         let StepOutcome { loss, grad_norm, checkpoint_requested, stop_requested } =
             step_on_batch(&self.model, &mut self.opt, &batch, cfg, lr, self.bf16, &mut self.dist)?;
-        if !(loss.is_finite() && grad_norm.is_finite()) && self.dist.is_main() {
-            tracing::warn!(step = step + 1, loss, grad_norm, "non-finite loss or gradient: update skipped");
-        }
+        recipe_loop::check_update(&mut self.state, cfg, step, loss, grad_norm, self.dist.is_main())?;
         let n_tokens = (cfg.global_batch_size * self.block_size) as u64;
         self.state.step = step + 1;
         self.state.samples += cfg.global_batch_size as u64;
@@ -244,8 +248,11 @@ impl Trainer {
         sum / count as f64
     }
 
-    /// Writes a loadable model directory (weights, config, tokenizer) into `dir`.
+    /// Writes a loadable model directory (weights, config, tokenizer) into `dir`; never
+    /// non-finite weights.
     fn write_model_dir(&self, dir: &Path) -> Result<()> {
+        let params = self.model.named_parameters();
+        recipe_loop::ensure_finite(params.iter().map(|(n, t)| (n.as_str(), t)), "the model", self.state.step)?;
         self.model.save_pretrained(dir, self.tok.eos_id)?;
         self.tok.save_pretrained(dir, Some(self.model.cfg.n_positions))
     }

@@ -107,3 +107,12 @@ pub fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     out.sort();
     out
 }
+
+/// Waits (up to 60 s) until `run`'s metrics have at least `n` step rows.
+pub fn wait_for_rows(run: &Path, n: usize) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::fs::read_to_string(run.join("metrics.jsonl")).map(|t| t.lines().filter(|l| l.contains("\"loss\"")).count()).unwrap_or(0) < n {
+        assert!(std::time::Instant::now() < deadline, "training never reached step {n}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}

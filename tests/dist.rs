@@ -286,15 +286,6 @@ fn sigusr2_checkpoints_at_the_next_step_boundary_and_sigint_stops_the_job() {
     assert_no_orphans(&dir);
 }
 
-/// Waits until `run`'s metrics have at least `n` step rows.
-fn wait_for_rows(run: &Path, n: usize) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while std::fs::read_to_string(run.join("metrics.jsonl")).map(|t| t.lines().filter(|l| l.contains("\"loss\"")).count()).unwrap_or(0) < n {
-        assert!(Instant::now() < deadline, "training never reached step {n}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// The pid of the running `rankforge train` rank `rank` started under `dir`.
 fn rank_pid(dir: &Path, rank: usize) -> i32 {
     processes_with(&dir.display().to_string())

@@ -10,6 +10,7 @@ mod generate;
 mod hf;
 mod hf_models;
 mod lora;
+mod safety;
 mod sft;
 mod tokenizer;
 mod train;

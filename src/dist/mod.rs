@@ -254,6 +254,11 @@ impl Dist {
         Dist { ctx: RankContext::single(), control: None, coll: Box::new(Local), status: Arc::default(), hosts: vec![hostname()] }
     }
 
+    /// Started without a launcher: a world of one with no control plane.
+    pub fn standalone(&self) -> bool {
+        self.control.is_none()
+    }
+
     /// Joins the job the launcher started (or returns a world of one): rendezvous with the
     /// recipe's hash, then the collective for `device`.
     pub fn init(recipe_hash: &str, device: Device) -> Result<Dist> {

@@ -16,8 +16,11 @@ use super::FineTuner;
 use crate::error::Result;
 use crate::recipe_loop;
 
-/// The trainable weights into `dir`: the PEFT adapter under LoRA, else the HF model files.
+/// The trainable weights into `dir`: the PEFT adapter under LoRA, else the HF model files;
+/// never non-finite ones.
 pub(super) fn write_weights(t: &mut FineTuner, dir: &Path) -> Result<()> {
+    let trained = super::trainable(&mut t.model, t.recipe.lora.is_some());
+    recipe_loop::ensure_finite(trained.iter().map(|(n, w)| (n.as_str(), w)), "the model", t.state.step)?;
     match &t.recipe.lora {
         Some(lora) => {
             let base = t.base.display().to_string();
