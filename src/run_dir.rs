@@ -3,12 +3,13 @@
 //! whose checkpoints all fail their manifests, or that holds a finished model but no
 //! checkpoint, is never silently trained again from step 0.
 //!
-//! The lock is an advisory `flock` on an open file: the kernel releases it when the process
-//! ends in any way (exit, crash, `kill -9`), so there is never a stale lock to clean up. The
-//! file's content is the holder's pid, for the message a second run prints.
+//! The lock is an advisory `flock` on `<run.dir>/rankforge.lock`: the kernel releases it when
+//! the process ends in any way (exit, crash, `kill -9`), so a leftover file is never a stale
+//! lock. The file exists while a run holds it and is removed when the run ends; a second run
+//! names the holder's pid, read from `/proc/locks`.
 
 use std::fs::File;
-use std::io::{Read, Seek, Write};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use crate::checkpoint;
@@ -32,11 +33,10 @@ pub struct RunLock {
 
 impl Drop for RunLock {
     fn drop(&mut self) {
-        let Some(dir) = &self.created else { return };
-        let only_lock = std::fs::read_dir(dir).map(|d| d.filter_map(|e| e.ok()).all(|e| e.file_name() == LOCK_FILE)).unwrap_or(false);
-        if only_lock {
-            let _ = std::fs::remove_file(&self.path);
-            let _ = std::fs::remove_dir(dir);
+        // Removed while still held: a run waiting on this file sees it gone and retries.
+        let _ = std::fs::remove_file(&self.path);
+        if let Some(dir) = &self.created {
+            let _ = std::fs::remove_dir(dir); // only succeeds when nothing was written
         }
     }
 }
@@ -51,28 +51,40 @@ impl RunLock {
         let created = (!run_dir.exists()).then(|| run_dir.to_path_buf());
         std::fs::create_dir_all(run_dir).at(run_dir)?;
         let path = run_dir.join(LOCK_FILE);
-        let mut file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).at(&path)?;
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
-                let mut holder = String::new();
-                let _ = file.read_to_string(&mut holder);
-                let holder = holder.trim();
-                let who = if holder.is_empty() { "another process".to_string() } else { format!("pid {holder}") };
-                return Err(Error::Input(format!(
-                    "run.dir = {}: in use by another rankforge run ({who}, holding {}); wait for it to finish, stop it, or choose another run.dir",
-                    run_dir.display(),
-                    path.display()
-                )));
+        loop {
+            let file = std::fs::OpenOptions::new().write(true).create(true).truncate(false).open(&path).at(&path)?;
+            match file.try_lock() {
+                Ok(()) => {}
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    let inode = file.metadata().at(&path)?.ino();
+                    let who = holder_pid(inode).map_or("another process".to_string(), |pid| format!("pid {pid}"));
+                    return Err(Error::Input(format!(
+                        "run.dir = {}: in use by another rankforge run ({who}, holding {}); wait for it to finish, stop it, or choose another run.dir",
+                        run_dir.display(),
+                        path.display()
+                    )));
+                }
+                Err(std::fs::TryLockError::Error(e)) => return Err(Error::io(&path, e)),
             }
-            Err(std::fs::TryLockError::Error(e)) => return Err(Error::io(&path, e)),
+            // The file may have been removed by a run that ended between our open and lock:
+            // then the lock is on a dead inode, and we try again on the new file.
+            let same = std::fs::metadata(&path).is_ok_and(|m| m.ino() == file.metadata().map_or(0, |f| f.ino()));
+            if same {
+                return Ok(RunLock { _file: file, path, created });
+            }
         }
-        file.set_len(0).at(&path)?;
-        file.rewind().at(&path)?;
-        writeln!(file, "{}", std::process::id()).at(&path)?;
-        file.flush().at(&path)?;
-        Ok(RunLock { _file: file, path, created })
     }
+}
+
+/// The pid holding a `flock` on the file with inode `inode`, from `/proc/locks`
+/// (`1: FLOCK  ADVISORY  WRITE 4242 fd:01:1234 0 EOF`).
+fn holder_pid(inode: u64) -> Option<u32> {
+    let locks = std::fs::read_to_string("/proc/locks").ok()?;
+    locks.lines().find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let ino = f.get(5)?.rsplit(':').next()?.parse::<u64>().ok()?;
+        (f.get(1) == Some(&"FLOCK") && ino == inode).then(|| f.get(4)?.parse().ok()).flatten()
+    })
 }
 
 /// Rank 0, when no checkpoint of `run_dir` verifies: decides whether starting at step 0 is
@@ -152,7 +164,11 @@ mod tests {
         let again = RunLock::acquire(&run).unwrap();
         std::fs::write(run.join("recipe.toml"), b"").unwrap();
         drop(again);
-        assert!(run.join("recipe.toml").exists() && run.join(LOCK_FILE).exists(), "a used run directory stays");
+        assert!(run.join("recipe.toml").exists(), "a used run directory stays");
+        assert!(!run.join(LOCK_FILE).exists(), "the lock file goes with the run");
+        // A leftover file (a run killed with -9) is no lock.
+        std::fs::write(run.join(LOCK_FILE), b"").unwrap();
+        drop(RunLock::acquire(&run).unwrap());
     }
 
     #[test]

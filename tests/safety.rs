@@ -55,6 +55,7 @@ fn a_second_run_on_a_busy_run_dir_is_refused_and_kill_9_leaves_no_stale_lock() {
     // kill -9: the kernel drops the lock; the next run resumes from the newest checkpoint.
     first.kill().unwrap();
     first.wait().unwrap();
+    assert!(run.join("rankforge.lock").exists(), "kill -9 leaves the file, but no lock");
     let newest = rankforge::checkpoint::latest_valid(&run).unwrap().expect("a checkpoint every 5 steps");
     let (code, err) = train(&recipe, &["--set", "train.max_steps=1"]);
     assert_eq!(code, Some(0), "{err}");
@@ -86,16 +87,14 @@ fn when_every_checkpoint_is_damaged_the_run_is_refused_and_start_over_moves_it_a
     for step in ["step_00000020", "step_00000040"] {
         damage(&run.join("checkpoints").join(step).join("model.safetensors"));
     }
-    // The lock file's content (the last holder's pid) is the one thing a refused run rewrites.
-    let files = |run: &Path| snapshot(run).into_iter().filter(|(p, _)| !p.ends_with("rankforge.lock")).collect::<Vec<_>>();
-    let before = files(&run);
+    let before = snapshot(&run);
     let (code, err) = train(&recipe, &[]);
     assert_eq!(code, Some(2), "{err}");
     no_panic(&err);
     let line = err.lines().find(|l| l.starts_with("error:")).unwrap_or_else(|| panic!("no error line: {err}"));
     assert!(line.contains("every checkpoint is damaged") && line.contains("step_00000020") && line.contains("step_00000040"), "{line}");
     assert!(line.contains("--start-over"), "{line}");
-    assert_eq!(files(&run), before, "a refused run changes nothing");
+    assert_eq!(snapshot(&run), before, "a refused run changes nothing");
     // --start-over: the old run is moved aside whole, then a new one trains from step 0.
     let (code, err) = train(&recipe, &["--start-over", "--set", "train.max_steps=5"]);
     assert_eq!(code, Some(0), "{err}");
