@@ -319,11 +319,15 @@ fn reference_run(_dir: &Path) -> PathBuf {
         .clone()
 }
 
-/// Starts a 2-rank 200-step run that may restart once; `extra` launcher flags first.
+/// Starts a 2-rank 200-step run that may restart once; `extra` launcher flags first (a grace
+/// period of 1 s unless they give one).
 fn restartable_run(dir: &Path, extra: &[&str]) -> (PathBuf, std::process::Child) {
     let run = dir.join("restarted");
     let r = recipe(dir, &run);
-    let mut args = vec!["--nproc-per-node", "2", "--max-restarts", "1", "--grace-period", "1"];
+    let mut args = vec!["--nproc-per-node", "2", "--max-restarts", "1"];
+    if !extra.contains(&"--grace-period") {
+        args.extend(["--grace-period", "1"]);
+    }
     args.extend(extra);
     args.extend(["--config", r.to_str().unwrap()]);
     args.extend(LONG);
@@ -359,21 +363,127 @@ fn a_killed_rank_restarts_the_job_from_its_checkpoint_and_the_result_is_unchange
 }
 
 #[test]
-fn a_stopped_rank_is_detected_by_missed_heartbeats_named_and_restarted() {
+fn a_stopped_rank_is_detected_by_missed_heartbeats_killed_at_once_and_restarted() {
     let dir = scratch("ft-sigstop");
     let reference = reference_run(&dir);
-    let (run, child) = restartable_run(&dir, &["--heartbeat-timeout", "2"]);
+    // The default grace period: SIGTERM never reaches a stopped process, so waiting it out
+    // after SIGTERM took ~31 s; a rank declared dead is SIGKILLed at once instead.
+    let (run, mut child) = restartable_run(&dir, &["--heartbeat-timeout", "2", "--grace-period", "30"]);
     wait_for_rows(&run, 60);
     let stopped = Instant::now();
-    unsafe { libc::kill(rank_pid(&dir, 1), libc::SIGSTOP) };
+    let pid = rank_pid(&dir, 1);
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    // Recovered when the restarted generation's ranks start.
+    let log = run.join("logs/rank0.log");
+    while !std::fs::read_to_string(&log).unwrap_or_default().contains("rank 0, generation 1, restart 1 ===") {
+        if stopped.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            panic!("no restart within 60 s of the SIGSTOP");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let recovery = stopped.elapsed();
     let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
+    assert!(recovery < Duration::from_secs(10), "restarted {recovery:?} after the SIGSTOP (heartbeat timeout 2 s, grace period 30 s)");
     assert!(err.contains("rank 1 on") && err.contains("stopped responding: no heartbeat for 2."), "{err}");
-    assert!(stopped.elapsed() < Duration::from_secs(60));
+    assert!(err.contains(&format!("rank 1 (pid {pid}) sent no heartbeat: killing it at once (SIGKILL)")), "{err}");
     let (l, w) = compare(&reference, &run);
     assert_eq!((l, w), (0.0, 0.0), "a restarted run resumes exactly");
     assert_no_orphans(&dir);
+}
+
+/// utime + stime of process `pid` so far, in seconds (`man 5 proc`: fields 14 and 15).
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // The fields after the command name start at field 3 (the state).
+    let f: Vec<&str> = stat.rsplit(')').next().unwrap().split_whitespace().collect();
+    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+/// Waits up to `limit` for `child` to exit; `None` (and the child SIGKILLed) if it does not.
+fn exits_within(child: &mut std::process::Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let since = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        if since.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_launcher_waiting_for_other_nodes_sleeps_and_stops_at_once_on_sigterm_or_sigint() {
+    let dir = scratch("dp-rendezvous-signal");
+    let logs = dir.join("logs");
+    // (node rank, signal, what it waits for): node 0 for node 1, which never comes; node 1 for a
+    // coordinator that is not there. No rank ever starts, so the command is never run.
+    for (node, sig, waiting) in [
+        ("0", libc::SIGTERM, "waiting for the other nodes to join"),
+        ("0", libc::SIGINT, "waiting for the other nodes to join"),
+        ("1", libc::SIGTERM, "connecting to the coordinator"),
+    ] {
+        let coord = format!("127.0.0.1:{}", free_port());
+        let args = ["--nnodes", "2", "--node-rank", node, "--nproc-per-node", "1", "--coordinator", &coord, "--log-dir", logs.to_str().unwrap()];
+        let mut child = launch(&args, &[("RANKFORGE_JOB_TOKEN", "rendezvous-secret")])
+            .args(["--", "train", "--config", "unused.toml"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        // Waiting costs no CPU: it sleeps until the state changes.
+        let (mut used, mut listened) = (0.0, true);
+        if node == "0" {
+            let since = Instant::now();
+            while std::net::TcpStream::connect(&coord).is_err() && since.elapsed() < Duration::from_secs(10) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            listened = std::net::TcpStream::connect(&coord).is_ok();
+            let cpu = cpu_seconds(pid);
+            std::thread::sleep(Duration::from_secs(3));
+            used = cpu_seconds(pid) - cpu;
+        } else {
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        unsafe { libc::kill(pid as i32, sig) };
+        // (The child is gone before any assertion can fail.)
+        let status = exits_within(&mut child, Duration::from_secs(2));
+        let mut err = String::new();
+        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+        assert!(listened, "node 0 never listened on {coord}: {err}");
+        assert!(used < 0.5, "node {node}: {used:.2} s of CPU in 3 s of waiting for node 1: {err}");
+        let status = status.unwrap_or_else(|| panic!("node {node} still ran 2 s after signal {sig}: {err}"));
+        assert_eq!(status.code(), Some(128 + sig), "{err}");
+        let name = if sig == libc::SIGINT { "SIGINT" } else { "SIGTERM" };
+        assert!(err.contains(&format!("received {name} while {waiting}")) && err.contains("stopped (no rank was running)"), "{err}");
+        // Nothing is left: the coordinator's port is closed, no process remains.
+        assert!(std::net::TcpStream::connect(&coord).is_err(), "{coord} still accepts connections");
+        assert_no_orphans(&dir);
+    }
+}
+
+#[test]
+fn a_recipe_syntax_error_is_one_line_as_rankforge_train_prints_it() {
+    let dir = scratch("dp-bad-toml");
+    let r = dir.join("bad.toml");
+    std::fs::write(&r, "[run]\ndir = \"x\"\n[train\nlr = 1\n").unwrap();
+    let out = launch(&["--nproc-per-node", "2", "--config", r.to_str().unwrap()], &[]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    let train = rankforge(&["train", "--config", r.to_str().unwrap()]);
+    let train_err = String::from_utf8_lossy(&train.stderr);
+    assert_eq!(train.status.code(), Some(2), "{train_err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert_eq!(err.trim_end(), format!("rankforge-launch: {}", train_err.trim_end()));
+    assert!(err.contains(&format!("{}: line 3: ", r.display())), "{err}");
 }
 
 #[test]

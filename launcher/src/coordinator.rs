@@ -58,8 +58,11 @@ pub struct Failure {
     pub exit_code: i32,
     pub message: String,
     pub timestamp: f64,
-    /// Detected by the coordinator (missed heartbeats), not by an exit.
+    /// Detected by the coordinator (missed heartbeats or a stall), not by an exit.
     pub unresponsive: bool,
+    /// No heartbeat at all for the timeout: the process cannot act (frozen, hung), so its
+    /// launcher SIGKILLs it at once instead of waiting the grace period after SIGTERM.
+    pub silent: bool,
 }
 
 /// Exit code of a rank that failed on bad input (recipe, data): retrying cannot help, so the
@@ -446,6 +449,7 @@ impl State {
                 message: req.message.clone(),
                 timestamp: req.timestamp,
                 unresponsive: false,
+                silent: false,
             });
             self.phase = JobPhase::Failed;
         }
@@ -483,10 +487,8 @@ impl State {
                 return Some(Decision::Rescale { generation: self.generation, lost, nodes: left as u32, root });
             }
         } else if FATAL_EXIT_CODES.contains(&root.exit_code) && !root.unresponsive {
-            {
             let why = format!("exit code {} is not retried: {}", root.exit_code, fatal_meaning(root.exit_code));
             Decision::Abort { root, why }
-        }
         } else if self.restarts >= self.max_restarts {
             Decision::Abort { root, why: format!("no restart left ({} of --max-restarts {} used)", self.restarts, self.max_restarts) }
         } else {
@@ -497,6 +499,13 @@ impl State {
         };
         self.decision = Some(d.clone());
         Some(d)
+    }
+
+    /// Ranks of the current generation declared dead by missed heartbeats (see
+    /// [`Failure::silent`]), for the RESTART or ABORT that ends it.
+    pub fn dead_ranks(&self) -> Vec<u32> {
+        let dead: BTreeSet<u32> = self.failures.iter().filter(|f| f.silent).filter_map(|f| f.rank).collect();
+        dead.into_iter().collect()
     }
 
     /// Nodes of the current generation whose launcher failed or disconnected.
@@ -524,6 +533,7 @@ impl State {
             message: "its launcher disconnected from the coordinator (killed, crashed, or its host is unreachable)".into(),
             timestamp: wall,
             unresponsive: false,
+            silent: false,
         });
         self.phase = JobPhase::Failed;
         true
@@ -557,6 +567,7 @@ impl State {
                     ),
                     timestamp: wall - silent.as_secs_f64() + limit.as_secs_f64(),
                     unresponsive: true,
+                    silent: true,
                 }
             })
             .collect()
@@ -601,6 +612,7 @@ impl State {
             ),
             timestamp: wall,
             unresponsive: true,
+            silent: false,
         })
     }
 
@@ -676,7 +688,7 @@ impl Shared {
 
     /// Sends `kind` to every subscribed rank and launcher.
     pub fn broadcast(&self, kind: command::Kind, reason: &str) {
-        self.send(Command { kind: kind as i32, reason: reason.to_string(), exit_code: 0, generation: 0 });
+        self.send(Command { kind: kind as i32, reason: reason.to_string(), exit_code: 0, generation: 0, dead_ranks: Vec::new() });
     }
 
     /// After a failure: waits a moment for the reports of its consequences (peers failing on a
@@ -692,7 +704,11 @@ impl Shared {
         }
         tokio::spawn(async move {
             tokio::time::sleep(DECISION_WINDOW).await;
-            let decision = self.lock().decide();
+            let (decision, dead_ranks) = {
+                let mut st = self.lock();
+                let dead = st.dead_ranks(); // before `decide` moves to the next generation
+                (st.decide(), dead)
+            };
             match decision {
                 Some(Decision::Restart { generation, restart, root }) => {
                     eprintln!("rankforge-launch: restart {restart} of {}, root cause: {root}", self.lock().max_restarts);
@@ -701,6 +717,7 @@ impl Shared {
                         reason: format!("restart {restart} after: {root}"),
                         exit_code: root.exit_code,
                         generation,
+                        dead_ranks: dead_ranks.clone(),
                     };
                     self.send(cmd);
                 }
@@ -715,6 +732,7 @@ impl Shared {
                         reason: format!("node(s) {} lost, continuing with {nodes} node(s): {root}", lost.join(", ")),
                         exit_code: root.exit_code,
                         generation,
+                        dead_ranks: dead_ranks.clone(),
                     };
                     self.send(cmd);
                 }
@@ -724,6 +742,7 @@ impl Shared {
                         reason: format!("{root}\n    ({why})"),
                         exit_code: if root.unresponsive { 1 } else { root.exit_code },
                         generation: 0,
+                        dead_ranks,
                     };
                     self.send(cmd);
                 }
@@ -769,8 +788,12 @@ impl Shared {
     }
 
     /// Runs `step` under the lock until it yields a value, waiting for changes in between.
+    /// Only the first attempt (which registers the caller) and the final one announce a change:
+    /// a retry that changes nothing must not wake the other waiters, or two waiters (or one
+    /// and its own announcement) would wake each other forever and spin a core.
     async fn wait_for<T>(&self, mut step: impl FnMut(&mut State) -> Result<Option<T>, Status>) -> Result<T, Status> {
         let mut rx = self.changed.subscribe();
+        let mut first = true;
         loop {
             rx.borrow_and_update();
             let done = {
@@ -781,10 +804,17 @@ impl Shared {
                 self.notify();
                 return Ok(v);
             }
-            self.notify();
+            if std::mem::take(&mut first) {
+                self.notify();
+            }
             // Re-check at least every second (and at once on any change).
             let _ = tokio::time::timeout(Duration::from_secs(1), rx.changed()).await;
         }
+    }
+
+    /// A receiver that sees every later change of the state (mark it seen, read the state, wait).
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
     }
 }
 
@@ -850,7 +880,7 @@ impl coordinator_server::Coordinator for Service {
         let (tx, rx) = mpsc::channel(16);
         if let Some((root, why)) = aborted {
             let reason = format!("{root}\n    ({why})");
-            let _ = tx.try_send(Ok(Command { kind: command::Kind::Abort as i32, reason, exit_code: root.exit_code, generation: 0 }));
+            let _ = tx.try_send(Ok(Command { kind: command::Kind::Abort as i32, reason, exit_code: root.exit_code, generation: 0, dead_ranks: Vec::new() }));
         }
         if req.rank < 0 {
             // A launcher's stream lives as long as its node: when it closes early, the node is lost.
@@ -1061,6 +1091,7 @@ mod tests {
         let later = now + Duration::from_secs(61);
         let f = st.stalled(later).unwrap();
         assert_eq!(f.rank, Some(1));
+        assert!(f.unresponsive && !f.silent, "a stalled rank still beats: it gets SIGTERM and the grace period");
         assert!(f.message.contains("this rank is behind: compute at step 12 after 12 collectives"), "{}", f.message);
         // Rank 0 writing a checkpoint keeps the others waiting legitimately.
         beat(&mut st, 0, 13, Phase::Checkpoint);
@@ -1148,6 +1179,51 @@ mod tests {
         let done = ReportRequest { auth: auth("t", 1), rank: -1, node_rank: 1, success: true, exit_code: 0, host: "h1".into(), message: String::new(), timestamp: 0.0 };
         st.report(&done).unwrap();
         assert!(!st.node_disconnected(1, "h1"), "a node that finished may disconnect");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn waiting_calls_sleep_instead_of_waking_each_other() {
+        // Two calls wait for a round that never closes (node 0 and 1 of three, say).
+        let shared = Shared::new(State::new("t".into(), 3));
+        let attempts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let waiter = || {
+            let (shared, attempts) = (shared.clone(), attempts.clone());
+            tokio::spawn(async move {
+                shared
+                    .wait_for(|_| {
+                        attempts.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        Ok::<Option<()>, Status>(None)
+                    })
+                    .await
+            })
+        };
+        let (a, b) = (waiter(), waiter());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        a.abort();
+        b.abort();
+        let n = attempts.load(std::sync::atomic::Ordering::SeqCst);
+        // Each registers once and looks again once after the other's registration.
+        assert!(n <= 6, "{n} attempts in 0.5 s: the waiters spin");
+    }
+
+    #[test]
+    fn ranks_silent_past_the_heartbeat_timeout_are_dead_and_failed_ones_are_not() {
+        let mut st = State::new("t".into(), 1);
+        st.heartbeat_timeout = Some(Duration::from_secs(5));
+        st.join_node(&node("t", 0, 0, 3)).unwrap();
+        for r in 0..3 {
+            st.join(&rank("t", 0, r, "x")).unwrap();
+        }
+        let later = Instant::now() + Duration::from_secs(6);
+        for r in [0, 2] {
+            st.ranks.get_mut(&r).unwrap().last_seen = later;
+        }
+        let silent = st.unresponsive(later);
+        st.failures.extend(silent);
+        failed(&mut st, 2, 1);
+        assert_eq!(st.dead_ranks(), vec![1], "only the silent rank is killed at once");
+        st.next_generation();
+        assert!(st.dead_ranks().is_empty(), "a new generation starts with none");
     }
 
     #[test]

@@ -10,6 +10,8 @@
 pub mod coordinator;
 pub mod node;
 pub mod plan;
+mod remote;
+mod signals;
 pub mod slurm;
 
 use std::net::SocketAddr;
@@ -22,20 +24,43 @@ use rankforge_proto::coordinator_server::CoordinatorServer;
 use rankforge_proto::ConnectError;
 use tonic::transport::Channel;
 
+/// An error in what the launcher was given (flags, recipe, an address that is taken or not this
+/// host's): `rankforge-launch` exits 2 for it, like for its other bad input, not 1.
+#[derive(Debug)]
+pub struct BadInput(pub String);
+
+impl std::fmt::Display for BadInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for BadInput {}
+
+/// The launcher's exit code for an error that ended it: 2 for [`BadInput`], else 1.
+pub fn exit_code_of(e: &anyhow::Error) -> i32 {
+    if e.downcast_ref::<BadInput>().is_some() { 2 } else { 1 }
+}
+
 /// Binds the coordinator on exactly `host:port` (never a wildcard address it was not given) and
-/// serves it in the background. Returns the bound address.
+/// serves it in the background. Returns the bound address. A port in use, or an address that is
+/// not this host's, is [`BadInput`].
 pub async fn serve(host: &str, port: u16, shared: Arc<coordinator::Shared>) -> Result<SocketAddr> {
     let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
         .await
         .map_err(|e| anyhow!("--coordinator {host}:{port}: cannot resolve {host}: {e}"))?
         .collect();
     let addr = *addrs.first().ok_or_else(|| anyhow!("--coordinator {host}:{port}: {host} has no address"))?;
-    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-        if e.kind() == std::io::ErrorKind::AddrInUse {
-            anyhow!("cannot start the coordinator: {addr} is already in use (another job?); pick another port, or --coordinator {host}:0 for a free one")
-        } else {
-            anyhow!("cannot start the coordinator on {addr}: {e}")
-        }
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| match e.kind() {
+        std::io::ErrorKind::AddrInUse => anyhow::Error::new(BadInput(format!(
+            "cannot start the coordinator: {addr} is already in use (another job?); \
+             pick another port, or --coordinator {host}:0 for a free one"
+        ))),
+        std::io::ErrorKind::AddrNotAvailable => anyhow::Error::new(BadInput(format!(
+            "cannot start the coordinator on {addr}: it is not an address of this host; \
+             node 0's launcher must run on the host it names"
+        ))),
+        _ => anyhow!("cannot start the coordinator on {addr}: {e}"),
     })?;
     let bound = listener.local_addr()?;
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);

@@ -19,7 +19,7 @@ fn main() {
                 Ok(code) => code,
                 Err(e) => {
                     eprintln!("rankforge-launch: error: {e:#}");
-                    1
+                    rankforge_launcher::exit_code_of(&e)
                 }
             }
         }

@@ -1,9 +1,10 @@
 //! One node's life: (node 0: host the coordinator, start the hostfile's other nodes) → join →
 //! spawn ranks → relay their output → watch exits, coordinator commands and signals → on any
-//! failure, stop every rank (SIGTERM to its process group, grace period, SIGKILL) and print the
-//! root cause once.
+//! failure, stop every rank (SIGTERM to its process group, grace period, SIGKILL; SIGKILL at
+//! once for a rank declared dead by missed heartbeats) and print the root cause once. SIGINT,
+//! SIGTERM and SIGUSR1 while no rank runs (rendezvous, back-off) end the launcher at once.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io::Write;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -14,12 +15,13 @@ use rankforge_proto::coordinator_client::CoordinatorClient;
 use rankforge_proto::{auth, command, env as rfenv, hostname, CommandsRequest, JoinNodeRequest, ReportRequest, StopRequest, EXIT_STOPPED};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
-use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
 
 use crate::coordinator::{JobPhase, Shared, State};
 use crate::plan::{route_addr, Args, DeviceMode, Plan};
+use crate::remote::start_remotes;
+use crate::signals::{signal_name, stopped_while, Signals};
 
 /// Lines of a failed rank's log shown in the failure report.
 const TAIL_LINES: usize = 20;
@@ -39,19 +41,6 @@ fn launcher_code(code: i32) -> i32 {
     if code < 0 { 128 - code } else { code.max(1) }
 }
 
-fn signal_name(sig: i32) -> &'static str {
-    match sig {
-        libc::SIGKILL => "SIGKILL",
-        libc::SIGTERM => "SIGTERM",
-        libc::SIGINT => "SIGINT",
-        libc::SIGSEGV => "SIGSEGV",
-        libc::SIGABRT => "SIGABRT",
-        libc::SIGBUS => "SIGBUS",
-        libc::SIGUSR1 => "SIGUSR1",
-        _ => "signal",
-    }
-}
-
 /// A rank process this node started.
 struct Rank {
     global: u32,
@@ -66,9 +55,9 @@ enum Outcome {
     AllSucceeded,
     /// Every rank stopped on request after a checkpoint (preemption).
     Stopped,
-    /// The job restarts as this generation.
-    Restart(u64, String),
-    Aborted(String, i32),
+    /// The job restarts as this generation; the ranks declared dead are SIGKILLed at once.
+    Restart(u64, String, Vec<u32>),
+    Aborted(String, i32, Vec<u32>),
     Signal(i32),
     CoordinatorLost(String),
 }
@@ -86,6 +75,7 @@ struct GenerationSpec<'a> {
 }
 
 pub async fn run(args: &Args, plan: Plan) -> Result<i32> {
+    let mut signals = Signals::new()?;
     let host = hostname();
     let grace = Duration::from_secs_f64(args.grace_period.max(0.0));
     let join_timeout = Duration::from_secs_f64(args.join_timeout.max(0.0));
@@ -114,14 +104,13 @@ pub async fn run(args: &Args, plan: Plan) -> Result<i32> {
         None => format!("{chost}:{cport}"),
     };
     let mut remotes = start_remotes(args, &plan, &coord_addr)?;
-    let mut client = crate::connect(&coord_addr, join_timeout).await?;
+    let mut client = match signals.unless_stopped(crate::connect(&coord_addr, join_timeout)).await {
+        Ok(client) => client?,
+        Err(sig) => return Ok(stopped_while(sig, &format!("connecting to the coordinator at {coord_addr}"))),
+    };
     let local_addr = plan.local_addr.clone().or_else(|| route_addr(&chost, cport)).unwrap_or_else(|| "127.0.0.1".into());
     std::fs::create_dir_all(&plan.log_dir).with_context(|| format!("cannot create the log directory {}", plan.log_dir.display()))?;
 
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sigusr2 = signal(SignalKind::user_defined2())?;
-    let mut sigusr1 = signal(SignalKind::user_defined1())?;
     // After a first SIGTERM/SIGUSR1: ranks are checkpointing and will exit with EXIT_STOPPED.
     let mut stopping = false;
     let (remote_tx, mut remote_rx) = mpsc::unbounded_channel::<(String, i32)>();
@@ -140,14 +129,15 @@ pub async fn run(args: &Args, plan: Plan) -> Result<i32> {
     let mut last_world = None;
     let mut commands = None;
     loop {
-        let joined = tokio::time::timeout(
-            join_timeout,
-            client.join_node(JoinNodeRequest { auth: auth(&plan.token, generation), node_rank: plan.node_rank, nproc: plan.nproc, host: host.clone() }),
-        )
-        .await
-        .map_err(|_| anyhow!("not every node joined within {:.0} s (--join-timeout): {} node(s) expected", join_timeout.as_secs_f64(), plan.min_nodes))?
-        .map_err(|s| anyhow!("the coordinator at {coord_addr} refused this node: {}", s.message()))?
-        .into_inner();
+        let join = client.join_node(JoinNodeRequest { auth: auth(&plan.token, generation), node_rank: plan.node_rank, nproc: plan.nproc, host: host.clone() });
+        let joined = match signals.unless_stopped(tokio::time::timeout(join_timeout, join)).await {
+            Ok(joined) => joined,
+            Err(sig) => return Ok(stopped_while(sig, "waiting for the other nodes to join")),
+        };
+        let joined = joined
+            .map_err(|_| anyhow!("not every node joined within {:.0} s (--join-timeout): {} node(s) expected", join_timeout.as_secs_f64(), plan.min_nodes))?
+            .map_err(|s| anyhow!("the coordinator at {coord_addr} refused this node: {}", s.message()))?
+            .into_inner();
         // A node joining an elastic job late learns the generation here.
         generation = joined.generation;
         // One command stream for the node's whole life (commands name their generation).
@@ -239,8 +229,8 @@ pub async fn run(args: &Args, plan: Plan) -> Result<i32> {
                 }
                 msg = commands.message() => match msg {
                     Ok(Some(cmd)) => match command::Kind::try_from(cmd.kind) {
-                        Ok(command::Kind::Abort) => break Outcome::Aborted(cmd.reason, cmd.exit_code),
-                        Ok(command::Kind::Restart) if cmd.generation > generation => break Outcome::Restart(cmd.generation, cmd.reason),
+                        Ok(command::Kind::Abort) => break Outcome::Aborted(cmd.reason, cmd.exit_code, cmd.dead_ranks),
+                        Ok(command::Kind::Restart) if cmd.generation > generation => break Outcome::Restart(cmd.generation, cmd.reason, cmd.dead_ranks),
                         _ => {}
                     },
                     Ok(None) => break Outcome::CoordinatorLost("it closed the command stream".into()),
@@ -252,15 +242,15 @@ pub async fn run(args: &Args, plan: Plan) -> Result<i32> {
                         let _ = client.report(report(-1, false, code, format!("the launcher on {rhost} exited with code {code}"))).await;
                     }
                 }
-                _ = sigusr2.recv() => match &shared {
+                _ = signals.usr2.recv() => match &shared {
                     Some(s) => {
                         eprintln!("rankforge-launch: SIGUSR2: asking every rank to checkpoint at the next step boundary");
                         s.broadcast(command::Kind::Checkpoint, "SIGUSR2 to the launcher");
                     }
                     None => eprintln!("rankforge-launch: SIGUSR2 ignored: send it to node 0's launcher, which hosts the coordinator"),
                 },
-                _ = sigint.recv() => break Outcome::Signal(libc::SIGINT),
-                sig = async { tokio::select! { _ = sigterm.recv() => libc::SIGTERM, _ = sigusr1.recv() => libc::SIGUSR1 } } => {
+                _ = signals.int.recv() => break Outcome::Signal(libc::SIGINT),
+                sig = async { tokio::select! { _ = signals.term.recv() => libc::SIGTERM, _ = signals.usr1.recv() => libc::SIGUSR1 } } => {
                     if stopping {
                         break Outcome::Signal(sig);
                     }
@@ -277,9 +267,18 @@ pub async fn run(args: &Args, plan: Plan) -> Result<i32> {
             }
         };
 
+        // The ranks of this node the coordinator declared dead: SIGKILLed at once in teardown.
+        let dead_here = |dead: &[u32]| -> BTreeSet<usize> {
+            let here: BTreeSet<usize> = ranks.iter().enumerate().filter(|(i, r)| dead.contains(&r.global) && running.contains_key(i)).map(|(i, _)| i).collect();
+            for i in &here {
+                eprintln!("rankforge-launch: rank {} (pid {}) sent no heartbeat: killing it at once (SIGKILL)", ranks[*i].global, ranks[*i].pid);
+            }
+            here
+        };
         let code = match outcome {
-            Outcome::Restart(next, reason) => {
-                teardown(&mut running, &mut exit_rx, grace).await;
+            Outcome::Restart(next, reason, dead) => {
+                let kill_now = dead_here(&dead);
+                teardown(&mut running, &mut exit_rx, grace, &kill_now).await;
                 for r in &mut ranks {
                     drain(&mut r.pumps).await;
                 }
@@ -294,7 +293,9 @@ pub async fn run(args: &Args, plan: Plan) -> Result<i32> {
                 if plan.node_rank != 0 {
                     eprintln!("rankforge-launch: {reason}"); // node 0's coordinator printed it there
                 }
-                tokio::time::sleep(Duration::from_secs(wait)).await;
+                if let Err(sig) = signals.unless_stopped(tokio::time::sleep(Duration::from_secs(wait))).await {
+                    return Ok(stopped_while(sig, "waiting to restart (crash loop back-off)"));
+                }
                 generation = next;
                 restart += 1;
                 continue;
@@ -302,7 +303,9 @@ pub async fn run(args: &Args, plan: Plan) -> Result<i32> {
             Outcome::Stopped => {
                 let _ = client.report(report(-1, true, 0, String::new())).await;
                 if let Some(shared) = &shared {
-                    wait_for_nodes(shared, join_timeout).await;
+                    if let Err(sig) = signals.unless_stopped(wait_for_nodes(shared, join_timeout)).await {
+                        return Ok(stopped_while(sig, "waiting for the other nodes to stop"));
+                    }
                 }
                 eprintln!("rankforge-launch: stopped after a checkpoint at a step boundary; rerun the same command to resume");
                 if plan.node_rank == 0 {
@@ -312,25 +315,28 @@ pub async fn run(args: &Args, plan: Plan) -> Result<i32> {
             }
             Outcome::AllSucceeded => {
                 let _ = client.report(report(-1, true, 0, String::new())).await;
-                if let Some(shared) = &shared {
-                    wait_for_nodes(shared, join_timeout).await
-                } else {
-                    0
+                match &shared {
+                    Some(shared) => match signals.unless_stopped(wait_for_nodes(shared, join_timeout)).await {
+                        Ok(code) => code,
+                        Err(sig) => stopped_while(sig, "waiting for the other nodes to finish"),
+                    },
+                    None => 0,
                 }
             }
-            Outcome::Aborted(reason, code) => {
-                teardown(&mut running, &mut exit_rx, grace).await;
+            Outcome::Aborted(reason, code, dead) => {
+                let kill_now = dead_here(&dead);
+                teardown(&mut running, &mut exit_rx, grace, &kill_now).await;
                 eprintln!("rankforge-launch: job failed; root cause: {reason}");
                 launcher_code(code)
             }
             Outcome::Signal(sig) => {
                 eprintln!("rankforge-launch: received {}: stopping all ranks", signal_name(sig));
                 let _ = client.report(report(-1, false, -sig, format!("the launcher received {}", signal_name(sig)))).await;
-                teardown(&mut running, &mut exit_rx, grace).await;
+                teardown(&mut running, &mut exit_rx, grace, &BTreeSet::new()).await;
                 128 + sig
             }
             Outcome::CoordinatorLost(why) => {
-                teardown(&mut running, &mut exit_rx, grace).await;
+                teardown(&mut running, &mut exit_rx, grace, &BTreeSet::new()).await;
                 eprintln!("rankforge-launch: lost the coordinator at {coord_addr} ({why}): stopped this node's ranks");
                 1
             }
@@ -347,7 +353,9 @@ pub async fn run(args: &Args, plan: Plan) -> Result<i32> {
 /// their last calls. Returns the exit code.
 async fn wait_for_nodes(shared: &Arc<Shared>, timeout: Duration) -> i32 {
     let started = Instant::now();
+    let mut changes = shared.subscribe();
     loop {
+        changes.borrow_and_update();
         let (phase, root) = {
             let st = shared.lock();
             (st.phase, st.root_cause())
@@ -362,7 +370,10 @@ async fn wait_for_nodes(shared: &Arc<Shared>, timeout: Duration) -> i32 {
                 eprintln!("rankforge-launch: this node finished, but not every node reported within {:.0} s", timeout.as_secs_f64());
                 return 1;
             }
-            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+            // Woken by the other nodes' reports; the timeout is checked at least every second.
+            _ => {
+                let _ = tokio::time::timeout(Duration::from_secs(1), changes.changed()).await;
+            }
         }
     }
 }
@@ -373,10 +384,12 @@ async fn drain(pumps: &mut Vec<tokio::task::JoinHandle<()>>) {
     }
 }
 
-/// SIGTERM to every running rank's process group, up to `grace` to exit, then SIGKILL.
-async fn teardown(running: &mut BTreeMap<usize, i32>, exits: &mut mpsc::UnboundedReceiver<(usize, i32)>, grace: Duration) {
-    for pid in running.values() {
-        unsafe { libc::kill(-pid, libc::SIGTERM) };
+/// SIGTERM to every running rank's process group, up to `grace` to exit, then SIGKILL. The
+/// `dead` ones (local indices; declared dead by missed heartbeats: frozen or hung, they cannot
+/// act on SIGTERM) get SIGKILL at once.
+async fn teardown(running: &mut BTreeMap<usize, i32>, exits: &mut mpsc::UnboundedReceiver<(usize, i32)>, grace: Duration, dead: &BTreeSet<usize>) {
+    for (local, pid) in running.iter() {
+        unsafe { libc::kill(-pid, if dead.contains(local) { libc::SIGKILL } else { libc::SIGTERM }) };
     }
     let deadline = tokio::time::Instant::now() + grace;
     while !running.is_empty() {
@@ -548,92 +561,6 @@ fn ensure_error_file(path: &std::path::Path, pid: i32, code: i32, tail: &[String
 /// Seconds between a rank's heartbeats: a third of the timeout, at most 2 s.
 fn heartbeat_interval(args: &Args) -> f64 {
     if args.heartbeat_timeout > 0.0 { (args.heartbeat_timeout / 3.0).min(2.0) } else { 2.0 }
-}
-
-fn shell_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
-}
-
-/// Hostfile mode: starts node i's launcher on host i over `$RANKFORGE_SSH` (default `ssh`),
-/// in the same working directory; the job token travels on ssh's stdin, not its command line.
-fn start_remotes(args: &Args, plan: &Plan, coord_addr: &str) -> Result<Vec<(String, tokio::process::Child)>> {
-    if plan.remotes.is_empty() {
-        return Ok(Vec::new());
-    }
-    let ssh = std::env::var("RANKFORGE_SSH").unwrap_or_else(|_| "ssh -o BatchMode=yes".into());
-    let mut ssh = ssh.split_whitespace().map(str::to_string);
-    let ssh_bin = ssh.next().ok_or_else(|| anyhow!("RANKFORGE_SSH is empty"))?;
-    let ssh_args: Vec<String> = ssh.collect();
-    let exe = std::env::current_exe()?;
-    let cwd = std::env::current_dir()?;
-    let mut out = Vec::new();
-    for node in &plan.remotes {
-        let mut a: Vec<String> = vec![
-            exe.display().to_string(),
-            "--nnodes".into(),
-            format!("{}:{}", plan.min_nodes, plan.nnodes),
-            "--last-call".into(),
-            args.last_call.to_string(),
-            "--node-rank".into(),
-            node.node_rank.to_string(),
-            "--nproc-per-node".into(),
-            node.slots.to_string(),
-            "--coordinator".into(),
-            coord_addr.into(),
-            "--join-timeout".into(),
-            args.join_timeout.to_string(),
-            "--grace-period".into(),
-            args.grace_period.to_string(),
-            "--max-restarts".into(),
-            args.max_restarts.to_string(),
-            "--heartbeat-timeout".into(),
-            args.heartbeat_timeout.to_string(),
-            "--stall-timeout".into(),
-            args.stall_timeout.to_string(),
-            "--run-id".into(),
-            plan.run_id.clone(),
-            "--rank-binary".into(),
-            plan.rank_binary.display().to_string(),
-        ];
-        if args.all_ranks {
-            a.push("--all-ranks".into());
-        }
-        if let Some(d) = &args.log_dir {
-            a.extend(["--log-dir".into(), d.display().to_string()]);
-        }
-        if let Some(c) = &args.config {
-            a.extend(["--config".into(), c.display().to_string()]);
-        }
-        for s in &args.set {
-            a.extend(["--set".into(), s.clone()]);
-        }
-        if !args.command.is_empty() {
-            a.push("--".into());
-            a.extend(args.command.iter().cloned());
-        }
-        let remote = format!(
-            "cd {} && read -r {tok} && export {tok} && exec {}",
-            shell_quote(&cwd.display().to_string()),
-            a.iter().map(|s| shell_quote(s)).collect::<Vec<_>>().join(" "),
-            tok = rfenv::JOB_TOKEN
-        );
-        let mut child = Command::new(&ssh_bin)
-            .args(&ssh_args)
-            .arg(&node.host)
-            .arg(remote)
-            .stdin(Stdio::piped())
-            .env_remove(rfenv::JOB_TOKEN)
-            .spawn()
-            .with_context(|| format!("cannot start {ssh_bin} to {}", node.host))?;
-        let mut stdin = child.stdin.take().expect("piped");
-        let token = format!("{}\n", plan.token);
-        tokio::spawn(async move {
-            use tokio::io::AsyncWriteExt;
-            let _ = stdin.write_all(token.as_bytes()).await;
-        });
-        out.push((node.host.clone(), child));
-    }
-    Ok(out)
 }
 
 /// The client's type, for callers that want to talk to the coordinator themselves.

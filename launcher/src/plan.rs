@@ -149,7 +149,11 @@ pub struct RecipeView {
 /// Reads `run.dir` and `train.device` from a recipe file with `--set` overrides applied.
 pub fn recipe_view(file: &Path, overrides: &[String]) -> Result<RecipeView> {
     let text = std::fs::read_to_string(file).with_context(|| format!("{}: cannot read the recipe", file.display()))?;
-    let table: toml::Table = text.parse().map_err(|e| anyhow!("{}: not valid TOML: {e}", file.display()))?;
+    // One line, as `rankforge train` words it (`FILE: line N: what`), not toml's multi-line report.
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+        let line = e.span().map(|s| text[..s.start].lines().count().max(1).to_string()).unwrap_or_else(|| "?".into());
+        anyhow!("{}: line {line}: {}", file.display(), one_line(e.message()))
+    })?;
     let get = |section: &str, key: &str| -> Option<String> {
         let over = overrides.iter().rev().find_map(|o| {
             let (k, v) = o.split_once('=')?;
@@ -158,6 +162,11 @@ pub fn recipe_view(file: &Path, overrides: &[String]) -> Result<RecipeView> {
         over.or_else(|| table.get(section)?.get(key)?.as_str().map(str::to_string))
     };
     Ok(RecipeView { run_dir: get("run", "dir").map(PathBuf::from), device: get("train", "device") })
+}
+
+/// `msg` on one line: its lines joined with "; ".
+fn one_line(msg: &str) -> String {
+    msg.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("; ")
 }
 
 /// GPUs this process may use: `CUDA_VISIBLE_DEVICES` when set, else the driver's list.
@@ -461,6 +470,16 @@ mod tests {
         std::fs::write(&p, "[run]\ndir = \"runs/a\"\n[train]\ndevice = \"auto\"\n").unwrap();
         let v = recipe_view(&p, &["run.dir=runs/b".into(), "train.device=\"cpu\"".into()]).unwrap();
         assert_eq!((v.run_dir.unwrap(), v.device.unwrap()), (PathBuf::from("runs/b"), "cpu".to_string()));
+    }
+
+    #[test]
+    fn a_recipe_syntax_error_is_one_line_naming_the_file_and_line() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("r.toml");
+        std::fs::write(&p, "[run]\ndir = \"runs/a\"\n[train\nlr = 1\n").unwrap();
+        let e = format!("{:#}", recipe_view(&p, &[]).unwrap_err());
+        assert!(!e.contains('\n'), "one line: {e}");
+        assert!(e.starts_with(&format!("{}: line 3: ", p.display())), "{e}");
     }
 
     #[test]

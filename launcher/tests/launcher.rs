@@ -178,12 +178,12 @@ async fn the_coordinator_listens_only_on_the_address_it_was_given() {
 }
 
 #[test]
-fn a_busy_coordinator_port_is_one_clear_error() {
+fn a_busy_coordinator_port_is_bad_input_in_one_clear_line() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
     let out = launcher().args(["--coordinator", &addr, "--rank-binary", "/bin/true", "--", "x"]).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(out.status.code(), Some(2), "bad input, like the launcher's other bad input: {err}");
     assert_eq!(
         err.trim(),
         format!("rankforge-launch: error: cannot start the coordinator: {addr} is already in use (another job?); pick another port, or --coordinator 127.0.0.1:0 for a free one")
