@@ -424,6 +424,9 @@ impl Recipe {
         if t.grad_clip < 0.0 || t.weight_decay < 0.0 {
             return Err(("train.grad_clip", "grad_clip and weight_decay must be >= 0".into()));
         }
+        if t.threads == Some(0) {
+            return Err(("train.threads", "must be at least 1 (or absent: libtorch's choice, the physical cores)".into()));
+        }
         if t.log_every == 0 {
             return Err(("train.log_every", "must be at least 1".into()));
         }
