@@ -330,7 +330,7 @@ mod tests {
         let rows = json_lines(b"{\"a\": 1}\n\n[1]\n{oops\n{\"a\": \"caf\xe9\"}\r\n", &path);
         assert_eq!(rows.len(), 4);
         assert_eq!(rows[3].loc, Loc::Line(5));
-        assert_eq!(rows[3].fields.as_ref().unwrap_err(), "not UTF-8 text (invalid byte 0xe9 at column 10)");
+        assert_eq!(rows[3].fields.as_ref().unwrap_err(), "not UTF-8 text (invalid byte 0xe9 at column 11)");
         assert!(rows[0].fields.is_ok());
         assert_eq!(rows[1].loc, Loc::Line(3));
         assert_eq!(rows[1].fields.as_ref().unwrap_err(), "expected a JSON object, found an array");
