@@ -397,6 +397,9 @@ impl Recipe {
                 return Err((key, "must be at least 1".into()));
             }
         }
+        if self.train.threads == Some(0) {
+            return Err(("train.threads", "must be at least 1 (or absent: libtorch's choice, the physical cores)".into()));
+        }
         if let Some(f) = self.data.val_fraction {
             if !(0.0..0.5).contains(&f) {
                 return Err(("data.val_fraction", format!("{f} is not in [0, 0.5)")));
@@ -423,9 +426,6 @@ impl Recipe {
         }
         if t.grad_clip < 0.0 || t.weight_decay < 0.0 {
             return Err(("train.grad_clip", "grad_clip and weight_decay must be >= 0".into()));
-        }
-        if t.threads == Some(0) {
-            return Err(("train.threads", "must be at least 1 (or absent: libtorch's choice, the physical cores)".into()));
         }
         if t.log_every == 0 {
             return Err(("train.log_every", "must be at least 1".into()));
