@@ -244,7 +244,7 @@ pub struct TrainConfig {
     pub device: DeviceChoice,
     /// auto, fp32 or bf16 (autocast; weights and optimizer state stay fp32).
     pub precision: Precision,
-    /// Intra-op CPU threads (default: libtorch's choice, the physical cores).
+    /// Intra-op CPU threads, at least 1 (default: libtorch's choice, the physical cores).
     pub threads: Option<usize>,
     /// Write a log line (when not on a terminal) every this many steps; metrics.jsonl gets
     /// every step regardless.
@@ -401,6 +401,9 @@ impl Recipe {
             if v == 0 {
                 return Err((key, "must be at least 1".into()));
             }
+        }
+        if self.train.threads == Some(0) {
+            return Err(("train.threads", "must be at least 1 (or absent: libtorch's choice, the physical cores)".into()));
         }
         if let Some(f) = self.data.val_fraction {
             if !(0.0..0.5).contains(&f) {

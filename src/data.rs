@@ -26,7 +26,9 @@ use tch::Tensor;
 use crate::error::{Error, IoContext, Result};
 use crate::tokenizer::LoadedTokenizer;
 
-const MAGIC: &[u8; 8] = b"RFTOKv1\0";
+/// Token file header (32 bytes, little-endian): magic, id width (2 or 4), 0, token count,
+/// [`body_checksum`] of the ids. v1 files had no checksum; they are rebuilt.
+const MAGIC: &[u8; 8] = b"RFTOKv2\0";
 const HEADER: usize = 32;
 
 /// Expands files and folders (recursively, sorted, hidden entries skipped) into a file list.
@@ -73,6 +75,23 @@ pub(crate) fn walk_files(dir: &Path, out: &mut Vec<PathBuf>, keep: &dyn Fn(&Path
     Ok(())
 }
 
+/// A checksum of a token file's body, verified on every open so that a damaged cache is
+/// rebuilt instead of feeding out-of-range ids to the model. Not cryptographic: it catches
+/// accidental damage at memory speed (a multiply-rotate over 8-byte words, the tail padded
+/// with zeros, and the length mixed in).
+fn body_checksum(bytes: &[u8]) -> u64 {
+    const K: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut h = (bytes.len() as u64).wrapping_mul(K);
+    let mut words = bytes.chunks_exact(8);
+    for w in &mut words {
+        h = (h ^ u64::from_le_bytes(w.try_into().expect("8 bytes"))).wrapping_mul(K).rotate_left(29);
+    }
+    let mut tail = [0u8; 8];
+    tail[..words.remainder().len()].copy_from_slice(words.remainder());
+    h = (h ^ u64::from_le_bytes(tail)).wrapping_mul(K).rotate_left(29);
+    h ^ (h >> 32)
+}
+
 /// A memory-mapped token file in the cache (u16 ids when the vocabulary fits, else u32).
 pub struct TokenFile {
     mmap: Mmap,
@@ -87,14 +106,18 @@ impl TokenFile {
         // SAFETY: cache files are written once to a temporary name and renamed into place;
         // nothing writes to a file at its final name, so the mapping never changes under us.
         let mmap = unsafe { Mmap::map(&file) }.at(path)?;
-        let bad = |msg: &str| Error::data(path, format!("corrupt token cache ({msg}); delete it"));
+        let bad = |msg: &str| Error::data(path, format!("damaged token cache: {msg}"));
         if mmap.len() < HEADER || &mmap[..8] != MAGIC {
-            return Err(bad("bad header"));
+            return Err(bad("bad header (or the format of an older rankforge)"));
         }
         let width = u32::from_le_bytes(mmap[8..12].try_into().expect("4 bytes")) as usize;
         let len = u64::from_le_bytes(mmap[16..24].try_into().expect("8 bytes")) as usize;
-        if !(width == 2 || width == 4) || mmap.len() != HEADER + len * width {
+        if !(width == 2 || width == 4) || Some(mmap.len()) != len.checked_mul(width).and_then(|b| b.checked_add(HEADER)) {
             return Err(bad("size does not match header"));
+        }
+        let sum = u64::from_le_bytes(mmap[24..32].try_into().expect("8 bytes"));
+        if body_checksum(&mmap[HEADER..]) != sum {
+            return Err(bad("checksum mismatch"));
         }
         Ok(TokenFile { mmap, width, len, path: path.to_path_buf() })
     }
@@ -106,7 +129,7 @@ impl TokenFile {
         bytes.extend_from_slice(&(width as u32).to_le_bytes());
         bytes.extend_from_slice(&0u32.to_le_bytes());
         bytes.extend_from_slice(&(tokens.len() as u64).to_le_bytes());
-        bytes.extend_from_slice(&0u64.to_le_bytes());
+        bytes.extend_from_slice(&0u64.to_le_bytes()); // the checksum, filled in below
         for &t in tokens {
             if width == 2 {
                 bytes.extend_from_slice(&(t as u16).to_le_bytes());
@@ -114,6 +137,8 @@ impl TokenFile {
                 bytes.extend_from_slice(&t.to_le_bytes());
             }
         }
+        let sum = body_checksum(&bytes[HEADER..]);
+        bytes[24..32].copy_from_slice(&sum.to_le_bytes());
         crate::fsutil::write_atomic(path, &bytes)
     }
 
@@ -174,11 +199,13 @@ pub fn tokenize_cached(
     std::fs::create_dir_all(cache_dir).at(cache_dir)?;
     let path = cache_dir.join(format!("{name}.tokens"));
     if path.exists() {
-        if let Ok(t) = TokenFile::open(&path) {
-            tracing::info!(cache = %path.display(), tokens = t.len(), "{key}: reusing tokenized data");
-            return Ok(t);
+        match TokenFile::open(&path) {
+            Ok(t) => {
+                tracing::info!(cache = %path.display(), tokens = t.len(), "{key}: reusing tokenized data");
+                return Ok(t);
+            }
+            Err(e) => tracing::warn!("{key}: {e}; rebuilding it"),
         }
-        tracing::warn!(cache = %path.display(), "{key}: unreadable token cache, rebuilding it");
     }
     let started = std::time::Instant::now();
     let mut tokens: Vec<u32> = Vec::new();
@@ -466,6 +493,26 @@ mod tests {
         assert!(row.windows(2).all(|w| w[1] == w[0] + 1) && row.len() == 11);
         // A fresh sampler with the same seed agrees.
         assert_eq!(e0, starts(&mut Sampler::new(span, 10, 7), 0));
+    }
+
+    #[test]
+    fn damaged_token_files_are_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("t.tokens");
+        let tokens: Vec<u32> = (0..1001).collect();
+        TokenFile::write(&path, &tokens, 1001).unwrap();
+        assert_eq!(TokenFile::open(&path).unwrap().slice(998, 3), [998, 999, 1000]);
+        let good = std::fs::read(&path).unwrap();
+        for at in [HEADER, HEADER + 1000, good.len() - 1] {
+            let mut bytes = good.clone();
+            bytes[at] ^= 0x40;
+            std::fs::write(&path, &bytes).unwrap();
+            let e = TokenFile::open(&path).err().expect("a flipped bit is caught").to_string();
+            assert!(e.contains("t.tokens: damaged token cache: checksum mismatch"), "byte {at}: {e}");
+        }
+        std::fs::write(&path, &good[..good.len() - 2]).unwrap();
+        let e = TokenFile::open(&path).err().unwrap().to_string();
+        assert!(e.contains("size does not match header"), "{e}");
     }
 
     #[test]

@@ -1,20 +1,166 @@
-//! Device and precision selection from `[train] device / precision`, and the host allocator
-//! setting the CLI applies ([`keep_freed_memory`]).
+//! Device and precision selection from `[train] device / precision`, the memory check done
+//! before anything large is allocated ([`check_fits`]), and the host allocator setting the CLI
+//! applies ([`keep_freed_memory`]).
+
+use std::path::Path;
 
 use tch::Device;
 
-use crate::config::{DeviceChoice, Precision, TrainConfig};
+use crate::config::{DeviceChoice, ModelKind, Precision, Recipe, TrainConfig};
 use crate::error::{Error, Result};
+use crate::models::gpt::GptConfig;
+use crate::tokenizer::LoadedTokenizer;
 
-/// Resolves `choice` to a device; `cuda` without a usable GPU is an error naming the key.
+/// Resolves the recipe's `train.device` to a device; `cuda` without a usable GPU is an error
+/// naming the key.
 pub fn select(choice: DeviceChoice) -> Result<Device> {
+    select_as(choice, "train.device")
+}
+
+/// Resolves `choice`, given as `key` (`train.device`, `--device`), to a device; `cuda`
+/// without a usable GPU is an error naming `key`.
+pub fn select_as(choice: DeviceChoice, key: &str) -> Result<Device> {
     match choice {
         DeviceChoice::Cpu => Ok(Device::Cpu),
         DeviceChoice::Auto => Ok(if tch::Cuda::is_available() { Device::Cuda(0) } else { Device::Cpu }),
         DeviceChoice::Cuda if tch::Cuda::is_available() => Ok(Device::Cuda(0)),
-        DeviceChoice::Cuda => Err(Error::Input(
-            "train.device = \"cuda\" but libtorch sees no CUDA device (CPU-only libtorch, no GPU, or no driver)".into(),
-        )),
+        DeviceChoice::Cuda => {
+            let given = if key.starts_with("--") { format!("{key} cuda") } else { format!("{key} = \"cuda\"") };
+            Err(Error::Input(format!("{given} but libtorch sees no CUDA device (CPU-only libtorch, no GPU, or no driver)")))
+        }
+    }
+}
+
+/// Refuses a recipe whose model and micro-batch cannot fit the device it will run on, before
+/// anything is allocated: one error naming the recipe key behind the largest share and the
+/// bytes needed. A lower bound is checked (fp32 weights, gradients and AdamW's two moments of
+/// what trains, the frozen weights, one micro-batch's logits and their gradient, and for
+/// pretraining the residual stream of each layer), so a run that fits is never refused; what
+/// still runs out of memory later fails as a runtime error (exit 1). Problems the run itself
+/// reports (no GPU, no tokenizer, a bad model directory) are left to it.
+pub fn check_training_memory(recipe: &Recipe, file: &Path) -> Result<()> {
+    let Ok(device) = select(recipe.train.device) else { return Ok(()) };
+    let micro = recipe.train.micro_batch_size as u128;
+    // (recipe key, bytes, what they are for)
+    let mut parts: Vec<(&str, u128, String)> = Vec::new();
+    match recipe.model.kind {
+        ModelKind::Gpt => {
+            let m = recipe.model.gpt()?;
+            let vocab = match m.vocab_size {
+                Some(v) => v,
+                None => match recipe.data.tokenizer.as_deref().map(LoadedTokenizer::load) {
+                    Some(Ok(tok)) => tok.vocab_size().div_ceil(64) * 64,
+                    _ => return Ok(()),
+                },
+            };
+            let cfg = GptConfig {
+                vocab_size: vocab,
+                n_layer: m.n_layer,
+                n_head: m.n_head,
+                n_embd: m.n_embd,
+                n_positions: m.n_positions.unwrap_or(m.block_size),
+                dropout: m.dropout,
+                bias: m.bias,
+                layer_norm_eps: 1e-5,
+            };
+            let (v, c, t, l) = (vocab as u128, m.n_embd as u128, m.block_size as u128, m.n_layer as u128);
+            let embedding = v * c;
+            // The logits (tokens × vocabulary) are blamed on the larger of the two factors.
+            let logits = 8 * micro * t * v;
+            let (by_vocab, by_batch) = if v >= micro * t { (logits, 0) } else { (0, logits) };
+            let what = format!("the token embedding ({vocab} × model.n_embd = {}) with its AdamW state{}", m.n_embd, if by_vocab > 0 { ", and the logits" } else { "" });
+            parts.push(("model.vocab_size", 16 * embedding + by_vocab, what));
+            parts.push(("model.n_layer", 16 * (cfg.num_params() - embedding), "the other parameters with their AdamW state".into()));
+            let what = format!("the activations of a micro-batch of {micro} × model.block_size = {t} tokens");
+            parts.push(("train.micro_batch_size", 16 * micro * t * c * l + by_batch, what));
+        }
+        ModelKind::Hf => {
+            let Some(dir) = &recipe.model.path else { return Ok(()) };
+            let Ok((path, value)) = crate::models::hf::read_config(dir) else { return Ok(()) };
+            let (params, vocab) = match crate::models::hf::model_type(&path, &value)? {
+                "gpt2" => GptConfig::from_hf_json(&path).map(|c| (c.num_params(), c.vocab_size))?,
+                t if crate::models::llama::MODEL_TYPES.contains(&t) => {
+                    crate::models::llama::LlamaConfig::from_hf_json(&path, &value).map(|c| (c.num_params(), c.vocab_size))?
+                }
+                _ => return Ok(()), // an unsupported family: loading the model says so
+
+            };
+            let per_param = if recipe.lora.is_some() { 4 } else { 16 };
+            let what = if recipe.lora.is_some() { "the frozen weights (built in fp32)" } else { "the weights with their gradients and AdamW state (full fine-tuning)" };
+            parts.push(("model.path", per_param * params, format!("{} ({params} parameters): {what}", dir.display())));
+            let t = recipe.data.max_length.unwrap_or(1) as u128;
+            parts.push(("train.micro_batch_size", micro * t * 8 * vocab as u128, format!("the logits of a micro-batch of {micro} × data.max_length = {t} tokens")));
+        }
+    }
+    let need: u128 = parts.iter().map(|p| p.1).sum();
+    let (key, _, what) = parts.iter().max_by_key(|p| p.1).expect("parts is not empty");
+    check_fits(device, need).map_err(|msg| Error::Config {
+        file: file.to_path_buf(),
+        key: key.to_string(),
+        msg: format!("training {msg}; the largest share is {what}: {}", human_bytes(parts.iter().map(|p| p.1).max().unwrap_or(0))),
+    })
+}
+
+/// Refuses `need` bytes that `device` cannot hold, before they are allocated (libtorch's
+/// allocation failures surface as panics inside tch). The CPU offers `MemAvailable` of
+/// `/proc/meminfo`, a GPU its total memory. Returns the end of a message, "needs at least …,
+/// more than the … available on …"; Ok when it fits or the memory is unknown.
+pub fn check_fits(device: Device, need: u128) -> std::result::Result<(), String> {
+    let Some((have, source)) = memory_available(device) else { return Ok(()) };
+    if need <= have as u128 {
+        return Ok(());
+    }
+    Err(format!("needs at least {}, more than the {} available ({source})", human_bytes(need), human_bytes(have as u128)))
+}
+
+/// Bytes `device` can hold and where the number comes from; None when unknown.
+pub fn memory_available(device: Device) -> Option<(u64, String)> {
+    match device {
+        Device::Cuda(i) => cuda_total_memory(i).map(|b| (b, format!("total memory of cuda:{i}"))),
+        _ => {
+            let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+            let kb: u64 = text.lines().find_map(|l| l.strip_prefix("MemAvailable:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+            Some((kb * 1024, "MemAvailable in /proc/meminfo".into()))
+        }
+    }
+}
+
+/// `n` bytes as "1.5 GB" (powers of 1000, as `free -H` and nvidia-smi's MB).
+pub fn human_bytes(n: u128) -> String {
+    let units = ["bytes", "kB", "MB", "GB", "TB", "PB", "EB"];
+    let mut v = n as f64;
+    let mut i = 0;
+    while v >= 1000.0 && i + 1 < units.len() {
+        v /= 1000.0;
+        i += 1;
+    }
+    if i == 0 { format!("{n} bytes") } else { format!("{v:.1} {}", units[i]) }
+}
+
+/// Total memory of CUDA device `index`, from the driver (`cuDeviceTotalMem_v2`, which needs no
+/// context); None without a driver.
+fn cuda_total_memory(index: usize) -> Option<u64> {
+    type Init = unsafe extern "C" fn(u32) -> i32;
+    type Get = unsafe extern "C" fn(*mut i32, i32) -> i32;
+    type TotalMem = unsafe extern "C" fn(*mut usize, i32) -> i32;
+    // SAFETY: dlopen/dlsym with NUL-terminated names; the symbols are cast to the signatures
+    // the CUDA driver API documents for them (CUresult = int, CUdevice = int, size_t bytes).
+    unsafe {
+        let lib = libc::dlopen(c"libcuda.so.1".as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL);
+        if lib.is_null() {
+            return None;
+        }
+        let sym = |name: &std::ffi::CStr| libc::dlsym(lib, name.as_ptr());
+        let (init, get, total) = (sym(c"cuInit"), sym(c"cuDeviceGet"), sym(c"cuDeviceTotalMem_v2"));
+        if init.is_null() || get.is_null() || total.is_null() {
+            return None;
+        }
+        let (init, get, total): (Init, Get, TotalMem) = (std::mem::transmute(init), std::mem::transmute(get), std::mem::transmute(total));
+        let (mut dev, mut bytes) = (0i32, 0usize);
+        if init(0) != 0 || get(&mut dev, index as i32) != 0 || total(&mut bytes, dev) != 0 {
+            return None;
+        }
+        Some(bytes as u64)
     }
 }
 
@@ -68,5 +214,21 @@ pub fn keep_freed_memory() {
             libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
             libc::mallopt(libc::M_TOP_PAD, 64 << 20);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_checks_name_the_bytes() {
+        assert_eq!(human_bytes(999), "999 bytes");
+        assert_eq!(human_bytes(10_240_000_000_000), "10.2 TB");
+        assert!(check_fits(Device::Cpu, 1).is_ok(), "a byte always fits");
+        let (have, source) = memory_available(Device::Cpu).expect("Linux has /proc/meminfo");
+        assert!(have > 0 && source.contains("MemAvailable"));
+        let e = check_fits(Device::Cpu, u128::from(have) * 4).unwrap_err();
+        assert!(e.starts_with("needs at least ") && e.ends_with("available (MemAvailable in /proc/meminfo)"), "{e}");
     }
 }

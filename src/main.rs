@@ -146,6 +146,14 @@ enum TokenizerCommand {
 fn main() {
     rankforge::device::keep_freed_memory();
     std::panic::set_hook(Box::new(|info| {
+        // libtorch's allocation failures reach us as panics inside tch: out of memory while
+        // running is a runtime failure (exit 1), not a bug.
+        if let Some(msg) = out_of_memory(info) {
+            let msg = format!("out of memory: {msg}");
+            eprintln!("error: {msg}");
+            write_error_file(&msg, rankforge::error::EXIT_RUNTIME);
+            std::process::exit(rankforge::error::EXIT_RUNTIME);
+        }
         eprintln!("rankforge: internal error (a bug, please report it): {info}");
     }));
     tracing_subscriber::fmt()
@@ -165,10 +173,34 @@ fn main() {
         }
         Err(e) => {
             eprintln!("error: {e}");
-            write_error_file(&e);
+            write_error_file(&e.to_string(), e.exit_code());
             std::process::exit(e.exit_code());
         }
     }
+}
+
+/// The first line of libtorch's message when a panic is an allocation failure (CPU or CUDA).
+fn out_of_memory(info: &std::panic::PanicHookInfo) -> Option<String> {
+    let payload = info.payload();
+    let text = payload.downcast_ref::<String>().map(String::as_str).or_else(|| payload.downcast_ref::<&str>().copied())?;
+    let at = ["can't allocate memory", "out of memory", "Cannot allocate memory"].iter().find_map(|m| text.find(m))?;
+    // The line that holds the marker: tch's panic shows the error as `Torch("…")`, newlines
+    // escaped, the C++ stack trace after the first one.
+    let start = text[..at].rfind(['\n', '"']).map_or(0, |i| i + 1);
+    let rest = &text[start..];
+    let end = [rest.find("\\n"), rest.find('\n'), rest.find("\")")].into_iter().flatten().min().unwrap_or(rest.len());
+    Some(rest[..end].trim().to_string())
+}
+
+/// Refuses a `run.dir` that is, or lies under, something other than a directory.
+fn check_run_dir(recipe: &Recipe, file: &std::path::Path) -> Result<()> {
+    let dir = &recipe.run.dir;
+    let Some(existing) = dir.ancestors().find(|a| !a.as_os_str().is_empty() && a.exists()) else { return Ok(()) };
+    if existing.is_dir() {
+        return Ok(());
+    }
+    let what = if existing == dir.as_path() { "is a file".to_string() } else { format!("lies under {}, which is a file", existing.display()) };
+    Err(Error::Config { file: file.to_path_buf(), key: "run.dir".into(), msg: format!("{} {what}, not a directory", dir.display()) })
 }
 
 /// The dtype to generate in: fp32 on CPU (fast there, exact); on a GPU the model's own dtype
@@ -180,11 +212,11 @@ fn generation_kind(model: &std::path::Path, device: tch::Device) -> tch::Kind {
 
 /// Under a launcher, the error also goes to `$TORCHELASTIC_ERROR_FILE` in torchelastic's
 /// error.json format, for the launcher's failure report.
-fn write_error_file(e: &Error) {
+fn write_error_file(message: &str, exit_code: i32) {
     let Some(path) = std::env::var_os("TORCHELASTIC_ERROR_FILE") else { return };
     let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let v = serde_json::json!({"message": {"message": e.to_string(), "extraInfo": {
-        "py_callstack": format!("rankforge {} (exit code {})", env!("CARGO_PKG_VERSION"), e.exit_code()),
+    let v = serde_json::json!({"message": {"message": message, "extraInfo": {
+        "py_callstack": format!("rankforge {} (exit code {exit_code})", env!("CARGO_PKG_VERSION")),
         "timestamp": secs.to_string(),
     }}});
     let _ = rankforge::fsutil::write_atomic(std::path::Path::new(&path), format!("{v:#}\n").as_bytes());
@@ -194,6 +226,8 @@ fn run(command: Command) -> Result<()> {
     match command {
         Command::Train { config, set, resume, start_over } => {
             let recipe = Recipe::load(&config, &set)?;
+            check_run_dir(&recipe, &config)?;
+            rankforge::device::check_training_memory(&recipe, &config)?;
             let opts = rankforge::recipe_loop::RunOptions { resume, start_over };
             match recipe.model.kind {
                 ModelKind::Gpt => rankforge::train::run(recipe, &opts),
@@ -207,7 +241,7 @@ fn run(command: Command) -> Result<()> {
             Ok(())
         }
         Command::Generate { model, adapter, prompt, raw, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, device, json } => {
-            let device = rankforge::device::select(device)?;
+            let device = rankforge::device::select_as(device, "--device")?;
             if !model.join("config.json").exists() && model.join("final").exists() {
                 return Err(Error::model(&model, "is a run directory; pass its final/ (final/merged/ after LoRA) or a checkpoints/step_* directory"));
             }
@@ -251,6 +285,7 @@ fn run(command: Command) -> Result<()> {
                 return Err(Error::Input("--iters must be at least 1".into()));
             }
             let sizes = bytes.iter().map(|b| rankforge::bench::parse_bytes(b)).collect::<Result<Vec<_>>>()?;
+            rankforge::device::select_as(device, "--device")?;
             rankforge::bench::collective(&sizes, iters, warmup, device)?;
             Ok(())
         }
@@ -262,6 +297,7 @@ fn run(command: Command) -> Result<()> {
                 return Err(Error::Input("--steps must be at least 1".into()));
             }
             let recipe = Recipe::load(&config, &set)?;
+            rankforge::device::check_training_memory(&recipe, &config)?;
             if let Some(line) = rankforge::bench::run(&recipe, steps, warmup)? {
                 println!("{line}");
             }

@@ -57,6 +57,7 @@ pub struct TrainOptions {
 /// Trains a tokenizer on `opts.inputs` and writes `tokenizer.json` and `tokenizer_config.json`
 /// into `opts.output`. Returns the vocabulary size.
 pub fn train(opts: &TrainOptions) -> Result<usize> {
+    check_output_dir(&opts.output)?;
     let files = crate::data::expand_inputs(&opts.inputs, "--input")?;
     let specials = special_tokens(opts);
     let added: Vec<AddedToken> = specials.iter().map(|s| AddedToken::from(s.clone(), true)).collect();
@@ -123,6 +124,20 @@ pub fn train(opts: &TrainOptions) -> Result<usize> {
     let config = tokenizer_config(&tokenizer, None);
     crate::fsutil::write_json_atomic(&opts.output.join("tokenizer_config.json"), &config)?;
     Ok(tokenizer.get_vocab_size(true))
+}
+
+/// `--output` must be a directory or a path one can become: checked before training, which
+/// can take minutes.
+fn check_output_dir(output: &Path) -> Result<()> {
+    let Some(existing) = output.ancestors().find(|a| !a.as_os_str().is_empty() && a.exists()) else { return Ok(()) };
+    if existing.is_dir() {
+        return Ok(());
+    }
+    let what = if existing == output { "is a file".to_string() } else { format!("lies under {}, which is a file", existing.display()) };
+    Err(Error::Input(format!(
+        "--output {} {what}, not a directory (tokenizer.json and tokenizer_config.json are written into it)",
+        output.display()
+    )))
 }
 
 fn special_tokens(opts: &TrainOptions) -> Vec<String> {

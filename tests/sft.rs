@@ -203,6 +203,28 @@ fn malformed_rows_name_file_and_line_or_are_skipped() {
     assert!(e.contains("notes.txt: unsupported file type"), "{e}");
 }
 
+/// Issue 10, item 6: a row that is not UTF-8 is a malformed row at its line (exit 2), which
+/// `skip_malformed` skips, not an I/O error for the whole file.
+#[test]
+fn non_utf8_rows_name_file_and_line_or_are_skipped() {
+    let dir = scratch("sft-utf8");
+    let tok = tiny_tokenizer();
+    let jsonl = dir.join("latin1.jsonl");
+    std::fs::write(&jsonl, b"{\"prompt\": \"a\", \"completion\": \"b\"}\n{\"prompt\": \"caf\xe9\", \"completion\": \"b\"}\n{\"prompt\": \"c\", \"completion\": \"d\"}\n").unwrap();
+    let e = load(json!({"train": jsonl}), &tok).unwrap_err();
+    assert_eq!(e.to_string(), format!("{}: line 2: not UTF-8 text (invalid byte 0xe9 at column 16)", jsonl.display()));
+    assert_eq!(e.exit_code(), rankforge::error::EXIT_BAD_INPUT);
+    let d = load(json!({"train": jsonl, "skip_malformed": true}), &tok).unwrap();
+    assert_eq!((d.stats.rows, d.stats.skipped_malformed, d.train.len()), (3, 1, 2));
+
+    // A JSON array cannot be split into rows: the file is refused, at the line of the byte.
+    let array = dir.join("latin1.json");
+    std::fs::write(&array, b"[\n  {\"prompt\": \"a\", \"completion\": \"b\"},\n  {\"prompt\": \"\xff\", \"completion\": \"b\"}\n]\n").unwrap();
+    let e = load(json!({"train": array, "skip_malformed": true}), &tok).unwrap_err();
+    assert_eq!(e.to_string(), format!("{}: line 3: not UTF-8 text (invalid byte 0xff at column 15)", array.display()));
+    assert_eq!(e.exit_code(), rankforge::error::EXIT_BAD_INPUT);
+}
+
 #[test]
 fn folders_globs_and_validation() {
     let dir = scratch("sft-files");

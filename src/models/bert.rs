@@ -176,10 +176,29 @@ impl EncoderConfig {
             }
             other => return Err(Error::model(path, format!("model_type {other:?} is not an encoder we support (bert, distilbert)"))),
         };
-        if cfg.num_heads == 0 || cfg.hidden_size % cfg.num_heads != 0 {
-            return Err(Error::model(path, format!("hidden size {} is not a multiple of the head count {}", cfg.hidden_size, cfg.num_heads)));
+        // Keys as the family's config.json spells them, for the messages.
+        let keys = match cfg.family {
+            Family::Bert => ["vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "max_position_embeddings"],
+            Family::DistilBert => ["vocab_size", "dim", "n_layers", "n_heads", "hidden_dim", "max_position_embeddings"],
+        };
+        let values = [cfg.vocab_size, cfg.hidden_size, cfg.num_layers, cfg.num_heads, cfg.intermediate_size, cfg.max_position_embeddings];
+        let sizes: Vec<(&str, usize)> = keys.into_iter().zip(values).collect();
+        hf::check_positive(path, &sizes)?;
+        if cfg.hidden_size % cfg.num_heads != 0 {
+            return Err(Error::model(path, format!("{}: {} is not a multiple of {} = {}", keys[1], cfg.hidden_size, keys[3], cfg.num_heads)));
+        }
+        if !(cfg.layer_norm_eps > 0.0 && cfg.layer_norm_eps.is_finite()) {
+            return Err(Error::model(path, format!("layer_norm_eps: {} is not a positive number", cfg.layer_norm_eps)));
         }
         Ok(cfg)
+    }
+
+    /// Parameters of the encoder: what memory checks size.
+    pub fn num_params(&self) -> u128 {
+        let (v, h, i, l) = (self.vocab_size as u128, self.hidden_size as u128, self.intermediate_size as u128, self.num_layers as u128);
+        let (p, t) = (self.max_position_embeddings as u128, self.type_vocab_size as u128);
+        // Per layer: q, k, v, out (with biases), the FFN, two LayerNorms.
+        (v + p + t + 2) * h + l * (4 * h * h + 4 * h + 2 * h * i + i + h + 4 * h)
     }
 
     pub fn names(&self) -> &'static Names {
@@ -257,6 +276,7 @@ impl Encoder {
     pub fn from_pretrained(dir: &Path, device: Device, kind: Kind) -> Result<Encoder> {
         let (path, value) = hf::read_config(dir)?;
         let cfg = EncoderConfig::from_hf_json(&path, &value)?;
+        hf::check_model_fits(&path, device, cfg.num_params(), cfg.vocab_size, ("hidden_size", cfg.hidden_size))?;
         let mut model = Encoder::new(&cfg, device);
         model.vs.set_kind(kind);
         let names = cfg.names();

@@ -81,11 +81,16 @@ impl GptConfig {
         if v["model_type"] != "gpt2" {
             return Err(bad(format!("model_type {} is not \"gpt2\"", v["model_type"])));
         }
+        // The first of `keys` present; it must be a positive integer (a size of the model).
         let int = |keys: &[&str]| -> Result<usize> {
-            keys.iter()
-                .find_map(|k| v[*k].as_u64())
-                .map(|n| n as usize)
-                .ok_or_else(|| bad(format!("missing integer key {}", keys.join(" or "))))
+            let (key, value) = keys
+                .iter()
+                .find_map(|k| Some((*k, v.get(*k).filter(|x| !x.is_null())?)))
+                .ok_or_else(|| bad(format!("missing integer key {}", keys.join(" or "))))?;
+            match value.as_u64() {
+                Some(n) if n > 0 && n <= usize::MAX as u64 => Ok(n as usize),
+                _ => Err(bad(format!("{key}: {value} is not a positive integer"))),
+            }
         };
         let act = v["activation_function"].as_str().unwrap_or("gelu_new");
         if !matches!(act, "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast") {
@@ -99,16 +104,36 @@ impl GptConfig {
         if n_inner.is_some_and(|n| n as usize != 4 * n_embd) {
             return Err(bad("n_inner other than 4·n_embd is not supported".into()));
         }
+        let n_head = int(&["n_head", "num_attention_heads"])?;
+        if n_embd % n_head != 0 {
+            return Err(bad(format!("n_embd: {n_embd} is not divisible by n_head = {n_head}")));
+        }
+        let dropout = v["resid_pdrop"].as_f64().unwrap_or(0.0);
+        if !(0.0..1.0).contains(&dropout) {
+            return Err(bad(format!("resid_pdrop: {dropout} is not in [0, 1)")));
+        }
+        let layer_norm_eps = v["layer_norm_epsilon"].as_f64().unwrap_or(1e-5);
+        if !(layer_norm_eps > 0.0 && layer_norm_eps.is_finite()) {
+            return Err(bad(format!("layer_norm_epsilon: {layer_norm_eps} is not a positive number")));
+        }
         Ok(GptConfig {
             vocab_size: int(&["vocab_size"])?,
             n_layer: int(&["n_layer", "num_hidden_layers"])?,
-            n_head: int(&["n_head", "num_attention_heads"])?,
+            n_head,
             n_embd,
             n_positions: int(&["n_positions", "n_ctx", "max_position_embeddings"])?,
-            dropout: v["resid_pdrop"].as_f64().unwrap_or(0.0),
+            dropout,
             bias: true,
-            layer_norm_eps: v["layer_norm_epsilon"].as_f64().unwrap_or(1e-5),
+            layer_norm_eps,
         })
+    }
+
+    /// Parameters of the model (tied embeddings counted once): what memory checks size.
+    pub fn num_params(&self) -> u128 {
+        let (v, p, c, l) = (self.vocab_size as u128, self.n_positions as u128, self.n_embd as u128, self.n_layer as u128);
+        // Per block: c_attn 3c² + 3c, attn c_proj c² + c, c_fc 4c² + 4c, mlp c_proj 4c² + c,
+        // two LayerNorms 4c.
+        (v + p) * c + l * (12 * c * c + 13 * c) + 2 * c
     }
 }
 
@@ -370,7 +395,9 @@ impl Gpt {
     /// Loads an HF GPT-2 directory into a model of dtype `kind`: `model.safetensors` or
     /// sharded files (`model.safetensors.index.json`), fp32, fp16 or bf16 tensors.
     pub fn from_pretrained_as(dir: &Path, device: Device, kind: Kind) -> Result<Gpt> {
-        let cfg = GptConfig::from_hf_json(&dir.join("config.json"))?;
+        let path = dir.join("config.json");
+        let cfg = GptConfig::from_hf_json(&path)?;
+        hf::check_model_fits(&path, device, cfg.num_params(), cfg.vocab_size, ("n_embd", cfg.n_embd))?;
         let mut model = Gpt::new(&cfg, device);
         model.vs.set_kind(kind);
         let (path, files) = hf::weight_files(dir)?;

@@ -48,6 +48,23 @@ pub fn parse_config<T: DeserializeOwned>(path: &Path, value: &Value) -> Result<T
     })
 }
 
+/// Sizes of a config that must be at least 1: `config.json: key: must be at least 1 (is 0)`.
+pub fn check_positive(path: &Path, sizes: &[(&str, usize)]) -> Result<()> {
+    match sizes.iter().find(|(_, v)| *v == 0) {
+        Some((key, v)) => Err(Error::model(path, format!("{key}: must be at least 1 (is {v})"))),
+        None => Ok(()),
+    }
+}
+
+/// Refuses to build a model of `params` parameters that `device` cannot hold (it is built in
+/// fp32, 4 bytes each, before the weights are copied in): the error names `path` and its
+/// `vocab_size` and `hidden` keys, the usual culprits.
+pub fn check_model_fits(path: &Path, device: tch::Device, params: u128, vocab: usize, hidden: (&str, usize)) -> Result<()> {
+    crate::device::check_fits(device, params * 4).map_err(|msg| {
+        Error::model(path, format!("vocab_size: {vocab} (× {} = {}): the model ({params} parameters in fp32) {msg}", hidden.0, hidden.1))
+    })
+}
+
 /// The `model_type` of a config.
 pub fn model_type<'a>(path: &Path, config: &'a Value) -> Result<&'a str> {
     config["model_type"].as_str().ok_or_else(|| Error::model(path, "no \"model_type\": cannot tell the model family"))

@@ -103,14 +103,35 @@ impl LlamaConfig {
         }
         let heads = f.num_attention_heads;
         let kv_heads = f.num_key_value_heads.unwrap_or(heads);
-        if heads == 0 || kv_heads == 0 || heads % kv_heads != 0 {
-            return Err(bad(format!("num_attention_heads {heads} is not a multiple of num_key_value_heads {kv_heads}")));
+        let sizes = [
+            ("vocab_size", f.vocab_size),
+            ("hidden_size", f.hidden_size),
+            ("intermediate_size", f.intermediate_size),
+            ("num_hidden_layers", f.num_hidden_layers),
+            ("num_attention_heads", heads),
+            ("num_key_value_heads", kv_heads),
+        ];
+        hf::check_positive(path, &sizes)?;
+        if heads % kv_heads != 0 {
+            return Err(bad(format!("num_attention_heads: {heads} is not a multiple of num_key_value_heads = {kv_heads}")));
+        }
+        if f.head_dim.is_none() && f.hidden_size % heads != 0 {
+            return Err(bad(format!("hidden_size: {} is not divisible by num_attention_heads = {heads} (and there is no head_dim)", f.hidden_size)));
         }
         let head_dim = f.head_dim.unwrap_or(f.hidden_size / heads);
-        if head_dim % 2 != 0 {
-            return Err(bad(format!("head_dim {head_dim} must be even for RoPE")));
+        if head_dim == 0 || head_dim % 2 != 0 {
+            return Err(bad(format!("head_dim: {head_dim} must be even and at least 2 for RoPE")));
+        }
+        if let Some(eps) = f.rms_norm_eps.filter(|e| !(*e > 0.0 && e.is_finite())) {
+            return Err(bad(format!("rms_norm_eps: {eps} is not a positive number")));
+        }
+        if f.sliding_window == Some(0) && f.model_type != "qwen2" {
+            return Err(bad("sliding_window: must be at least 1 (or null for full attention)".into()));
         }
         let (rope_theta, rope_scaling) = hf::rope_config(path, value, 10_000.0)?;
+        if !(rope_theta > 0.0 && rope_theta.is_finite()) {
+            return Err(bad(format!("rope_theta: {rope_theta} is not a positive number")));
+        }
         let qwen2 = f.model_type == "qwen2";
         let attention_bias = f.model_type == "llama" && f.attention_bias.unwrap_or(false);
         Ok(LlamaConfig {
@@ -133,6 +154,17 @@ impl LlamaConfig {
             attention_dropout: f.attention_dropout.unwrap_or(0.0),
             initializer_range: f.initializer_range.unwrap_or(0.02),
         })
+    }
+}
+
+impl LlamaConfig {
+    /// Parameters of the model (tied embeddings counted once): what memory checks size.
+    pub fn num_params(&self) -> u128 {
+        let (v, h, i, l) = (self.vocab_size as u128, self.hidden_size as u128, self.intermediate_size as u128, self.num_hidden_layers as u128);
+        let (q, kv) = ((self.num_attention_heads * self.head_dim) as u128, (self.num_key_value_heads * self.head_dim) as u128);
+        let embeddings = if self.tie_word_embeddings { v * h } else { 2 * v * h };
+        // Per layer: q, k, v, o projections, the gated MLP, two RMSNorms (biases ignored).
+        embeddings + l * (2 * h * q + 2 * h * kv + 3 * h * i + 2 * h) + h
     }
 }
 
@@ -234,6 +266,7 @@ impl Llama {
     pub fn from_pretrained(dir: &Path, device: Device, kind: Kind) -> Result<Llama> {
         let (path, value) = hf::read_config(dir)?;
         let cfg = LlamaConfig::from_hf_json(&path, &value)?;
+        hf::check_model_fits(&path, device, cfg.num_params(), cfg.vocab_size, ("hidden_size", cfg.hidden_size))?;
         let mut model = Llama::new(&cfg, device);
         model.vs.set_kind(kind);
         model.load_weights(dir)?;

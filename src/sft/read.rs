@@ -83,14 +83,14 @@ pub fn read_file(path: &Path) -> Result<Vec<Row>> {
     let shared = Arc::new(path.to_path_buf());
     match extension(path).as_deref() {
         Some("json") => {
-            let text = std::fs::read_to_string(path).at(path)?;
-            if text.trim_start().starts_with('[') {
-                json_array(&text, &shared)
+            let bytes = std::fs::read(path).at(path)?;
+            if bytes.trim_ascii_start().starts_with(b"[") {
+                json_array(&utf8_text(&bytes, path)?, &shared)
             } else {
-                Ok(json_lines(&text, &shared))
+                Ok(json_lines(&bytes, &shared))
             }
         }
-        Some("jsonl" | "ndjson") => Ok(json_lines(&std::fs::read_to_string(path).at(path)?, &shared)),
+        Some("jsonl" | "ndjson") => Ok(json_lines(&std::fs::read(path).at(path)?, &shared)),
         Some("csv") => csv_rows(&shared),
         Some("parquet") => parquet_rows(&shared),
         _ => Err(Error::data(path, "unsupported file type: expected .json, .jsonl, .csv or .parquet")),
@@ -116,14 +116,43 @@ pub fn kind(v: &Value) -> &'static str {
     }
 }
 
-fn json_lines(text: &str, path: &Arc<PathBuf>) -> Vec<Row> {
-    text.lines()
+/// Where UTF-8 decoding of a line fails, for messages: "not UTF-8 text (invalid byte 0xff at
+/// column 7)".
+fn not_utf8(line: &[u8], e: std::str::Utf8Error) -> String {
+    let at = e.valid_up_to();
+    format!("not UTF-8 text (invalid byte {:#04x} at column {})", line[at], at + 1)
+}
+
+/// The whole file as text; a non-UTF-8 byte is an error naming its line and column.
+fn utf8_text(bytes: &[u8], path: &Path) -> Result<String> {
+    String::from_utf8(bytes.to_vec()).map_err(|e| {
+        let at = e.utf8_error().valid_up_to();
+        let start = bytes[..at].iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        let line = bytes[..at].iter().filter(|&&b| b == b'\n').count() + 1;
+        let msg = not_utf8(&bytes[start..], std::str::from_utf8(&bytes[start..]).expect_err("the invalid byte is in this line"));
+        Error::data(path, format!("line {line}: {msg}"))
+    })
+}
+
+/// JSON Lines: one row per non-blank line; a line that is not UTF-8 or not a JSON object is a
+/// malformed row at its line.
+fn json_lines(bytes: &[u8], path: &Arc<PathBuf>) -> Vec<Row> {
+    let mut lines: Vec<&[u8]> = bytes.split(|&b| b == b'\n').collect();
+    if lines.last().is_some_and(|l| l.is_empty()) {
+        lines.pop();
+    }
+    lines
+        .into_iter()
         .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, line)| (i, line.strip_suffix(b"\r").unwrap_or(line)))
+        .filter(|(_, l)| !l.trim_ascii().is_empty())
         .map(|(i, line)| Row {
             path: path.clone(),
             loc: Loc::Line(i + 1),
-            fields: serde_json::from_str::<Value>(line).map_err(|e| format!("bad JSON: {e}")).and_then(object),
+            fields: std::str::from_utf8(line)
+                .map_err(|e| not_utf8(line, e))
+                .and_then(|l| serde_json::from_str::<Value>(l).map_err(|e| format!("bad JSON: {e}")))
+                .and_then(object),
         })
         .collect()
 }
@@ -298,11 +327,19 @@ mod tests {
     #[test]
     fn json_lines_report_bad_rows() {
         let path = Arc::new(PathBuf::from("d.jsonl"));
-        let rows = json_lines("{\"a\": 1}\n\n[1]\n{oops\n", &path);
-        assert_eq!(rows.len(), 3);
+        let rows = json_lines(b"{\"a\": 1}\n\n[1]\n{oops\n{\"a\": \"caf\xe9\"}\r\n", &path);
+        assert_eq!(rows.len(), 4);
+        assert_eq!(rows[3].loc, Loc::Line(5));
+        assert_eq!(rows[3].fields.as_ref().unwrap_err(), "not UTF-8 text (invalid byte 0xe9 at column 11)");
         assert!(rows[0].fields.is_ok());
         assert_eq!(rows[1].loc, Loc::Line(3));
         assert_eq!(rows[1].fields.as_ref().unwrap_err(), "expected a JSON object, found an array");
         assert!(rows[2].error(rows[2].fields.as_ref().unwrap_err()).to_string().starts_with("d.jsonl: line 4: bad JSON"));
+    }
+
+    #[test]
+    fn non_utf8_array_files_name_the_line() {
+        let e = utf8_text(b"[\n  {\"a\": 1},\n  {\"a\": \"\xff\"}\n]", Path::new("d.json")).unwrap_err().to_string();
+        assert_eq!(e, "d.json: line 3: not UTF-8 text (invalid byte 0xff at column 10)");
     }
 }
