@@ -2,7 +2,8 @@
 //! seed): adapters rankforge trains load in `PeftModel.from_pretrained` with no missing or
 //! unexpected keys and compute the same logits; the merged model loads in transformers;
 //! adapters PEFT writes (also rsLoRA) load in rankforge with PEFT's logits; wrong keys and
-//! unmatched targets are errors. Reference: tests/py/peft_reference.py.
+//! unmatched targets are errors; `lora.dropout` acts in training on every layer of every
+//! family (GPT-2, Llama, Mistral, Qwen2). Reference: tests/py/peft_reference.py.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -12,7 +13,9 @@ use std::sync::OnceLock;
 use crate::common::*;
 use rankforge::config::TrainConfig;
 use rankforge::lora::{LoraConfig, TargetModules};
-use rankforge::models::gpt::Gpt;
+use rankforge::models::gpt::{Gpt, GptConfig};
+use rankforge::models::llama::{Llama, LlamaConfig};
+use rankforge::models::CausalArch;
 use rankforge::optim::AdamW;
 use tch::{Device, Tensor};
 
@@ -285,5 +288,87 @@ fn peft_adapters_for_llama_and_qwen2_load_with_pefts_logits() {
         rankforge::lora::set_enabled(lm.linears_mut(), false);
         let off = tch::no_grad(|| lm.forward(&ids_tensor(&ids), false, None));
         assert!(max_diff(&off, &reference[adapter]) > 1e-2, "{adapter}: the adapter changes the output");
+    }
+}
+
+/// A freshly initialised 1-layer decoder of `family` with every base dropout 0 (so that only
+/// LoRA's dropout can make training mode differ from eval mode). Mistral's window (4) is
+/// shorter than the test's sequences; Qwen2 has q/k/v biases and tied embeddings; the Llama
+/// and Mistral heads are untied, so `lm_head` can be targeted.
+fn tiny_decoder(family: &str) -> CausalArch {
+    tch::manual_seed(0);
+    if family == "gpt2" {
+        let cfg = GptConfig { vocab_size: 64, n_layer: 1, n_head: 2, n_embd: 16, n_positions: 16, dropout: 0.0, bias: true, layer_norm_eps: 1e-5 };
+        return CausalArch::Gpt2(Gpt::new(&cfg, Device::Cpu));
+    }
+    let config = serde_json::json!({
+        "model_type": family, "vocab_size": 64, "hidden_size": 16, "intermediate_size": 32,
+        "num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "max_position_embeddings": 16, "rms_norm_eps": 1e-6, "hidden_act": "silu", "rope_theta": 10000.0,
+        "attention_dropout": 0.0, "initializer_range": 0.2, "tie_word_embeddings": family == "qwen2",
+        "sliding_window": if family == "mistral" { serde_json::json!(4) } else { serde_json::Value::Null },
+    });
+    let cfg = LlamaConfig::from_hf_json(Path::new("config.json"), &config).unwrap();
+    CausalArch::Llama(Llama::new(&cfg, Device::Cpu))
+}
+
+fn arch_forward(model: &CausalArch, ids: &Tensor, train: bool) -> Tensor {
+    tch::no_grad(|| match model {
+        CausalArch::Gpt2(m) => m.forward(ids, train, None),
+        CausalArch::Llama(m) => m.forward(ids, train, None),
+    })
+}
+
+fn arch_linears(model: &mut CausalArch) -> Vec<rankforge::lora::NamedLinear<'_>> {
+    match model {
+        CausalArch::Gpt2(m) => m.linears_mut(),
+        CausalArch::Llama(m) => m.linears_mut(),
+    }
+}
+
+/// `lora.dropout` acts in training on every path of every family: with an adapter on one
+/// kind of layer at a time (B nonzero), training-mode logits differ from eval-mode logits
+/// when `lora.dropout` = 0.1, the masks follow tch's seed (same seed, same logits: what makes
+/// 1 vs 2 ranks and resume exact), and with `lora.dropout` = 0 training equals eval exactly
+/// (the base models have no dropout of their own, so the test can tell).
+#[test]
+fn lora_dropout_acts_in_training_for_every_family() {
+    let llama_layers = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+    let families: [(&str, Vec<&str>); 4] = [
+        ("gpt2", vec!["c_attn", "attn.c_proj", "c_fc", "mlp.c_proj"]),
+        ("llama", [&llama_layers[..], &["lm_head"]].concat()),
+        ("mistral", [&llama_layers[..], &["lm_head"]].concat()),
+        ("qwen2", llama_layers.to_vec()),
+    ];
+    let ids = Tensor::from_slice(&(0..16).map(|i| (i * 7 + 3) % 64).collect::<Vec<i64>>()).view([2, 8]);
+    for (family, layers) in families {
+        for layer in layers {
+            for dropout in [0.1, 0.0] {
+                let mut model = tiny_decoder(family);
+                let cfg = LoraConfig { r: 4, alpha: 8.0, dropout, target_modules: targets(&[layer]), use_rslora: false };
+                rankforge::lora::inject(arch_linears(&mut model), &cfg, Device::Cpu, 1).unwrap();
+                for (name, b) in rankforge::lora::adapter_parameters(&arch_linears(&mut model)) {
+                    if name.contains(".lora_B.") {
+                        let _ = tch::no_grad(|| b.shallow_clone().normal_(0.0, 1.0));
+                    }
+                }
+                let eval = arch_forward(&model, &ids, false);
+                let train = |seed: i64| {
+                    tch::manual_seed(seed);
+                    arch_forward(&model, &ids, true)
+                };
+                let (a, again, other) = (train(5), train(5), train(6));
+                let what = format!("{family} {layer}, lora.dropout = {dropout}");
+                assert_eq!(max_diff(&a, &again), 0.0, "{what}: the same seed draws the same masks");
+                if dropout > 0.0 {
+                    let d = max_diff(&a, &eval);
+                    assert!(d > 1e-3, "{what}: training mode must apply the adapter's dropout (|train - eval| = {d:e})");
+                    let d = max_diff(&a, &other);
+                    assert!(d > 1e-3, "{what}: another seed draws other masks (|difference| = {d:e})");
+                } else {
+                    assert_eq!(max_diff(&a, &eval), 0.0, "{what}: without dropout training mode is eval mode");
+                }
+            }
+        }
     }
 }
