@@ -12,28 +12,31 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 TORCH_VERSION=2.11.0
-# Everything the tests import. Bump STAMP when this list changes.
-# peft and trl are the reference implementations of the LoRA and SFT conformance tests;
-# pyarrow writes their Parquet inputs.
-PY_PACKAGES=("torch==${TORCH_VERSION}" "transformers>=4.57" "tokenizers>=0.22" "safetensors" "numpy"
-             "peft==0.21.2" "trl==1.16.0" "pyarrow")
-STAMP="torch-${TORCH_VERSION} transformers tokenizers safetensors numpy peft-0.21.2 trl-1.16.0 pyarrow v2"
+# Everything the tests import, pinned exactly with all their dependencies (a lock file), so a
+# fresh machine tests against the same packages as every other: peft and trl are the reference
+# implementations of the LoRA and SFT conformance tests, pyarrow writes their Parquet inputs.
+# The stamp is the file's hash: editing it reinstalls.
+REQUIREMENTS=scripts/requirements-test.txt
+PIP_VERSION=26.3
+grep -qx "torch==${TORCH_VERSION}" "$REQUIREMENTS" || { echo "setup: $REQUIREMENTS must pin torch==${TORCH_VERSION} (the libtorch tch binds)" >&2; exit 1; }
 
 PYTHON=${PYTHON:-python3}
-command -v "$PYTHON" >/dev/null || { echo "setup: $PYTHON not found; install Python 3.9+" >&2; exit 1; }
+command -v "$PYTHON" >/dev/null || { echo "setup: $PYTHON not found; install Python 3.11+" >&2; exit 1; }
+"$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "setup: $PYTHON is $("$PYTHON" -V 2>&1); the pinned packages ($REQUIREMENTS) need Python 3.11+ (set PYTHON=python3.11)" >&2; exit 1; }
 pyver=$("$PYTHON" -c 'import sys; print(f"{sys.version_info[0]}{sys.version_info[1]}")')
 cache=${RANKFORGE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/rankforge}
 venv="$cache/venv-torch-${TORCH_VERSION}-py${pyver}"
+STAMP="pip-${PIP_VERSION} $(basename "$REQUIREMENTS") sha256 $("$PYTHON" -c 'import hashlib, sys; print(hashlib.sha256(open(sys.argv[1], "rb").read()).hexdigest())' "$REQUIREMENTS")"
 
 if [ ! -f "$venv/.rankforge-stamp" ] || [ "$(cat "$venv/.rankforge-stamp")" != "$STAMP" ]; then
-  echo "setup: installing ${PY_PACKAGES[*]} into $venv (once per user; ~1-2 min, 4.6 GB)"
+  echo "setup: installing $REQUIREMENTS into $venv (once per user, and again when the file changes; ~1-2 min, 4.6 GB)"
   mkdir -p "$cache"
   # Serialize concurrent setups (two checkouts, CI beside a developer) on the shared cache.
   exec 9>"$cache/.setup.lock"; flock 9
   if [ ! -f "$venv/.rankforge-stamp" ] || [ "$(cat "$venv/.rankforge-stamp")" != "$STAMP" ]; then
     [ -x "$venv/bin/python" ] || "$PYTHON" -m venv "$venv"
-    "$venv/bin/python" -m pip install -q --upgrade pip
-    "$venv/bin/python" -m pip install -q "${PY_PACKAGES[@]}"
+    "$venv/bin/python" -m pip install -q "pip==${PIP_VERSION}"
+    "$venv/bin/python" -m pip install -q -r "$REQUIREMENTS"
     echo "$STAMP" > "$venv/.rankforge-stamp"
   fi
   flock -u 9

@@ -349,7 +349,7 @@ mod tests {
         let mut a = Linear::new(&vs.root() / "a", 6, 5, true, 0.5);
         let mut b = Linear::new(&vs.root() / "b", 5, 3, false, 0.5);
         let x = Tensor::randn([4, 6], (Kind::Float, Device::Cpu));
-        let base = a.forward(&x);
+        let base = a.forward_t(&x, false);
         let e = inject(vec![nl("x.a", &mut a, false), nl("x.b", &mut b, true)], &cfg(names(&["a", "q"])), Device::Cpu, 1)
             .unwrap_err()
             .to_string();
@@ -362,17 +362,17 @@ mod tests {
         assert_eq!((l.lora_a.size(), l.lora_b.size()), (vec![2, 6], vec![5, 2]));
         assert!(l.lora_a.abs().max().double_value(&[]) <= 1.0 / 6f64.sqrt());
         assert!(l.lora_a.requires_grad());
-        assert_eq!((a.forward(&x) - &base).abs().max().double_value(&[]), 0.0, "B = 0: the base function");
+        assert_eq!((a.forward_t(&x, false) - &base).abs().max().double_value(&[]), 0.0, "B = 0: the base function");
         let _ = tch::no_grad(|| a.lora.as_mut().unwrap().lora_b.normal_(0.0, 1.0));
-        let adapted = a.forward(&x);
+        let adapted = a.forward_t(&x, false);
         assert!((&adapted - &base).abs().max().double_value(&[]) > 1e-2);
         set_enabled(vec![nl("x.a", &mut a, false)], false);
-        assert_eq!((a.forward(&x) - &base).abs().max().double_value(&[]), 0.0);
+        assert_eq!((a.forward_t(&x, false) - &base).abs().max().double_value(&[]), 0.0);
         assert!(merge(vec![nl("x.a", &mut a, false)]).is_err(), "disabled adapters do not merge");
         set_enabled(vec![nl("x.a", &mut a, false)], true);
         assert_eq!(merge(vec![nl("x.a", &mut a, false)]).unwrap(), ["x.a"]);
         assert!(a.lora.is_none());
-        assert!((a.forward(&x) - &adapted).abs().max().double_value(&[]) < 1e-5);
+        assert!((a.forward_t(&x, false) - &adapted).abs().max().double_value(&[]) < 1e-5);
     }
 
     #[test]
@@ -386,7 +386,7 @@ mod tests {
         assert_eq!((l.lora_a.kind(), l.lora_b.kind()), (Kind::Float, Kind::Float));
         let _ = tch::no_grad(|| l.lora_b.fill_(0.1));
         let x = Tensor::randn([3, 8], (Kind::BFloat16, Device::Cpu));
-        let y = a.forward(&x);
+        let y = a.forward_t(&x, false);
         assert_eq!(y.kind(), Kind::BFloat16, "the output keeps the base dtype");
         let want = a.weight.to_kind(Kind::Float);
         merge(vec![nl("a", &mut a, false)]).unwrap();

@@ -197,7 +197,8 @@ fn low_precision_files_load_exactly_into_low_precision_models() {
     // bf16 math is coarse but must still be the same function.
     let r = refs("llama_linear_bf16");
     let ours = logits(&model, &r["input_ids"]);
-    assert!(max_diff(&ours, &r["output"]) < 0.25, "bf16 logits are far off");
+    let d = max_diff(&ours, &r["output"]);
+    assert!(d < 0.25, "bf16 logits are far off: {d:e}");
     // And an fp16 file into a bf16 model (converted on load).
     let q = CausalLm::from_pretrained(&models().join("qwen2_fp16"), Device::Cpu, Kind::BFloat16).unwrap();
     assert!(q.named_parameters().iter().all(|(_, t)| t.kind() == Kind::BFloat16));
@@ -215,7 +216,8 @@ fn old_layernorm_gamma_beta_names_load() {
     let r = refs("bert_mlm");
     let model = Encoder::from_pretrained(&dir, Device::Cpu, Kind::Float).unwrap();
     let ours = tch::no_grad(|| model.forward(&r["input_ids"], r.get("attention_mask"), r.get("token_type_ids"), false));
-    assert!(max_diff(&ours, &r["output"]) <= TOL);
+    let d = max_diff(&ours, &r["output"]);
+    assert!(d <= TOL, "rankforge vs transformers: {d:e}");
 }
 
 /// Prefill 5 tokens, then a chunk of 3, then one at a time: the same logits as one full pass.
@@ -305,11 +307,13 @@ fn saved_and_resized_models_load_in_transformers() {
             assert_eq!(model.vocab_size(), n);
             let after = logits(&model, &ids);
             assert_eq!(after.size()[2], n as i64);
-            assert!(max_diff(&after.narrow(2, 0, VOCAB as i64), &before) <= 1e-5, "{name}: old tokens' logits changed");
+            let d = max_diff(&after.narrow(2, 0, VOCAB as i64), &before);
+            assert!(d <= 1e-5, "{name}: old tokens' logits changed by {d:e}");
             for (pname, p) in model.named_parameters() {
                 if pname.ends_with("embed_tokens.weight") || pname.ends_with("wte.weight") || pname == "lm_head.weight" {
                     let mean = p.narrow(0, 0, VOCAB as i64).mean_dim(0, false, Kind::Float);
-                    assert!(max_diff(&p.get(VOCAB as i64 + 1), &mean) <= 1e-6, "{pname}: new rows are the mean");
+                    let d = max_diff(&p.get(VOCAB as i64 + 1), &mean);
+                    assert!(d <= 1e-6, "{pname}: new rows are the mean (off by {d:e})");
                 }
             }
         }

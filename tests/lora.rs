@@ -2,7 +2,8 @@
 //! seed): adapters rankforge trains load in `PeftModel.from_pretrained` with no missing or
 //! unexpected keys and compute the same logits; the merged model loads in transformers;
 //! adapters PEFT writes (also rsLoRA) load in rankforge with PEFT's logits; wrong keys and
-//! unmatched targets are errors. Reference: tests/py/peft_reference.py.
+//! unmatched targets are errors; `lora.dropout` acts in training on every layer of every
+//! family (GPT-2, Llama, Mistral, Qwen2). Reference: tests/py/peft_reference.py.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -12,7 +13,9 @@ use std::sync::OnceLock;
 use crate::common::*;
 use rankforge::config::TrainConfig;
 use rankforge::lora::{LoraConfig, TargetModules};
-use rankforge::models::gpt::Gpt;
+use rankforge::models::gpt::{Gpt, GptConfig};
+use rankforge::models::llama::{Llama, LlamaConfig};
+use rankforge::models::CausalArch;
 use rankforge::optim::AdamW;
 use tch::{Device, Tensor};
 
@@ -109,7 +112,8 @@ fn rankforge_adapter_loads_in_peft_and_merged_model_in_transformers() {
         assert!(!after.grad().defined(), "base weight {name} has a gradient");
     }
     let b = &model.lora_parameters()[1];
-    assert!(b.0.ends_with("lora_B.weight") && b.1.abs().max().double_value(&[]) > 1e-3);
+    let moved = b.1.abs().max().double_value(&[]);
+    assert!(b.0.ends_with("lora_B.weight") && moved > 1e-3, "{} moved by at most {moved:e}", b.0);
 
     let adapter_dir = work.join("adapter");
     rankforge::lora::save_adapter(&adapter_dir, &model.linears_mut(), &cfg, Some(base_dir.to_str().unwrap()), "CAUSAL_LM").unwrap();
@@ -122,10 +126,12 @@ fn rankforge_adapter_loads_in_peft_and_merged_model_in_transformers() {
     // Reload in rankforge, merge, write the merged model.
     let mut reloaded = Gpt::from_pretrained(&base_dir, Device::Cpu).unwrap();
     reloaded.load_adapter(&adapter_dir).unwrap();
-    assert!(max_diff(&logits(&reloaded, &r.ids), &ours) <= 1e-6);
+    let d = max_diff(&logits(&reloaded, &r.ids), &ours);
+    assert!(d <= 1e-6, "the reloaded adapter vs the trained one: {d:e}");
     assert_eq!(reloaded.merge_lora().unwrap().len(), 6);
     assert!(!reloaded.has_lora());
-    assert!(max_diff(&logits(&reloaded, &r.ids), &ours) <= 1e-5, "merging keeps the function");
+    let d = max_diff(&logits(&reloaded, &r.ids), &ours);
+    assert!(d <= 1e-5, "merging keeps the function: {d:e}");
     let merged_dir = work.join("merged");
     std::fs::create_dir_all(&merged_dir).unwrap();
     reloaded.save_pretrained(&merged_dir, Some(0)).unwrap();
@@ -148,15 +154,24 @@ fn rankforge_adapter_loads_in_peft_and_merged_model_in_transformers() {
     let effect = max_diff(&py["disabled"], &ours);
     eprintln!("losses {losses:?}; PEFT vs rankforge {d:.2e}; adapter effect {effect:.3}; {report}");
     assert!(effect > 1e-2, "the adapter must matter for the comparison to mean something: {effect}");
-    assert!(max_diff(&py["disabled"], &ref_logits["base"]) <= 1e-5, "disabled = base");
+    // Disabled = base, in two steps so that a failure says which one: PEFT with its adapters
+    // disabled runs exactly the base layers of the model it wraps (same process, same weights
+    // in memory: no rounding to allow for), and that base, reloaded from base/, is the model
+    // that `make` wrote (another process: at most reduction-order differences).
+    let (disabled, reloaded) = (max_diff(&py["disabled"], &py["base"]), max_diff(&py["base"], &ref_logits["base"]));
+    eprintln!("disabled vs base {disabled:e}; reloaded base vs written base {reloaded:e}");
+    assert!(disabled <= 1e-6, "PEFT with the adapters disabled vs the base model it wraps: {disabled:e}");
+    assert!(reloaded <= 1e-5, "the base model reloaded from base/ vs the one that wrote it: {reloaded:e}");
     let d = max_diff(&py["merged"], &ours);
     assert!(d <= 1e-4, "transformers on the merged model vs rankforge: {d}");
-    assert!(max_diff(&py["peft_merged"], &py["merged"]) <= 1e-4);
+    let d = max_diff(&py["peft_merged"], &py["merged"]);
+    assert!(d <= 1e-4, "PEFT's merge_and_unload vs rankforge's merged model in transformers: {d:e}");
     assert!(report["merged_weight_diff"].as_f64().unwrap() <= 1e-5, "merged weights vs PEFT's merge_and_unload: {report}");
 
     // Disabling the adapters gives the base model (DPO's reference).
     assert_eq!(model.set_lora_enabled(false), 6);
-    assert!(max_diff(&logits(&model, &r.ids), &ref_logits["base"]) <= 1e-4);
+    let d = max_diff(&logits(&model, &r.ids), &ref_logits["base"]);
+    assert!(d <= 1e-4, "rankforge with the adapters disabled vs transformers' base model: {d:e}");
 
     // generate --adapter = generate from the merged model.
     let tok = rankforge::tokenizer::LoadedTokenizer::load(&fixture().tokenizer).unwrap();
@@ -196,7 +211,8 @@ fn peft_adapters_load_in_rankforge_with_peft_logits() {
         let d = max_diff(&logits(&model, &r.ids), &ref_logits[name]);
         assert!(d <= 1e-4, "{name}: rankforge vs PEFT logits {d}");
         eprintln!("{name}: rankforge vs PEFT {d:.2e}");
-        assert!(max_diff(&ref_logits[name], &ref_logits["base"]) > 1e-2, "{name} must change the logits");
+        let effect = max_diff(&ref_logits[name], &ref_logits["base"]);
+        assert!(effect > 1e-2, "{name} must change the logits: {effect:e}");
         let trainable = model.trainable_parameters();
         assert_eq!(count(&trainable), r.trainable[name].as_i64().unwrap(), "{name}: PEFT's trainable count");
         // Save again and compare the tensors with PEFT's file.
@@ -210,7 +226,8 @@ fn peft_adapters_load_in_rankforge_with_peft_logits() {
             assert!(t1.equal(t2), "{n1} changed on the round trip");
         }
     }
-    assert!(max_diff(&ref_logits["peft"], &ref_logits["peft_rslora"]) > 1e-2, "rsLoRA scales differently");
+    let d = max_diff(&ref_logits["peft"], &ref_logits["peft_rslora"]);
+    assert!(d > 1e-2, "rsLoRA scales differently: {d:e}");
 }
 
 /// (d) a wrong-prefix adapter and a target that matches nothing are errors naming the keys
@@ -284,6 +301,89 @@ fn peft_adapters_for_llama_and_qwen2_load_with_pefts_logits() {
         // The adapter matters: without it the logits are the base model's, far from PEFT's.
         rankforge::lora::set_enabled(lm.linears_mut(), false);
         let off = tch::no_grad(|| lm.forward(&ids_tensor(&ids), false, None));
-        assert!(max_diff(&off, &reference[adapter]) > 1e-2, "{adapter}: the adapter changes the output");
+        let d = max_diff(&off, &reference[adapter]);
+        assert!(d > 1e-2, "{adapter}: the adapter changes the output: {d:e}");
+    }
+}
+
+/// A freshly initialised 1-layer decoder of `family` (random weights: other tests draw from
+/// tch's RNG concurrently, so not always the same ones) with every base dropout 0 (so that only
+/// LoRA's dropout can make training mode differ from eval mode). Mistral's window (4) is
+/// shorter than the test's sequences; Qwen2 has q/k/v biases and tied embeddings; the Llama
+/// and Mistral heads are untied, so `lm_head` can be targeted.
+fn tiny_decoder(family: &str) -> CausalArch {
+    tch::manual_seed(0);
+    if family == "gpt2" {
+        let cfg = GptConfig { vocab_size: 64, n_layer: 1, n_head: 2, n_embd: 16, n_positions: 16, dropout: 0.0, bias: true, layer_norm_eps: 1e-5 };
+        return CausalArch::Gpt2(Gpt::new(&cfg, Device::Cpu));
+    }
+    let config = serde_json::json!({
+        "model_type": family, "vocab_size": 64, "hidden_size": 16, "intermediate_size": 32,
+        "num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "max_position_embeddings": 16, "rms_norm_eps": 1e-6, "hidden_act": "silu", "rope_theta": 10000.0,
+        "attention_dropout": 0.0, "initializer_range": 0.2, "tie_word_embeddings": family == "qwen2",
+        "sliding_window": if family == "mistral" { serde_json::json!(4) } else { serde_json::Value::Null },
+    });
+    let cfg = LlamaConfig::from_hf_json(Path::new("config.json"), &config).unwrap();
+    CausalArch::Llama(Llama::new(&cfg, Device::Cpu))
+}
+
+fn arch_forward(model: &CausalArch, ids: &Tensor, train: bool) -> Tensor {
+    tch::no_grad(|| match model {
+        CausalArch::Gpt2(m) => m.forward(ids, train, None),
+        CausalArch::Llama(m) => m.forward(ids, train, None),
+    })
+}
+
+fn arch_linears(model: &mut CausalArch) -> Vec<rankforge::lora::NamedLinear<'_>> {
+    match model {
+        CausalArch::Gpt2(m) => m.linears_mut(),
+        CausalArch::Llama(m) => m.linears_mut(),
+    }
+}
+
+/// `lora.dropout` acts in training on every path of every family: with an adapter on one
+/// kind of layer at a time (B nonzero), training-mode logits differ from eval-mode logits and
+/// from another training pass when `lora.dropout` = 0.1, and with `lora.dropout` = 0 training
+/// equals eval exactly (the base models have no dropout of their own, so the test can tell).
+/// No assertion depends on tch's global RNG state, which the tests running beside this one in
+/// the same process draw from too: that the masks follow the per-micro-batch seed is shown by
+/// the runs of tests/finetune.rs (one process per rank), 1 vs 2 ranks and resume exact with
+/// `lora.dropout` = 0.1.
+#[test]
+fn lora_dropout_acts_in_training_for_every_family() {
+    let llama_layers = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+    let families: [(&str, Vec<&str>); 4] = [
+        ("gpt2", vec!["c_attn", "attn.c_proj", "c_fc", "mlp.c_proj"]),
+        ("llama", [&llama_layers[..], &["lm_head"]].concat()),
+        ("mistral", [&llama_layers[..], &["lm_head"]].concat()),
+        ("qwen2", llama_layers.to_vec()),
+    ];
+    let ids = Tensor::from_slice(&(0..16).map(|i| (i * 7 + 3) % 64).collect::<Vec<i64>>()).view([2, 8]);
+    for (family, layers) in families {
+        for layer in layers {
+            for dropout in [0.1, 0.0] {
+                let mut model = tiny_decoder(family);
+                let cfg = LoraConfig { r: 4, alpha: 8.0, dropout, target_modules: targets(&[layer]), use_rslora: false };
+                rankforge::lora::inject(arch_linears(&mut model), &cfg, Device::Cpu, 1).unwrap();
+                for (name, b) in rankforge::lora::adapter_parameters(&arch_linears(&mut model)) {
+                    if name.contains(".lora_B.") {
+                        let _ = tch::no_grad(|| b.shallow_clone().normal_(0.0, 1.0));
+                    }
+                }
+                let eval = arch_forward(&model, &ids, false);
+                let (a, b) = (arch_forward(&model, &ids, true), arch_forward(&model, &ids, true));
+                let what = format!("{family} {layer}, lora.dropout = {dropout}");
+                if dropout > 0.0 {
+                    let d = max_diff(&a, &eval);
+                    assert!(d > 1e-3, "{what}: training mode must apply the adapter's dropout (|train - eval| = {d:e})");
+                    let d = max_diff(&a, &b);
+                    assert!(d > 1e-3, "{what}: each training pass draws new masks (|difference| = {d:e})");
+                } else {
+                    assert_eq!(max_diff(&a, &eval), 0.0, "{what}: without dropout training mode is eval mode");
+                    assert_eq!(max_diff(&a, &b), 0.0, "{what}: without dropout training mode is deterministic");
+                }
+            }
+        }
     }
 }

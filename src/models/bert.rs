@@ -310,8 +310,8 @@ impl Encoder {
         for layer in &self.layers {
             let a = self.attn(layer, &x, mask.as_ref(), train).dropout(self.cfg.hidden_dropout, train);
             let h = layer.attn_norm.forward(&(&x + a));
-            let f = self.act(&layer.ffn_in.forward(&h));
-            let f = layer.ffn_out.forward(&f).dropout(self.cfg.hidden_dropout, train);
+            let f = self.act(&layer.ffn_in.forward_t(&h, train));
+            let f = layer.ffn_out.forward_t(&f, train).dropout(self.cfg.hidden_dropout, train);
             x = layer.out_norm.forward(&(&h + f));
         }
         x
@@ -321,10 +321,10 @@ impl Encoder {
         let (b, t, c) = x.size3().expect("activations are (B, T, H)");
         let nh = self.cfg.num_heads as i64;
         let heads = |y: Tensor| y.view([b, t, nh, c / nh]).transpose(1, 2); // (B, nh, T, hd)
-        let (q, k, v) = (heads(layer.query.forward(x)), heads(layer.key.forward(x)), heads(layer.value.forward(x)));
+        let (q, k, v) = (heads(layer.query.forward_t(x, train)), heads(layer.key.forward_t(x, train)), heads(layer.value.forward_t(x, train)));
         let p = if train { self.cfg.attention_dropout } else { 0.0 };
         let y = Tensor::scaled_dot_product_attention(&q, &k, &v, mask, p, false, None, false); // (B, nh, T, hd)
-        layer.attn_out.forward(&y.transpose(1, 2).contiguous().view([b, t, c]))
+        layer.attn_out.forward_t(&y.transpose(1, 2).contiguous().view([b, t, c]), train)
     }
 
     fn act(&self, x: &Tensor) -> Tensor {

@@ -23,12 +23,9 @@ impl Linear {
         Linear { weight, bias, lora: None }
     }
 
-    /// Inference forward (no adapter dropout).
-    pub fn forward(&self, x: &Tensor) -> Tensor {
-        self.forward_t(x, false)
-    }
-
-    /// Forward; `train` switches the adapter's dropout on.
+    /// Forward; `train` switches the adapter's dropout on. There is deliberately no
+    /// train-less `forward`: every model passes its own `train` flag, so `lora.dropout` can
+    /// never be dropped silently on some path.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
         let y = x.linear(&self.weight, self.bias.as_ref());
         match &self.lora {

@@ -299,7 +299,7 @@ impl Llama {
     pub fn forward(&self, ids: &Tensor, train: bool, mut cache: Option<&mut KvCache>) -> Tensor {
         let x = self.forward_hidden(ids, train, cache.as_deref_mut());
         match &self.lm_head {
-            Some(head) => head.forward(&x),
+            Some(head) => head.forward_t(&x, train),
             None => x.linear::<Tensor>(&self.embed_tokens, None), // tied: (B, T, V)
         }
     }
@@ -318,8 +318,7 @@ impl Llama {
             let h = layer.input_layernorm.forward(&x);
             x = &x + self.attn(layer, &h, (&cos, &sin), past, train, slot);
             let h = layer.post_attention_layernorm.forward(&x);
-            let mlp = &layer.mlp;
-            x = &x + mlp.down_proj.forward(&(mlp.gate_proj.forward(&h).silu() * mlp.up_proj.forward(&h)));
+            x = &x + Self::mlp(&layer.mlp, &h, train);
         }
         if let Some(c) = cache {
             c.len += t as usize;
@@ -340,9 +339,9 @@ impl Llama {
         let a = &layer.self_attn;
         let (nh, nkv, hd) = (self.cfg.num_attention_heads as i64, self.cfg.num_key_value_heads as i64, self.cfg.head_dim as i64);
         let heads = |y: Tensor, n: i64| y.view([b, t, n, hd]).transpose(1, 2); // (B, n, T, hd)
-        let q = Rope::apply(&heads(a.q_proj.forward(x), nh), cos, sin);
-        let k = Rope::apply(&heads(a.k_proj.forward(x), nkv), cos, sin);
-        let v = heads(a.v_proj.forward(x), nkv);
+        let q = Rope::apply(&heads(a.q_proj.forward_t(x, train), nh), cos, sin);
+        let k = Rope::apply(&heads(a.k_proj.forward_t(x, train), nkv), cos, sin);
+        let v = heads(a.v_proj.forward_t(x, train), nkv);
         let (k, v) = match slot {
             Some(slot) => cache_append(slot, k, v), // (B, nkv, P+T, hd)
             None => (k, v),
@@ -350,7 +349,13 @@ impl Llama {
         let (mask, causal) = attention_mask(t, past, layer.window, x.device());
         let p = if train { self.cfg.attention_dropout } else { 0.0 };
         let y = Tensor::scaled_dot_product_attention(&q, &k, &v, mask, p, causal, None, nkv != nh); // (B, nh, T, hd)
-        a.o_proj.forward(&y.transpose(1, 2).contiguous().view([b, t, nh * hd]))
+        a.o_proj.forward_t(&y.transpose(1, 2).contiguous().view([b, t, nh * hd]), train)
+    }
+
+    /// `down(silu(gate(x)) · up(x))`; `train` switches the LoRA adapters' dropout on.
+    fn mlp(mlp: &Mlp, x: &Tensor, train: bool) -> Tensor {
+        let gated = mlp.gate_proj.forward_t(x, train).silu() * mlp.up_proj.forward_t(x, train);
+        mlp.down_proj.forward_t(&gated, train)
     }
 
     /// Every linear layer with its HF module path (none is a Conv1D).

@@ -29,6 +29,12 @@ from transformers import (AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, Lla
                           LlamaForCausalLM, PreTrainedTokenizerFast)
 from transformers.utils import logging as hf_logging
 
+# Reproducible references: one intra-op thread, so that no reduction depends on how many cores
+# this machine has or how busy they are, and synchronous weight loading (transformers 5 otherwise
+# materialises the tensors of from_pretrained on a thread pool).
+torch.set_num_threads(1)
+os.environ["HF_DEACTIVATE_ASYNC_LOAD"] = "1"
+
 hf_logging.set_verbosity_error()
 
 CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"

@@ -9,11 +9,18 @@ writes what the Rust test compares against:
 usage: hf_gpt2_reference.py MODEL_DIR IDS_JSON OUT_SAFETENSORS PROMPT MAX_NEW_TOKENS
 """
 import json
+import os
 import sys
 
 import torch
 from safetensors.torch import save_file
 from transformers import AutoTokenizer, GPT2LMHeadModel
+
+# Reproducible references: one intra-op thread, so that no reduction depends on how many cores
+# this machine has or how busy they are, and synchronous weight loading (transformers 5 otherwise
+# materialises the tensors of from_pretrained on a thread pool).
+torch.set_num_threads(1)
+os.environ["HF_DEACTIVATE_ASYNC_LOAD"] = "1"
 
 
 def main() -> None:

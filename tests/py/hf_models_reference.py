@@ -39,6 +39,12 @@ from transformers import (AutoModel, AutoModelForCausalLM, BertConfig, BertForMa
                           GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, MistralConfig,
                           MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM)
 
+# Reproducible references: one intra-op thread, so that no reduction depends on how many cores
+# this machine has or how busy they are, and synchronous weight loading (transformers 5 otherwise
+# materialises the tensors of from_pretrained on a thread pool).
+torch.set_num_threads(1)
+os.environ["HF_DEACTIVATE_ASYNC_LOAD"] = "1"
+
 VOCAB = 320
 T = 12
 

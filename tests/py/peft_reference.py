@@ -16,8 +16,8 @@ usage:
       Writes their logits to OUT_DIR/ref_logits.safetensors and prints PEFT's trainable counts.
   peft_reference.py check BASE_DIR ADAPTER_DIR MERGED_DIR IDS_JSON OUT_SAFETENSORS
       Loads ADAPTER_DIR (written by rankforge) with PeftModel.from_pretrained as a user would,
-      and MERGED_DIR with GPT2LMHeadModel. Writes logits (adapted, adapters disabled, merged,
-      PEFT's own merge_and_unload) and prints a JSON report: the warnings PEFT emitted while
+      and MERGED_DIR with GPT2LMHeadModel. Writes logits (the base model before PEFT wraps it,
+      adapted, adapters disabled, merged, PEFT's own merge_and_unload) and prints a JSON report: the warnings PEFT emitted while
       loading, the missing/unexpected keys of load_adapter, how the file's keys compare with
       the keys PEFT itself would save for this config, and the largest difference between the
       merged weights rankforge wrote and PEFT's merge_and_unload.
@@ -34,6 +34,12 @@ from transformers.utils import logging as hf_logging
 
 from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict
 from peft.utils import load_peft_weights
+
+# Reproducible references: one intra-op thread, so that no reduction depends on how many cores
+# this machine has or how busy they are, and synchronous weight loading (transformers 5 otherwise
+# materialises the tensors of from_pretrained on a thread pool).
+torch.set_num_threads(1)
+os.environ["HF_DEACTIVATE_ASYNC_LOAD"] = "1"
 
 hf_logging.set_verbosity_error()
 
@@ -114,6 +120,7 @@ def make_llama(out):
 def check(base_dir, adapter_dir, merged_dir, ids_path, out_path):
     ids = torch.tensor(json.load(open(ids_path)), dtype=torch.long)
     base = GPT2LMHeadModel.from_pretrained(base_dir).eval()
+    base_logits = logits(base, ids)  # before PEFT wraps the model in place
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         model = PeftModel.from_pretrained(base, adapter_dir).eval()
@@ -125,7 +132,7 @@ def check(base_dir, adapter_dir, merged_dir, ids_path, out_path):
     own = get_peft_model_state_dict(model)
     value_diff = max(((file_weights[k].float() - own[k].float()).abs().max().item()
                       for k in file_weights if k in own), default=None)
-    result = {"peft": logits(model, ids)}
+    result = {"base": base_logits, "peft": logits(model, ids)}
     with model.disable_adapter():
         result["disabled"] = logits(model, ids)
     check_result = model.load_adapter(adapter_dir, adapter_name="check")

@@ -29,6 +29,12 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 from trl import SFTConfig, SFTTrainer
 
+# Reproducible references: one intra-op thread, so that no reduction depends on how many cores
+# this machine has or how busy they are, and synchronous weight loading (transformers 5 otherwise
+# materialises the tensors of from_pretrained on a thread pool).
+torch.set_num_threads(1)
+os.environ["HF_DEACTIVATE_ASYNC_LOAD"] = "1"
+
 OUT = sys.argv[1]
 os.makedirs(OUT, exist_ok=True)
 
