@@ -788,7 +788,8 @@ impl Shared {
     }
 
     /// Runs `step` under the lock until it yields a value, waiting for changes in between.
-    /// Only the first attempt (which registers the caller) and the final one announce a change:
+    /// Only the first attempt (which registers the caller) and the final one (a value or an
+    /// error) announce a change:
     /// a retry that changes nothing must not wake the other waiters, or two waiters (or one
     /// and its own announcement) would wake each other forever and spin a core.
     async fn wait_for<T>(&self, mut step: impl FnMut(&mut State) -> Result<Option<T>, Status>) -> Result<T, Status> {
@@ -798,11 +799,20 @@ impl Shared {
             rx.borrow_and_update();
             let done = {
                 let mut st = self.lock();
-                step(&mut st)?
+                step(&mut st)
             };
-            if let Some(v) = done {
-                self.notify();
-                return Ok(v);
+            match done {
+                // The final attempt, a value or a refusal, may have changed the state (a
+                // recipe mismatch found by the last rank to join): wake the other waiters.
+                Ok(Some(v)) => {
+                    self.notify();
+                    return Ok(v);
+                }
+                Err(e) => {
+                    self.notify();
+                    return Err(e);
+                }
+                Ok(None) => {}
             }
             if std::mem::take(&mut first) {
                 self.notify();
