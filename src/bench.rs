@@ -26,9 +26,7 @@ use crate::train::{step_on_batch, Batch};
 fn timed<T>(device: Device, step: impl FnOnce() -> Result<T>) -> Result<(T, f64)> {
     let t0 = Instant::now();
     let out = step()?;
-    if device.is_cuda() {
-        tch::Cuda::synchronize(0);
-    }
+    crate::device::synchronize(device);
     Ok((out, t0.elapsed().as_secs_f64()))
 }
 
@@ -71,6 +69,7 @@ pub fn run(recipe: &Recipe, steps: usize, warmup: usize) -> Result<Option<serde_
         tracing::debug!(step = i, loss, "bench step");
     }
     let step = median(times);
+    dist.status.set_phase(rankforge_proto::Phase::Done); // the last collective is behind us
     Ok(dist.is_main().then(|| {
         json!({
             "impl": "rankforge",
@@ -132,6 +131,7 @@ fn run_finetune(recipe: &Recipe, steps: usize, warmup: usize) -> Result<Option<s
         tracing::debug!(step = i, loss, "bench step");
     }
     let step = median(times);
+    dist.status.set_phase(rankforge_proto::Phase::Done);
     let lora = recipe.lora.as_ref();
     Ok(dist.is_main().then(|| {
         json!({
@@ -178,7 +178,7 @@ pub fn parse_bytes(s: &str) -> Result<usize> {
 /// starts after a barrier; an iteration's time is the slowest rank's (max-reduced), and the
 /// median over iterations is reported: busbw = bytes / time × 2(n−1)/n (nccl-tests' definition).
 pub fn collective(sizes: &[usize], iters: usize, warmup: usize, device: DeviceChoice) -> Result<Vec<serde_json::Value>> {
-    let device = crate::device::select(device)?;
+    let device = crate::cuda::rank_device(crate::device::select(device)?)?;
     let mut dist = Dist::init("bench-collective", device)?;
     let n = dist.world() as f64;
     let mut out = Vec::new();
@@ -190,9 +190,7 @@ pub fn collective(sizes: &[usize], iters: usize, warmup: usize, device: DeviceCh
             dist.barrier()?;
             let t0 = Instant::now();
             dist.all_reduce_sum(&mut buf)?;
-            if device.is_cuda() {
-                tch::Cuda::synchronize(0);
-            }
+            crate::device::synchronize(device);
             if i >= warmup {
                 times.push(t0.elapsed().as_secs_f64());
             }
@@ -227,5 +225,6 @@ pub fn collective(sizes: &[usize], iters: usize, warmup: usize, device: DeviceCh
         }
         out.push(row);
     }
+    dist.status.set_phase(rankforge_proto::Phase::Done);
     Ok(out)
 }

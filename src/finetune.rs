@@ -355,7 +355,7 @@ impl FineTuner {
             let examples: Vec<&Example> = chunk.iter().collect();
             let (ids, labels, _mask) = sft::collate(&examples, self.pad_id);
             let (ids, labels) = (ids.to_device(self.device), labels.to_device(self.device));
-            sum += tch::autocast(self.bf16, || self.model.loss_sum(&ids, &labels, false)).double_value(&[]);
+            sum += crate::device::autocast(self.device, self.bf16, || self.model.loss_sum(&ids, &labels, false)).double_value(&[]);
             count += chunk.iter().map(label_count).sum::<u64>();
         }
         let val_loss = sum / count.max(1) as f64;
@@ -439,7 +439,7 @@ pub fn step_on_batch(
     let mut total = Tensor::zeros([], (Kind::Float, model.vs().device()));
     for MicroBatch { ids, labels, seed } in micro_batches {
         tch::manual_seed(seed);
-        let loss = tch::autocast(bf16, || model.loss_sum(&ids, &labels, true)) / denom;
+        let loss = crate::device::autocast(ids.device(), bf16, || model.loss_sum(&ids, &labels, true)) / denom;
         loss.backward();
         total += loss.detach();
     }

@@ -237,7 +237,7 @@ impl Trainer {
         for b in &self.val {
             let b = b.to_device(self.device);
             let n = b.size()[0];
-            let loss = tch::autocast(self.bf16, || self.model.loss(&b, false));
+            let loss = crate::device::autocast(self.device, self.bf16, || self.model.loss(&b, false));
             sum += loss.double_value(&[]) * n as f64;
             count += n;
         }
@@ -328,7 +328,7 @@ pub fn step_on_batch(model: &Gpt, opt: &mut AdamW, batch: &Batch, cfg: &TrainCon
         let n = chunk.size()[0];
         tch::manual_seed(recipe_loop::micro_seed(cfg.seed, batch.step, first));
         let weight = n as f64 / batch.global_batch as f64;
-        let loss = tch::autocast(bf16, || model.loss(&chunk, true)) * weight;
+        let loss = crate::device::autocast(chunk.device(), bf16, || model.loss(&chunk, true)) * weight;
         loss.backward();
         total += loss.detach().to_kind(Kind::Float);
         first += n as u64;
