@@ -2,7 +2,7 @@
 //! [`crate::cuda`]), bf16 autocast ([`autocast`]), and the host allocator setting the CLI
 //! applies ([`keep_freed_memory`]).
 
-use tch::{Device, Kind};
+use tch::{Device, Kind, Tensor};
 
 use crate::config::{DeviceChoice, Precision, TrainConfig};
 use crate::error::{Error, Result};
@@ -45,6 +45,18 @@ pub fn use_bf16(precision: Precision, device: Device) -> Result<bool> {
 pub fn synchronize(device: Device) {
     if let Device::Cuda(i) = device {
         tch::Cuda::synchronize(i as i64);
+    }
+}
+
+/// `t` (a host batch of token ids or labels) on `device`. To a GPU the copy goes through
+/// pinned memory and does not block: the host queues the step's kernels while the batch is in
+/// flight, where a pageable copy would wait for the GPU to drain first (PyTorch's
+/// `pin_memory=True` + `.to(device, non_blocking=True)`). libtorch's pinned-memory allocator
+/// keeps the staging buffer alive until the copy has run.
+pub fn to_device(t: &Tensor, device: Device) -> Tensor {
+    match device {
+        Device::Cuda(_) if t.device() == Device::Cpu => t.pin_memory(device).to_device_(device, t.kind(), true, false),
+        _ => t.to_device(device),
     }
 }
 
@@ -168,7 +180,6 @@ pub fn keep_freed_memory() {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tch::Tensor;
 
     fn enabled(device: Device) -> bool {
         // SAFETY: reads a thread-local.

@@ -340,7 +340,7 @@ impl FineTuner {
             let examples: Vec<&Example> = chunk.iter().map(|&i| &train[i]).collect();
             let (ids, labels, _mask) = sft::collate(&examples, pad_id); // (B, T) each
             let seed = recipe_loop::micro_seed(cfg.seed, step, first + (k * mb) as u64);
-            MicroBatch { ids: ids.to_device(device), labels: labels.to_device(device), seed }
+            MicroBatch { ids: crate::device::to_device(&ids, device), labels: crate::device::to_device(&labels, device), seed }
         });
         step_on_batch(&self.model, &mut self.opt, micro_batches, label_tokens, cfg, lr, self.bf16, &mut self.dist)
     }

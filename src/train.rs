@@ -210,7 +210,7 @@ impl Trainer {
         let lr = lr_at(step, cfg);
         let range = rank_slice(self.state.samples, cfg.global_batch_size, self.dist.rank(), self.dist.world());
         let batch = Batch {
-            windows: self.sampler.batch(range.clone()).to_device(self.device), // (B_rank, T+1)
+            windows: crate::device::to_device(&self.sampler.batch(range.clone()), self.device), // (B_rank, T+1)
             first_sample: range.start,
             global_batch: cfg.global_batch_size,
             step,

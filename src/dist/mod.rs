@@ -252,6 +252,11 @@ impl Dist {
         self.ctx.world_size
     }
 
+    /// `local` (a world of one), `tcp-ring` or `nccl`.
+    pub fn collective_name(&self) -> &'static str {
+        self.coll.name()
+    }
+
     /// Rank 0 writes metrics, checkpoints and `final/`.
     pub fn is_main(&self) -> bool {
         self.ctx.rank == 0
@@ -382,6 +387,60 @@ fn buckets(tensors: &[Tensor], max_elems: usize) -> Vec<std::ops::Range<usize>> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Two in-process CPU ranks joined by a TCP ring.
+    fn two_ranks() -> Vec<Dist> {
+        let listeners: Vec<_> = (0..2).map(|_| ring::listen("127.0.0.1").unwrap()).collect();
+        let peers: Vec<String> = listeners.iter().map(|(_, a)| a.clone()).collect();
+        let handles: Vec<_> = listeners
+            .into_iter()
+            .enumerate()
+            .map(|(r, (l, _))| {
+                let peers = peers.clone();
+                std::thread::spawn(move || ring::TcpRing::connect(l, r, 2, &peers, "tok", 1, Duration::from_secs(10)).unwrap())
+            })
+            .collect();
+        handles
+            .into_iter()
+            .enumerate()
+            .map(|(rank, h)| {
+                let ctx = RankContext { rank, world_size: 2, ..RankContext::single() };
+                Dist { ctx, control: None, coll: Box::new(h.join().unwrap()), status: Arc::default(), hosts: vec![] }
+            })
+            .collect()
+    }
+
+    /// bf16 weights have bf16 gradients: a bucket of them (here the first, which carries no
+    /// f32 extras to promote it) used to reach the collective as bf16 and be refused.
+    #[test]
+    fn bf16_gradients_are_reduced_in_f32_buckets() {
+        let big = BUCKET_BYTES / 4 + 1; // a bucket of its own
+        let results: Vec<_> = std::thread::scope(|s| {
+            let hs: Vec<_> = two_ranks()
+                .into_iter()
+                .map(|mut d| {
+                    s.spawn(move || {
+                        let r = d.rank() as f64 + 1.0;
+                        let a = Tensor::zeros([big as i64], (Kind::BFloat16, Device::Cpu)).set_requires_grad(true);
+                        let b = Tensor::zeros([3], (Kind::BFloat16, Device::Cpu)).set_requires_grad(true);
+                        let c = Tensor::from_slice(&[1.0f32, 2.0, 3.0]).to_kind(Kind::BFloat16);
+                        ((a.sum(Kind::Float) * r) + (&b * &c).sum(Kind::Float) * r).backward();
+                        let mut extra = [r];
+                        d.reduce_grads([&a, &b], &mut extra).unwrap();
+                        let (ga, gb) = (a.grad(), b.grad());
+                        (ga.kind(), ga.min().double_value(&[]), ga.max().double_value(&[]), Vec::<f32>::try_from(gb.to_kind(Kind::Float)).unwrap(), extra[0])
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for (kind, lo, hi, gb, extra) in results {
+            assert_eq!(kind, Kind::BFloat16, "gradients keep their dtype");
+            assert_eq!((lo, hi), (3.0, 3.0), "1 + 2 on every element of the big bucket");
+            assert_eq!(gb, [3.0, 6.0, 9.0]);
+            assert_eq!(extra, 3.0);
+        }
+    }
 
     #[test]
     fn buckets_split_by_size_and_keep_order() {
