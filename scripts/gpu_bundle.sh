@@ -90,13 +90,11 @@ SH
 done
 
 # The GPU check and what it reads.
-cp bench/gpu_check.sh bench/pytorch_gpt.py bench/timing.py bench/make_llama.py "$out/bench/"
+cp bench/gpu_check.sh bench/pytorch_gpt.py bench/timing.py "$out/bench/"
 cp configs/gpt_tiny_pretrain_cpu.toml configs/gpt_small_pretrain.toml "$out/configs/"
-head -c 2000000 data/kjv.txt > "$out/data/kjv.txt"
-cp -r data/tokenizer_kjv "$out/data/" 2>/dev/null || true
+cp data/kjv.txt data/kjv_sft.jsonl "$out/data/"
 total=$(du -sb "$out" | cut -f1)
 echo "bundle $out: $((total / 1024 / 1024)) MiB"
-ls -la "$out" "$out/bin" >&2
 if [ "$total" -ge $((64 << 20)) ]; then
   echo "error: the bundle is $total bytes, over 64 MiB" >&2
   exit 1
