@@ -11,7 +11,7 @@
 # $OUT/logs/<step>.log; the table also goes to $OUT/table.md and $OUT/summary.json. Exit 0 when
 # every check passed, 1 otherwise.
 #
-# Knobs: DEVICE (cuda|cpu), OUT (default runs/gpu_check-<time> under the bundle/checkout),
+# Knobs: DEVICE (cuda|cpu), BUDGET (seconds; later steps are skipped, default 460 on CUDA), OUT (default runs/gpu_check-<time> under the bundle/checkout),
 # PY (a python with torch; default .venv/bin/python, /opt/torch/.venv/bin/python, python3),
 # STEPS / WARMUP (timed / untimed bench steps), PEAK_TFLOPS (bf16 dense peak for MFU; default
 # from the GPU's name: H100/H200 SXM 989, H100 PCIe 756, A100 312).
@@ -59,6 +59,7 @@ if [ "$DEVICE" = cuda ]; then
   RESUME_SET=(--set model.n_layer=6 --set model.n_head=6 --set model.n_embd=384 --set model.block_size=256
     --set train.global_batch_size=32 --set train.micro_batch_size=16 --set model.dropout=0.1)
   TO=(120 240 600)               # timeouts: short, long, tokenizer/model setup
+  BUDGET=${BUDGET:-460}          # seconds after which remaining steps are skipped (8 min in all)
 else
   STEPS=${STEPS:-3} WARMUP=${WARMUP:-1}
   SEED=(2 2 64 64 1024 4)
@@ -68,6 +69,7 @@ else
   FT_LEN=64 FT_BATCH=4 FT_STEPS=3
   RESUME_SET=(--set train.threads=2)
   TO=(120 180 300)
+  BUDGET=${BUDGET:-600}
 fi
 
 # run NAME TIMEOUT CMD...: one step, logged, its status and seconds recorded; on CUDA the
@@ -76,6 +78,12 @@ run() {
   local name=$1 limit=$2
   shift 2
   local sampler="" t0 t1 rc
+  if [ "$SECONDS" -ge "$BUDGET" ]; then # the whole check stays within its time budget
+    echo "skipped: the check's ${BUDGET}s budget was spent" > "$LOGS/$name.log"
+    printf '%s\t%s\t%s\n' "$name" 125 0 >> "$OUT/steps.tsv"
+    echo "  $name skipped (over the ${BUDGET}s budget)" >&2
+    return 125
+  fi
   if [ "$DEVICE" = cuda ] && command -v nvidia-smi >/dev/null; then
     nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -i "$(echo "${CUDA_VISIBLE_DEVICES:-0}" | cut -d, -f1)" -lms 200 > "$LOGS/$name.mem" 2>/dev/null &
     sampler=$!

@@ -51,11 +51,16 @@ pub fn synchronize(device: Device) {
 /// `t` (a host batch of token ids or labels) on `device`. To a GPU the copy goes through
 /// pinned memory and does not block: the host queues the step's kernels while the batch is in
 /// flight, where a pageable copy would wait for the GPU to drain first (PyTorch's
-/// `pin_memory=True` + `.to(device, non_blocking=True)`). libtorch's pinned-memory allocator
-/// keeps the staging buffer alive until the copy has run.
+/// `pin_memory=True` + `.to(device, non_blocking=True)`). libtorch's caching pinned-memory
+/// allocator keeps the staging buffer alive until the copy has run. (`_pin_memory`: the public
+/// `pin_memory(device)` prints a deprecation warning for its device argument.) Should pinning
+/// fail, the copy is a plain blocking one.
 pub fn to_device(t: &Tensor, device: Device) -> Tensor {
     match device {
-        Device::Cuda(_) if t.device() == Device::Cpu => t.pin_memory(device).to_device_(device, t.kind(), true, false),
+        Device::Cuda(_) if t.device() == Device::Cpu => match t.f_internal_pin_memory(device) {
+            Ok(pinned) => pinned.to_device_(device, t.kind(), true, false),
+            Err(_) => t.to_device(device),
+        },
         _ => t.to_device(device),
     }
 }
