@@ -26,9 +26,7 @@ use crate::train::{step_on_batch, Batch};
 fn timed<T>(device: Device, step: impl FnOnce() -> Result<T>) -> Result<(T, f64)> {
     let t0 = Instant::now();
     let out = step()?;
-    if device.is_cuda() {
-        tch::Cuda::synchronize(0);
-    }
+    crate::device::synchronize(device);
     Ok((out, t0.elapsed().as_secs_f64()))
 }
 
@@ -55,7 +53,7 @@ pub fn run(recipe: &Recipe, steps: usize, warmup: usize) -> Result<Option<serde_
     let mut opt = AdamW::new(model.named_parameters(), &recipe.train);
     let (b, t) = (recipe.train.global_batch_size, recipe.model.gpt()?.block_size as i64);
     let windows = Tensor::randint(cfg.vocab_size as i64, [b as i64, t + 1], (Kind::Int64, device));
-    let mut times = Vec::with_capacity(steps);
+    let (mut times, mut losses) = (Vec::with_capacity(steps), Vec::with_capacity(warmup + steps));
     for i in 0..warmup + steps {
         let range = rank_slice(0, b, dist.rank(), dist.world());
         let batch = Batch {
@@ -68,11 +66,14 @@ pub fn run(recipe: &Recipe, steps: usize, warmup: usize) -> Result<Option<serde_
         if i >= warmup {
             times.push(secs);
         }
+        losses.push(loss);
         tracing::debug!(step = i, loss, "bench step");
     }
     let step = median(times);
+    dist.status.set_phase(rankforge_proto::Phase::Done); // the last collective is behind us
+    let env = environment(device, bf16, &dist);
     Ok(dist.is_main().then(|| {
-        json!({
+        with(env, json!({
             "impl": "rankforge",
             "tokens_per_s": (b as i64 * t) as f64 / step,
             "step_ms": step * 1e3,
@@ -85,8 +86,38 @@ pub fn run(recipe: &Recipe, steps: usize, warmup: usize) -> Result<Option<serde_
             "dtype": if bf16 { "bf16" } else { "fp32" },
             "optimizer": "adamw",
             "steps": steps,
-        })
+            "losses": losses,
+        }))
     }))
+}
+
+/// What the GPU check reports about a bench's environment: the dtype a forward pass sees
+/// under autocast, the collective (and NCCL's version when it is NCCL), peak host memory and,
+/// on CUDA, the process's device.
+fn environment(device: Device, bf16: bool, dist: &Dist) -> serde_json::Value {
+    let autocast = crate::device::autocast(device, bf16, || crate::device::autocast_dtype(device));
+    let nccl = (dist.collective_name() == "nccl").then(|| crate::dist::nccl::lib().and_then(|l| l.version()).ok()).flatten();
+    json!({
+        "autocast_dtype": if bf16 { autocast.map(|k| format!("{k:?}").to_lowercase()) } else { None },
+        "collective": dist.collective_name(),
+        "nccl": nccl.map(|(a, b, c)| format!("{a}.{b}.{c}")),
+        "peak_host_rss_mb": peak_rss_mb(),
+    })
+}
+
+/// The process's peak resident memory (`VmHWM`), in MiB.
+fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: f64 = status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+/// `extra`'s keys added to the object `row`.
+fn with(extra: serde_json::Value, mut row: serde_json::Value) -> serde_json::Value {
+    if let (Some(r), serde_json::Value::Object(e)) = (row.as_object_mut(), extra) {
+        r.extend(e);
+    }
+    row
 }
 
 /// Fine-tuning steps of a `model.kind = "hf"` recipe (LoRA with `[lora]`, else full) on
@@ -116,7 +147,7 @@ fn run_finetune(recipe: &Recipe, steps: usize, warmup: usize) -> Result<Option<s
     let label_tokens = (b as i64 * (t - 1)) as u64; // every position but the first is a target
     let range = rank_slice(0, b, dist.rank(), dist.world());
     let mine = ids.narrow(0, range.start as i64, (range.end - range.start) as i64);
-    let mut times = Vec::with_capacity(steps);
+    let (mut times, mut losses) = (Vec::with_capacity(steps), Vec::with_capacity(warmup + steps));
     for i in 0..warmup + steps {
         let micro_batches = mine.split(mb as i64, 0).into_iter().enumerate().map(|(k, chunk)| MicroBatch {
             labels: chunk.shallow_clone(),
@@ -129,12 +160,15 @@ fn run_finetune(recipe: &Recipe, steps: usize, warmup: usize) -> Result<Option<s
         if i >= warmup {
             times.push(secs);
         }
+        losses.push(loss);
         tracing::debug!(step = i, loss, "bench step");
     }
     let step = median(times);
+    dist.status.set_phase(rankforge_proto::Phase::Done);
+    let env = environment(device, bf16, &dist);
     let lora = recipe.lora.as_ref();
     Ok(dist.is_main().then(|| {
-        json!({
+        with(env, json!({
             "impl": "rankforge",
             "mode": if lora.is_some() { "lora" } else { "full" },
             "step_ms": step * 1e3,
@@ -153,7 +187,8 @@ fn run_finetune(recipe: &Recipe, steps: usize, warmup: usize) -> Result<Option<s
             "weights": format!("{:?}", model.kind()).to_lowercase(),
             "optimizer": "adamw",
             "steps": steps,
-        })
+            "losses": losses,
+        }))
     }))
 }
 
@@ -178,7 +213,7 @@ pub fn parse_bytes(s: &str) -> Result<usize> {
 /// starts after a barrier; an iteration's time is the slowest rank's (max-reduced), and the
 /// median over iterations is reported: busbw = bytes / time × 2(n−1)/n (nccl-tests' definition).
 pub fn collective(sizes: &[usize], iters: usize, warmup: usize, device: DeviceChoice) -> Result<Vec<serde_json::Value>> {
-    let device = crate::device::select(device)?;
+    let device = crate::cuda::rank_device(crate::device::select(device)?)?;
     let mut dist = Dist::init("bench-collective", device)?;
     let n = dist.world() as f64;
     let mut out = Vec::new();
@@ -190,9 +225,7 @@ pub fn collective(sizes: &[usize], iters: usize, warmup: usize, device: DeviceCh
             dist.barrier()?;
             let t0 = Instant::now();
             dist.all_reduce_sum(&mut buf)?;
-            if device.is_cuda() {
-                tch::Cuda::synchronize(0);
-            }
+            crate::device::synchronize(device);
             if i >= warmup {
                 times.push(t0.elapsed().as_secs_f64());
             }
@@ -214,18 +247,22 @@ pub fn collective(sizes: &[usize], iters: usize, warmup: usize, device: DeviceCh
         let algbw = bytes as f64 / t / 1e9;
         let row = json!({
             "impl": "rankforge",
-            "collective": if dist.world() == 1 { "local" } else if device.is_cuda() { "nccl" } else { "tcp-ring" },
+            "collective": dist.collective_name(),
             "world": dist.world(),
             "bytes": bytes,
             "iters": iters,
             "time_ms": t * 1e3,
             "algbw_gbps": algbw,
             "busbw_gbps": algbw * 2.0 * (n - 1.0) / n,
+            "nccl": (dist.collective_name() == "nccl")
+                .then(|| crate::dist::nccl::lib().and_then(|l| l.version()).ok().map(|(a, b, c)| format!("{a}.{b}.{c}")))
+                .flatten(),
         });
         if dist.is_main() {
             println!("{row}");
         }
         out.push(row);
     }
+    dist.status.set_phase(rankforge_proto::Phase::Done);
     Ok(out)
 }

@@ -1,10 +1,11 @@
-//! Device and precision selection from `[train] device / precision`, the memory check done
-//! before anything large is allocated ([`check_fits`]), and the host allocator setting the CLI
-//! applies ([`keep_freed_memory`]).
+//! Device and precision selection from `[train] device / precision` (a GPU rank's own device:
+//! [`crate::cuda`]), bf16 autocast ([`autocast`]), the memory check done before anything large
+//! is allocated ([`check_fits`]), and the host allocator setting the CLI applies
+//! ([`keep_freed_memory`]).
 
 use std::path::Path;
 
-use tch::Device;
+use tch::{Device, Kind, Tensor};
 
 use crate::config::{DeviceChoice, ModelKind, Precision, Recipe, TrainConfig};
 use crate::error::{Error, Result};
@@ -116,7 +117,7 @@ pub fn check_fits(device: Device, need: u128) -> std::result::Result<(), String>
 /// Bytes `device` can hold and where the number comes from; None when unknown.
 pub fn memory_available(device: Device) -> Option<(u64, String)> {
     match device {
-        Device::Cuda(i) => cuda_total_memory(i).map(|b| (b, format!("total memory of cuda:{i}"))),
+        Device::Cuda(i) => crate::cuda::total_memory(i).map(|b| (b, format!("total memory of cuda:{i}"))),
         _ => {
             let text = std::fs::read_to_string("/proc/meminfo").ok()?;
             let kb: u64 = text.lines().find_map(|l| l.strip_prefix("MemAvailable:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
@@ -137,37 +138,11 @@ pub fn human_bytes(n: u128) -> String {
     if i == 0 { format!("{n} bytes") } else { format!("{v:.1} {}", units[i]) }
 }
 
-/// Total memory of CUDA device `index`, from the driver (`cuDeviceTotalMem_v2`, which needs no
-/// context); None without a driver.
-fn cuda_total_memory(index: usize) -> Option<u64> {
-    type Init = unsafe extern "C" fn(u32) -> i32;
-    type Get = unsafe extern "C" fn(*mut i32, i32) -> i32;
-    type TotalMem = unsafe extern "C" fn(*mut usize, i32) -> i32;
-    // SAFETY: dlopen/dlsym with NUL-terminated names; the symbols are cast to the signatures
-    // the CUDA driver API documents for them (CUresult = int, CUdevice = int, size_t bytes).
-    unsafe {
-        let lib = libc::dlopen(c"libcuda.so.1".as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL);
-        if lib.is_null() {
-            return None;
-        }
-        let sym = |name: &std::ffi::CStr| libc::dlsym(lib, name.as_ptr());
-        let (init, get, total) = (sym(c"cuInit"), sym(c"cuDeviceGet"), sym(c"cuDeviceTotalMem_v2"));
-        if init.is_null() || get.is_null() || total.is_null() {
-            return None;
-        }
-        let (init, get, total): (Init, Get, TotalMem) = (std::mem::transmute(init), std::mem::transmute(get), std::mem::transmute(total));
-        let (mut dev, mut bytes) = (0i32, 0usize);
-        if init(0) != 0 || get(&mut dev, index as i32) != 0 || total(&mut bytes, dev) != 0 {
-            return None;
-        }
-        Some(bytes as u64)
-    }
-}
-
 /// Applies `[train]`'s device, precision and thread settings: returns the device and whether
 /// forward passes run under bf16 autocast.
 pub fn setup(cfg: &TrainConfig) -> Result<(Device, bool)> {
-    let device = select(cfg.device)?;
+    // A GPU rank's own device (LOCAL_RANK), current before anything is allocated on it.
+    let device = crate::cuda::rank_device(select(cfg.device)?)?;
     let bf16 = use_bf16(cfg.precision, device)?;
     if let Some(n) = cfg.threads {
         tch::set_num_threads(n as i32);
@@ -175,14 +150,123 @@ pub fn setup(cfg: &TrainConfig) -> Result<(Device, bool)> {
     Ok((device, bf16))
 }
 
-/// Whether to run forward passes under bf16 autocast.
+/// Whether to run forward passes under bf16 autocast: `auto` on CUDA, `bf16` on any device
+/// (on CPU as `torch.autocast("cpu", dtype=torch.bfloat16)`: usually slower than fp32 there).
 pub fn use_bf16(precision: Precision, device: Device) -> Result<bool> {
-    match (precision, device) {
-        (Precision::Fp32, _) => Ok(false),
-        (Precision::Auto, d) => Ok(d.is_cuda()),
-        (Precision::Bf16, d) if d.is_cuda() => Ok(true),
-        (Precision::Bf16, _) => Err(Error::Input("train.precision = \"bf16\" needs a CUDA device; use fp32 on CPU".into())),
+    Ok(match precision {
+        Precision::Fp32 => false,
+        Precision::Auto => device.is_cuda(),
+        Precision::Bf16 => true,
+    })
+}
+
+/// Waits for the work queued on `device` (nothing to wait for on the CPU).
+pub fn synchronize(device: Device) {
+    if let Device::Cuda(i) = device {
+        tch::Cuda::synchronize(i as i64);
     }
+}
+
+/// `t` (a host batch of token ids or labels) on `device`. To a GPU the copy goes through
+/// pinned memory and does not block: the host queues the step's kernels while the batch is in
+/// flight, where a pageable copy would wait for the GPU to drain first (PyTorch's
+/// `pin_memory=True` + `.to(device, non_blocking=True)`). libtorch's caching pinned-memory
+/// allocator keeps the staging buffer alive until the copy has run. (`_pin_memory`: the public
+/// `pin_memory(device)` prints a deprecation warning for its device argument.) Should pinning
+/// fail, the copy is a plain blocking one.
+pub fn to_device(t: &Tensor, device: Device) -> Tensor {
+    match device {
+        Device::Cuda(_) if t.device() == Device::Cpu => match t.f_internal_pin_memory(device) {
+            Ok(pinned) => pinned.to_device_(device, t.kind(), true, false),
+            Err(_) => t.to_device(device),
+        },
+        _ => t.to_device(device),
+    }
+}
+
+/// libtorch's autocast API (`ATen/autocast_mode.h`), which tch's C wrapper does not expose
+/// (`tch::autocast` only toggles the deprecated CUDA-only `set_enabled` and leaves CUDA's
+/// autocast dtype at its default, fp16). These are plain C++ free functions exported by
+/// libtorch_cpu.so; their arguments are `c10::DeviceType` and `c10::ScalarType`, both
+/// `enum class : int8_t`, so the Itanium C++ ABI passes them exactly as C passes an `int8_t`.
+/// The mangled names pin the signatures: a libtorch that changed them fails to link rather
+/// than misbehave. None of them throws for the CPU and CUDA device types used here.
+mod aten_autocast {
+    extern "C" {
+        #[link_name = "_ZN2at8autocast18set_autocast_dtypeEN3c1010DeviceTypeENS1_10ScalarTypeE"]
+        pub fn set_autocast_dtype(device: i8, dtype: i8);
+        #[link_name = "_ZN2at8autocast18get_autocast_dtypeEN3c1010DeviceTypeE"]
+        pub fn get_autocast_dtype(device: i8) -> i8;
+        #[link_name = "_ZN2at8autocast19is_autocast_enabledEN3c1010DeviceTypeE"]
+        pub fn is_autocast_enabled(device: i8) -> bool;
+        #[link_name = "_ZN2at8autocast20set_autocast_enabledEN3c1010DeviceTypeEb"]
+        pub fn set_autocast_enabled(device: i8, enabled: bool);
+        #[link_name = "_ZN2at8autocast17increment_nestingEv"]
+        pub fn increment_nesting() -> i32;
+        #[link_name = "_ZN2at8autocast17decrement_nestingEv"]
+        pub fn decrement_nesting() -> i32;
+        #[link_name = "_ZN2at8autocast11clear_cacheEv"]
+        pub fn clear_cache();
+    }
+}
+
+/// `c10::DeviceType` of `device` (CPU = 0, CUDA = 1).
+fn device_type(device: Device) -> i8 {
+    if device.is_cuda() { 1 } else { 0 }
+}
+
+/// `c10::ScalarType` values of the float kinds (Half = 5, Float = 6, BFloat16 = 15).
+fn scalar_type_kind(t: i8) -> Option<Kind> {
+    match t {
+        5 => Some(Kind::Half),
+        6 => Some(Kind::Float),
+        15 => Some(Kind::BFloat16),
+        _ => None,
+    }
+}
+const SCALAR_BFLOAT16: i8 = 15;
+
+/// The calling thread's autocast dtype for `device`'s type (thread-local in libtorch).
+pub fn autocast_dtype(device: Device) -> Option<Kind> {
+    // SAFETY: reads a thread-local (see `aten_autocast`).
+    scalar_type_kind(unsafe { aten_autocast::get_autocast_dtype(device_type(device)) })
+}
+
+/// Restores the autocast state [`autocast`] changed, also when `f` unwinds.
+struct AutocastGuard {
+    device: i8,
+    was_enabled: bool,
+}
+
+impl Drop for AutocastGuard {
+    fn drop(&mut self) {
+        // SAFETY: see `aten_autocast`.
+        unsafe {
+            if aten_autocast::decrement_nesting() == 0 {
+                aten_autocast::clear_cache();
+            }
+            aten_autocast::set_autocast_enabled(self.device, self.was_enabled);
+        }
+    }
+}
+
+/// Runs `f` (a forward pass) under bf16 autocast on `device`'s type when `bf16`, as
+/// `with torch.autocast(device.type, dtype=torch.bfloat16):` does. The dtype is set on every
+/// call because libtorch keeps it per thread (a fresh thread's CUDA dtype is fp16).
+pub fn autocast<T>(device: Device, bf16: bool, f: impl FnOnce() -> T) -> T {
+    if !bf16 {
+        return f();
+    }
+    let dt = device_type(device);
+    // SAFETY: thread-local autocast state only (see `aten_autocast`).
+    let _guard = unsafe {
+        aten_autocast::set_autocast_dtype(dt, SCALAR_BFLOAT16);
+        let was_enabled = aten_autocast::is_autocast_enabled(dt);
+        aten_autocast::set_autocast_enabled(dt, true);
+        aten_autocast::increment_nesting();
+        AutocastGuard { device: dt, was_enabled }
+    };
+    f()
 }
 
 /// Makes glibc's malloc keep freed memory for reuse instead of handing it back to the kernel,
@@ -230,5 +314,47 @@ mod tests {
         assert!(have > 0 && source.contains("MemAvailable"));
         let e = check_fits(Device::Cpu, u128::from(have) * 4).unwrap_err();
         assert!(e.starts_with("needs at least ") && e.ends_with("available (MemAvailable in /proc/meminfo)"), "{e}");
+    }
+
+    fn enabled(device: Device) -> bool {
+        // SAFETY: reads a thread-local.
+        unsafe { aten_autocast::is_autocast_enabled(device_type(device)) }
+    }
+
+    /// tch::autocast left CUDA's autocast dtype at libtorch's default, fp16; ours is bf16 on
+    /// whichever thread runs the forward pass (no GPU is needed to read the setting).
+    #[test]
+    fn cuda_autocast_is_bf16_on_every_thread() {
+        let gpu = Device::Cuda(0);
+        let seen = std::thread::spawn(move || {
+            let before = autocast_dtype(gpu);
+            let inside = autocast(gpu, true, || (autocast_dtype(gpu), enabled(gpu)));
+            (before, inside, enabled(gpu))
+        })
+        .join()
+        .unwrap();
+        assert_eq!(seen.0, Some(Kind::Half), "libtorch's default CUDA autocast dtype on a fresh thread");
+        assert_eq!(seen.1, (Some(Kind::BFloat16), true), "inside autocast: bf16, enabled");
+        assert!(!seen.2, "autocast is switched off again afterwards");
+    }
+
+    #[test]
+    fn cpu_bf16_autocast_computes_in_bf16() {
+        let (a, w) = (Tensor::randn([4, 8], (Kind::Float, Device::Cpu)), Tensor::randn([3, 8], (Kind::Float, Device::Cpu)));
+        let y = autocast(Device::Cpu, true, || a.linear(&w, None::<&Tensor>));
+        assert_eq!(y.kind(), Kind::BFloat16);
+        let exact = a.linear(&w, None::<&Tensor>);
+        assert_eq!(exact.kind(), Kind::Float, "outside autocast: fp32");
+        let diff = (y.to_kind(Kind::Float) - &exact).abs().max().double_value(&[]);
+        assert!(diff > 0.0 && diff < 0.1, "bf16 rounding, same function: {diff}");
+        assert_eq!(autocast(Device::Cpu, false, || a.linear(&w, None::<&Tensor>)).kind(), Kind::Float);
+    }
+
+    #[test]
+    fn precision_choices() {
+        assert!(use_bf16(Precision::Auto, Device::Cuda(0)).unwrap());
+        assert!(!use_bf16(Precision::Auto, Device::Cpu).unwrap());
+        assert!(use_bf16(Precision::Bf16, Device::Cpu).unwrap());
+        assert!(!use_bf16(Precision::Fp32, Device::Cuda(0)).unwrap());
     }
 }

@@ -344,7 +344,7 @@ impl FineTuner {
             let examples: Vec<&Example> = chunk.iter().map(|&i| &train[i]).collect();
             let (ids, labels, _mask) = sft::collate(&examples, pad_id); // (B, T) each
             let seed = recipe_loop::micro_seed(cfg.seed, step, first + (k * mb) as u64);
-            MicroBatch { ids: ids.to_device(device), labels: labels.to_device(device), seed }
+            MicroBatch { ids: crate::device::to_device(&ids, device), labels: crate::device::to_device(&labels, device), seed }
         });
         step_on_batch(&self.model, &mut self.opt, micro_batches, label_tokens, cfg, lr, self.bf16, &mut self.dist)
     }
@@ -359,7 +359,7 @@ impl FineTuner {
             let examples: Vec<&Example> = chunk.iter().collect();
             let (ids, labels, _mask) = sft::collate(&examples, self.pad_id);
             let (ids, labels) = (ids.to_device(self.device), labels.to_device(self.device));
-            sum += tch::autocast(self.bf16, || self.model.loss_sum(&ids, &labels, false)).double_value(&[]);
+            sum += crate::device::autocast(self.device, self.bf16, || self.model.loss_sum(&ids, &labels, false)).double_value(&[]);
             count += chunk.iter().map(label_count).sum::<u64>();
         }
         let val_loss = sum / count.max(1) as f64;
@@ -443,7 +443,7 @@ pub fn step_on_batch(
     let mut total = Tensor::zeros([], (Kind::Float, model.vs().device()));
     for MicroBatch { ids, labels, seed } in micro_batches {
         tch::manual_seed(seed);
-        let loss = tch::autocast(bf16, || model.loss_sum(&ids, &labels, true)) / denom;
+        let loss = crate::device::autocast(ids.device(), bf16, || model.loss_sum(&ids, &labels, true)) / denom;
         loss.backward();
         total += loss.detach();
     }

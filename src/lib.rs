@@ -22,6 +22,7 @@ pub mod bench;
 pub mod chat_template;
 pub mod checkpoint;
 pub mod config;
+pub mod cuda;
 pub mod data;
 pub mod dist;
 pub mod device;

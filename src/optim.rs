@@ -14,6 +14,10 @@ use crate::error::{Error, Result};
 struct Slot {
     name: String,
     param: Tensor,
+    /// The fp32 master copy of a parameter stored in a lower precision (bf16 weights): the
+    /// update is applied to it, then rounded into `param`, so steps smaller than bf16's
+    /// resolution accumulate instead of vanishing. `None` for fp32 parameters.
+    master: Option<Tensor>,
     decay: bool,
     exp_avg: Tensor,
     exp_avg_sq: Tensor,
@@ -31,12 +35,15 @@ pub struct AdamW {
 }
 
 impl AdamW {
-    /// `params`: (name, tensor) sorted by name; the state tensors are fp32 zeros like them.
+    /// `params`: (name, tensor) sorted by name; the state tensors are fp32 zeros like them,
+    /// plus an fp32 master copy of every parameter that is not fp32 (mixed-precision training
+    /// as PyTorch users know it: bf16 for compute, fp32 for the optimizer).
     pub fn new(params: Vec<(String, Tensor)>, cfg: &TrainConfig) -> AdamW {
         let slots = params
             .into_iter()
             .map(|(name, param)| Slot {
                 decay: param.dim() >= 2,
+                master: (param.kind() != Kind::Float).then(|| param.detach().to_kind(Kind::Float)),
                 exp_avg: param.zeros_like().to_kind(Kind::Float),
                 exp_avg_sq: param.zeros_like().to_kind(Kind::Float),
                 name,
@@ -70,25 +77,34 @@ impl AdamW {
                 if !g.defined() {
                     continue;
                 }
+                let g = if g.kind() == Kind::Float { g } else { g.to_kind(Kind::Float) };
+                let mut w = s.master.as_ref().unwrap_or(&s.param).shallow_clone();
                 if s.decay && self.weight_decay > 0.0 {
-                    let _ = s.param.g_mul_scalar_(1.0 - lr * self.weight_decay);
+                    let _ = w.g_mul_scalar_(1.0 - lr * self.weight_decay);
                 }
                 let _ = s.exp_avg.lerp_(&g, 1.0 - self.beta1);
                 let _ = s.exp_avg_sq.lerp_(&(&g * &g), 1.0 - self.beta2);
                 // denom = (sqrt(v) / sqrt(bc2) + eps) · (−1/step_size), so p += m / denom.
                 let mut denom = s.exp_avg_sq.sqrt();
                 let _ = denom.g_div_scalar_(bc2_sqrt).g_add_scalar_(self.eps).g_mul_scalar_(-1.0 / step_size);
-                let _ = s.param.addcdiv_(&s.exp_avg, &denom);
+                let _ = w.addcdiv_(&s.exp_avg, &denom);
+                if s.master.is_some() {
+                    s.param.shallow_clone().copy_(&w);
+                }
             }
         });
     }
 
-    /// Moments under `exp_avg.<name>` / `exp_avg_sq.<name>`.
+    /// Moments under `exp_avg.<name>` / `exp_avg_sq.<name>`, fp32 master weights under
+    /// `master.<name>` (so a resumed bf16 run continues from the exact fp32 weights).
     pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
-        let mut out = Vec::with_capacity(2 * self.slots.len());
+        let mut out = Vec::with_capacity(3 * self.slots.len());
         for s in &self.slots {
             out.push((format!("exp_avg.{}", s.name), s.exp_avg.shallow_clone()));
             out.push((format!("exp_avg_sq.{}", s.name), s.exp_avg_sq.shallow_clone()));
+            if let Some(m) = &s.master {
+                out.push((format!("master.{}", s.name), m.shallow_clone()));
+            }
         }
         out
     }
@@ -104,6 +120,15 @@ impl AdamW {
                     .ok_or_else(|| Error::model(path, format!("optimizer state {key} is missing")))?;
                 if src.size() != dst.size() {
                     return Err(Error::model(path, format!("optimizer state {key}: shape {:?}, the model needs {:?}", src.size(), dst.size())));
+                }
+                tch::no_grad(|| dst.copy_(&src));
+            }
+            // The master copy saved with the moments; without one (a checkpoint written before
+            // master weights existed), a copy of the weights as loaded.
+            if let Some(dst) = &mut s.master {
+                let src = map.remove(&format!("master.{}", s.name)).unwrap_or_else(|| s.param.detach());
+                if src.size() != dst.size() {
+                    return Err(Error::model(path, format!("optimizer state master.{}: shape {:?}, the model needs {:?}", s.name, src.size(), dst.size())));
                 }
                 tch::no_grad(|| dst.copy_(&src));
             }
@@ -123,7 +148,9 @@ pub fn clip_grad_norm<'a>(params: impl Iterator<Item = &'a Tensor>, max_norm: f6
     if grads.is_empty() {
         return 0.0;
     }
-    let norms: Vec<Tensor> = grads.iter().map(|g| g.norm().to_kind(Kind::Float)).collect();
+    // Low-precision gradients are summed in fp32 (their own dtype would round the norm).
+    let norms: Vec<Tensor> =
+        grads.iter().map(|g| if g.kind() == Kind::Float { g.norm() } else { g.norm_scalaropt_dtype(2, Kind::Float) }).collect();
     let total = Tensor::stack(&norms, 0).norm().double_value(&[]);
     if max_norm > 0.0 && total.is_finite() {
         let coef = max_norm / (total + 1e-6);
@@ -175,6 +202,37 @@ mod tests {
         assert!((lr_at(60, &lin) - 0.55).abs() < 1e-12);
         let ext = TrainConfig { lr_decay_steps: Some(210), ..cfg };
         assert!(lr_at(60, &ext) > 0.55, "a longer decay is slower");
+    }
+
+    /// bf16 weights (full fine-tuning with `model.dtype = "bf16"`): the step used to fail on
+    /// fp32 moments meeting bf16 gradients. Now the update runs on an fp32 master copy, so it
+    /// equals the fp32 optimizer's exactly (same gradients: the loss is linear in `p`), and
+    /// updates far below bf16's resolution at 3.0 (2^-6) still accumulate.
+    #[test]
+    fn bf16_weights_train_through_fp32_master_weights() {
+        let cfg = TrainConfig { weight_decay: 0.1, beta1: 0.9, beta2: 0.95, eps: 1e-8, ..TrainConfig::default() };
+        let init = Tensor::from_slice(&[1.0f32, -2.0, 3.0, 0.5]).view([2, 2]);
+        let c = Tensor::from_slice(&[1.0f32, -0.5, 2.0, 0.25]).view([2, 2]);
+        let run = |kind: Kind| {
+            let p = init.copy().to_kind(kind).set_requires_grad(true);
+            let mut opt = AdamW::new(vec![("p".into(), p.shallow_clone())], &cfg);
+            for _ in 0..50 {
+                opt.zero_grad();
+                (&p * c.to_kind(kind)).sum(Kind::Float).backward();
+                opt.step(1e-4);
+            }
+            (p, opt.state_tensors())
+        };
+        let (p32, state32) = run(Kind::Float);
+        assert!(state32.iter().all(|(n, _)| !n.starts_with("master.")), "fp32 weights need no master copy");
+        let (p16, state) = run(Kind::BFloat16);
+        let master = &state.iter().find(|(n, _)| n == "master.p").expect("a master copy is saved").1;
+        assert_eq!(master.kind(), Kind::Float);
+        assert_eq!(p16.kind(), Kind::BFloat16, "the weights stay bf16");
+        let diff = (master - &p32).abs().max().double_value(&[]);
+        assert!(diff < 1e-6, "master weights follow fp32 AdamW: {diff}");
+        assert!(master.double_value(&[1, 0]) < 2.9955, "50 steps of ~1e-4 moved w from 3.0: {master}");
+        assert!(p16.equal(&master.to_kind(Kind::BFloat16)), "the weights are the rounded master copy");
     }
 
     /// Pinned to PyTorch:

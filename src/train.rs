@@ -216,7 +216,7 @@ impl Trainer {
         let lr = lr_at(step, cfg);
         let range = rank_slice(self.state.samples, cfg.global_batch_size, self.dist.rank(), self.dist.world());
         let batch = Batch {
-            windows: self.sampler.batch(range.clone()).to_device(self.device), // (B_rank, T+1)
+            windows: crate::device::to_device(&self.sampler.batch(range.clone()), self.device), // (B_rank, T+1)
             first_sample: range.start,
             global_batch: cfg.global_batch_size,
             step,
@@ -241,7 +241,7 @@ impl Trainer {
         for b in &self.val {
             let b = b.to_device(self.device);
             let n = b.size()[0];
-            let loss = tch::autocast(self.bf16, || self.model.loss(&b, false));
+            let loss = crate::device::autocast(self.device, self.bf16, || self.model.loss(&b, false));
             sum += loss.double_value(&[]) * n as f64;
             count += n;
         }
@@ -335,7 +335,7 @@ pub fn step_on_batch(model: &Gpt, opt: &mut AdamW, batch: &Batch, cfg: &TrainCon
         let n = chunk.size()[0];
         tch::manual_seed(recipe_loop::micro_seed(cfg.seed, batch.step, first));
         let weight = n as f64 / batch.global_batch as f64;
-        let loss = tch::autocast(bf16, || model.loss(&chunk, true)) * weight;
+        let loss = crate::device::autocast(chunk.device(), bf16, || model.loss(&chunk, true)) * weight;
         loss.backward();
         total += loss.detach().to_kind(Kind::Float);
         first += n as u64;

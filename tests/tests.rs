@@ -7,6 +7,7 @@ mod common;
 mod dist;
 mod finetune;
 mod generate;
+mod gpu_ready;
 mod hf;
 mod hf_models;
 mod lora;

@@ -141,7 +141,11 @@ impl ControlPlane {
                 match command::Kind::try_from(cmd.kind) {
                     Ok(command::Kind::Abort) => {
                         eprintln!("error: aborted by the coordinator: {}", cmd.reason);
-                        std::process::exit(crate::error::EXIT_RUNTIME);
+                        // The training thread may be inside a kernel or an NCCL collective that
+                        // will never complete: end the process without running exit handlers
+                        // (libtorch's and CUDA's static destructors would race that thread).
+                        // SAFETY: _exit only ends the process.
+                        unsafe { libc::_exit(crate::error::EXIT_RUNTIME) }
                     }
                     Ok(command::Kind::Stop) => status.stop.store(true, Ordering::SeqCst),
                     Ok(command::Kind::Checkpoint) => status.checkpoint.store(true, Ordering::SeqCst),

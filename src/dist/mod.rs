@@ -1,11 +1,12 @@
 //! Data parallelism: who this rank is ([`RankContext`], from the launcher's environment), the
 //! control plane ([`control`]), and the collectives that make N ranks train like one big batch
-//! ([`Collective`]: [`Local`] for a world of one, [`ring::TcpRing`] between CPU ranks, [`Nccl`]
-//! between GPUs).
+//! ([`Collective`]: [`Local`] for a world of one, [`ring::TcpRing`] between CPU ranks,
+//! [`nccl::Nccl`] between GPUs).
 //!
 //! A rank started without `rankforge-launch` is a world of one: no control plane, no traffic.
 
 pub mod control;
+pub mod nccl;
 pub mod ring;
 
 use std::sync::atomic::Ordering;
@@ -98,6 +99,9 @@ pub trait Collective: Send {
     /// Returns once every rank has called it.
     fn barrier(&mut self) -> Result<()>;
     fn name(&self) -> &'static str;
+    /// Releases the collective's resources: `ok` when every rank finished its work (a
+    /// graceful shutdown), else as a failing rank (never waiting for a peer).
+    fn finish(&mut self, _ok: bool) {}
 }
 
 /// A world of one: every operation is the identity.
@@ -146,97 +150,45 @@ impl Collective for ring::TcpRing {
     }
 }
 
-/// NCCL between GPU ranks (one GPU per rank), through cudarc's bindings to the libnccl that
-/// ships with libtorch, loaded at run time. Collectives run on the legacy default CUDA stream,
-/// the one libtorch's kernels use, so they are ordered with the backward pass without a sync.
-/// The communicator is never destroyed implicitly (dropping one aborts it); [`Nccl::finish`]
-/// destroys it after the last collective.
-pub struct Nccl {
-    comm: cudarc::nccl::sys::ncclComm_t,
-}
-
-// SAFETY: the communicator is used from one thread at a time (the rank's training loop).
-unsafe impl Send for Nccl {}
-
-fn nccl_err(what: &str, e: cudarc::nccl::result::NcclError) -> Error {
-    Error::Dist(format!("NCCL {what} failed: {e:?}"))
-}
-
-impl Nccl {
-    /// Creates the communicator; rank 0's unique id travels through a coordinator barrier.
-    pub fn init(control: &mut ControlPlane, rank: usize, world: usize) -> Result<Nccl> {
-        use cudarc::nccl::{result, sys};
-        // SAFETY: only probes the dynamic loader.
-        if !unsafe { sys::is_culib_present() } {
-            return Err(Error::Dist("GPU ranks need NCCL, but libnccl.so.2 was not found next to libtorch or on the library path".into()));
-        }
-        let payload = if rank == 0 {
-            let id = result::get_uniqueid().map_err(|e| nccl_err("get unique id", e))?;
-            id.internal.iter().map(|c| *c as u8).collect()
-        } else {
-            Vec::new()
-        };
-        let ids = control.barrier("nccl-unique-id", payload)?;
-        let mut id = sys::ncclUniqueId { internal: [0; 128] };
-        if ids[0].len() != 128 {
-            return Err(Error::Dist(format!("rank 0 sent an NCCL id of {} bytes, expected 128", ids[0].len())));
-        }
-        for (d, s) in id.internal.iter_mut().zip(&ids[0]) {
-            *d = *s as _;
-        }
-        let mut comm = std::ptr::null_mut();
-        // SAFETY: `comm` is a valid out pointer; libtorch has made the rank's GPU current.
-        unsafe { result::comm_init_rank(&mut comm, world as i32, id, rank as i32) }.map_err(|e| nccl_err("init", e))?;
-        Ok(Nccl { comm })
-    }
-
-    fn check(t: &Tensor) -> Result<()> {
-        if !t.device().is_cuda() || t.kind() != Kind::Float || !t.is_contiguous() {
-            return Err(Error::Dist(format!("NCCL needs a contiguous f32 CUDA tensor, got {:?} on {:?}", t.kind(), t.device())));
-        }
-        Ok(())
-    }
-
-    /// Destroys the communicator after the last collective.
-    pub fn finish(self) {
-        // SAFETY: no collective is in flight: all were issued from this thread.
-        unsafe {
-            let _ = cudarc::nccl::result::comm_destroy(self.comm);
-        }
-    }
-}
-
-impl Collective for Nccl {
+impl Collective for nccl::Nccl {
     fn all_reduce_sum(&mut self, t: &mut Tensor) -> Result<()> {
-        use cudarc::nccl::{result, sys};
-        Self::check(t)?;
-        let p = t.data_ptr();
-        // SAFETY: p points to numel f32 on this rank's GPU, alive until the stream runs it
-        // (the tensor outlives the call and later kernels on the same stream).
-        unsafe {
-            result::all_reduce(p, p, t.numel(), sys::ncclDataType_t::ncclFloat32, sys::ncclRedOp_t::ncclSum, self.comm, std::ptr::null_mut())
-        }
-        .map_err(|e| nccl_err("all-reduce", e))?;
-        Ok(())
+        nccl::Nccl::all_reduce_sum(self, t)
     }
     fn broadcast(&mut self, t: &mut Tensor, root: usize) -> Result<()> {
-        use cudarc::nccl::{result, sys};
-        Self::check(t)?;
-        let p = t.data_ptr();
-        // SAFETY: as for all_reduce.
-        unsafe { result::broadcast(p, p, t.numel(), sys::ncclDataType_t::ncclFloat32, root as i32, self.comm, std::ptr::null_mut()) }
-            .map_err(|e| nccl_err("broadcast", e))?;
-        Ok(())
+        nccl::Nccl::broadcast(self, t, root)
     }
     fn barrier(&mut self) -> Result<()> {
-        let mut x = Tensor::zeros([1], (Kind::Float, Device::Cuda(0)));
-        self.all_reduce_sum(&mut x)?;
-        tch::Cuda::synchronize(0);
-        Ok(())
+        nccl::Nccl::barrier(self)
     }
     fn name(&self) -> &'static str {
         "nccl"
     }
+    fn finish(&mut self, ok: bool) {
+        nccl::Nccl::finish(self, ok)
+    }
+}
+
+/// Joins the job's NCCL communicator on `device` (this rank's GPU, already current): rank 0's
+/// unique id and every rank's GPU (`host/PCI bus id`) travel through coordinator barriers;
+/// two ranks on one GPU are refused before NCCL would fail on them.
+fn join_nccl(control: &mut ControlPlane, rank: usize, world: usize, device: Device) -> Result<nccl::Nccl> {
+    let lib = nccl::lib()?;
+    let Device::Cuda(ordinal) = device else {
+        return Err(Error::Dist(format!("NCCL needs a CUDA device, got {device:?}")));
+    };
+    let gpu = format!("{}/{}", hostname(), crate::cuda::pci_bus_id(ordinal)?);
+    let gpus: Vec<String> = control.barrier("gpu-ids", gpu.into_bytes())?.into_iter().map(|b| String::from_utf8_lossy(&b).into_owned()).collect();
+    if let Some((a, b)) = crate::cuda::shared_gpu(&gpus) {
+        return Err(Error::Input(format!(
+            "ranks {a} and {b} would share GPU {}: one GPU per rank (set CUDA_VISIBLE_DEVICES per rank, or let rankforge-launch --nproc-per-node gpu do it)",
+            gpus[a]
+        )));
+    }
+    let payload = if rank == 0 { lib.unique_id()? } else { Vec::new() };
+    let ids = control.barrier("nccl-unique-id", payload)?;
+    let (major, minor, patch) = lib.version()?;
+    tracing::debug!(library = %lib.path.display(), version = %format!("{major}.{minor}.{patch}"), "NCCL");
+    nccl::Nccl::init(lib, &ids[0], rank, world, device)
 }
 
 /// The rank's view of the job: context, control plane and collective.
@@ -287,11 +239,7 @@ impl Dist {
         control.start_background(Duration::from_secs_f64(env_num(rfenv::HEARTBEAT_INTERVAL, 2.0f64)?.max(0.05)));
         let status = control.status.clone();
         let coll: Box<dyn Collective> = match listener {
-            None => {
-                // Make the rank's GPU current for NCCL.
-                let _ = Tensor::zeros([1], (Kind::Float, device));
-                Box::new(Nccl::init(&mut control, ctx.rank, ctx.world_size)?)
-            }
+            None => Box::new(join_nccl(&mut control, ctx.rank, ctx.world_size, device)?),
             Some(l) => Box::new(
                 ring::TcpRing::connect(l, ctx.rank, ctx.world_size, &reply.peers, &ctx.token, ctx.generation, ctx.join_timeout)
                     .map_err(|e| Error::Dist(format!("rank {}: cannot connect the CPU ring: {e}", ctx.rank)))?,
@@ -307,6 +255,11 @@ impl Dist {
 
     pub fn world(&self) -> usize {
         self.ctx.world_size
+    }
+
+    /// `local` (a world of one), `tcp-ring` or `nccl`.
+    pub fn collective_name(&self) -> &'static str {
+        self.coll.name()
     }
 
     /// Rank 0 writes metrics, checkpoints and `final/`.
@@ -365,7 +318,8 @@ impl Dist {
         let buckets = buckets(&grads, BUCKET_BYTES / 4);
         let last = buckets.len() - 1;
         for (i, range) in buckets.into_iter().enumerate() {
-            let mut parts: Vec<Tensor> = grads[range.clone()].iter().map(|g| g.reshape([-1])).collect();
+            // Reduced in f32 whatever the gradients' dtype (bf16 weights have bf16 gradients).
+            let mut parts: Vec<Tensor> = grads[range.clone()].iter().map(|g| g.reshape([-1]).to_kind(Kind::Float)).collect();
             if i == last {
                 parts.push(extra_t.shallow_clone());
             }
@@ -408,6 +362,16 @@ impl Dist {
     }
 }
 
+impl Drop for Dist {
+    /// Ends the collective deliberately before the control plane goes: gracefully when this
+    /// rank finished its run (phase `Done`, set by the recipe loops and the benches after their
+    /// last collective), else as a failing rank (NCCL: abort, which never waits for a peer).
+    fn drop(&mut self) {
+        let ok = self.status.phase() == Phase::Done && !std::thread::panicking();
+        self.coll.finish(ok);
+    }
+}
+
 /// Consecutive index ranges of `tensors` holding at most `max_elems` elements each (a tensor
 /// larger than that gets a bucket of its own). Always at least one (possibly empty) bucket.
 fn buckets(tensors: &[Tensor], max_elems: usize) -> Vec<std::ops::Range<usize>> {
@@ -428,6 +392,60 @@ fn buckets(tensors: &[Tensor], max_elems: usize) -> Vec<std::ops::Range<usize>> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Two in-process CPU ranks joined by a TCP ring.
+    fn two_ranks() -> Vec<Dist> {
+        let listeners: Vec<_> = (0..2).map(|_| ring::listen("127.0.0.1").unwrap()).collect();
+        let peers: Vec<String> = listeners.iter().map(|(_, a)| a.clone()).collect();
+        let handles: Vec<_> = listeners
+            .into_iter()
+            .enumerate()
+            .map(|(r, (l, _))| {
+                let peers = peers.clone();
+                std::thread::spawn(move || ring::TcpRing::connect(l, r, 2, &peers, "tok", 1, Duration::from_secs(10)).unwrap())
+            })
+            .collect();
+        handles
+            .into_iter()
+            .enumerate()
+            .map(|(rank, h)| {
+                let ctx = RankContext { rank, world_size: 2, ..RankContext::single() };
+                Dist { ctx, control: None, coll: Box::new(h.join().unwrap()), status: Arc::default(), hosts: vec![] }
+            })
+            .collect()
+    }
+
+    /// bf16 weights have bf16 gradients: a bucket of them (here the first, which carries no
+    /// f32 extras to promote it) used to reach the collective as bf16 and be refused.
+    #[test]
+    fn bf16_gradients_are_reduced_in_f32_buckets() {
+        let big = BUCKET_BYTES / 4 + 1; // a bucket of its own
+        let results: Vec<_> = std::thread::scope(|s| {
+            let hs: Vec<_> = two_ranks()
+                .into_iter()
+                .map(|mut d| {
+                    s.spawn(move || {
+                        let r = d.rank() as f64 + 1.0;
+                        let a = Tensor::zeros([big as i64], (Kind::BFloat16, Device::Cpu)).set_requires_grad(true);
+                        let b = Tensor::zeros([3], (Kind::BFloat16, Device::Cpu)).set_requires_grad(true);
+                        let c = Tensor::from_slice(&[1.0f32, 2.0, 3.0]).to_kind(Kind::BFloat16);
+                        ((a.sum(Kind::Float) * r) + (&b * &c).sum(Kind::Float) * r).backward();
+                        let mut extra = [r];
+                        d.reduce_grads([&a, &b], &mut extra).unwrap();
+                        let (ga, gb) = (a.grad(), b.grad());
+                        (ga.kind(), ga.min().double_value(&[]), ga.max().double_value(&[]), Vec::<f32>::try_from(gb.to_kind(Kind::Float)).unwrap(), extra[0])
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for (kind, lo, hi, gb, extra) in results {
+            assert_eq!(kind, Kind::BFloat16, "gradients keep their dtype");
+            assert_eq!((lo, hi), (3.0, 3.0), "1 + 2 on every element of the big bucket");
+            assert_eq!(gb, [3.0, 6.0, 9.0]);
+            assert_eq!(extra, 3.0);
+        }
+    }
 
     #[test]
     fn buckets_split_by_size_and_keep_order() {

@@ -181,26 +181,28 @@ pub fn load_weights(dir: &Path, vars: HashMap<String, Tensor>, route: impl Fn(&s
     let mut vars = vars;
     let (mut unexpected, mut shapes, mut ignored) = (Vec::new(), Vec::new(), Vec::new());
     for file in &files {
-        for (name, t) in crate::st::load(file)? {
+        // One tensor at a time from the memory-mapped shard into its variable.
+        crate::st::visit(file, |name, t| {
             let (target, transpose) = match route(&name) {
                 Route::Param(n) => (n, false),
                 Route::Transposed(n) => (n, true),
                 Route::Ignore => {
                     ignored.push(name);
-                    continue;
+                    return Ok(());
                 }
             };
             let Some(mut var) = vars.remove(&target) else {
                 unexpected.push(name);
-                continue;
+                return Ok(());
             };
             let t = if transpose && t.dim() == 2 { t.tr() } else { t };
             if t.size() != var.size() {
                 shapes.push(format!("{name} has shape {:?}, the config needs {:?}", t.size(), var.size()));
-                continue;
+                return Ok(());
             }
             tch::no_grad(|| var.copy_(&t.to_kind(var.kind())));
-        }
+            Ok(())
+        })?;
     }
     if !ignored.is_empty() {
         tracing::debug!(path = %err_path.display(), ignored = %ignored.join(", "), "weights not used by this model (task heads, buffers)");

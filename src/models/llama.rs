@@ -227,7 +227,14 @@ pub struct Llama {
 impl Llama {
     /// A freshly initialised fp32 model (N(0, initializer_range), norms 1, biases 0).
     pub fn new(cfg: &LlamaConfig, device: Device) -> Llama {
-        let vs = VarStore::new(device);
+        Llama::new_as(cfg, device, Kind::Float)
+    }
+
+    /// [`Llama::new`] with every weight allocated in `kind` from the start: a bf16 model of
+    /// 8 B parameters takes 16 GB on the device, never 32 GB of fp32 first.
+    pub fn new_as(cfg: &LlamaConfig, device: Device, kind: Kind) -> Llama {
+        let mut vs = VarStore::new(device);
+        vs.set_kind(kind);
         let m = vs.root() / "model";
         let (h, std) = (cfg.hidden_size, cfg.initializer_range);
         let (q_out, kv_out) = (cfg.num_attention_heads * cfg.head_dim, cfg.num_key_value_heads * cfg.head_dim);
@@ -267,8 +274,7 @@ impl Llama {
         let (path, value) = hf::read_config(dir)?;
         let cfg = LlamaConfig::from_hf_json(&path, &value)?;
         hf::check_model_fits(&path, device, cfg.num_params(), cfg.vocab_size, ("hidden_size", cfg.hidden_size))?;
-        let mut model = Llama::new(&cfg, device);
-        model.vs.set_kind(kind);
+        let model = Llama::new_as(&cfg, device, kind);
         model.load_weights(dir)?;
         Ok(model)
     }
