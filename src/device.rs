@@ -47,23 +47,14 @@ pub fn check_training_memory(recipe: &Recipe, file: &Path) -> Result<()> {
     match recipe.model.kind {
         ModelKind::Gpt => {
             let m = recipe.model.gpt()?;
-            let vocab = match m.vocab_size {
-                Some(v) => v,
-                None => match recipe.data.tokenizer.as_deref().map(LoadedTokenizer::load) {
-                    Some(Ok(tok)) => tok.vocab_size().div_ceil(64) * 64,
-                    _ => return Ok(()),
-                },
+            // Without model.vocab_size the tokenizer decides it, as `rankforge train` does.
+            let tok = match (m.vocab_size, recipe.data.tokenizer.as_deref().map(LoadedTokenizer::load)) {
+                (Some(_), _) => None,
+                (None, Some(Ok(tok))) => Some(tok),
+                (None, _) => return Ok(()),
             };
-            let cfg = GptConfig {
-                vocab_size: vocab,
-                n_layer: m.n_layer,
-                n_head: m.n_head,
-                n_embd: m.n_embd,
-                n_positions: m.n_positions.unwrap_or(m.block_size),
-                dropout: m.dropout,
-                bias: m.bias,
-                layer_norm_eps: 1e-5,
-            };
+            let Ok(cfg) = crate::train::model_config(recipe, tok.as_ref().map(|t| (t.vocab_size(), t.path.as_path()))) else { return Ok(()) };
+            let vocab = cfg.vocab_size;
             let (v, c, t, l) = (vocab as u128, m.n_embd as u128, m.block_size as u128, m.n_layer as u128);
             let embedding = v * c;
             // The logits (tokens × vocabulary) are blamed on the larger of the two factors.

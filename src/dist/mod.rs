@@ -395,22 +395,12 @@ mod tests {
 
     /// Two in-process CPU ranks joined by a TCP ring.
     fn two_ranks() -> Vec<Dist> {
-        let listeners: Vec<_> = (0..2).map(|_| ring::listen("127.0.0.1").unwrap()).collect();
-        let peers: Vec<String> = listeners.iter().map(|(_, a)| a.clone()).collect();
-        let handles: Vec<_> = listeners
+        ring::tests::rings(2)
             .into_iter()
             .enumerate()
-            .map(|(r, (l, _))| {
-                let peers = peers.clone();
-                std::thread::spawn(move || ring::TcpRing::connect(l, r, 2, &peers, "tok", 1, Duration::from_secs(10)).unwrap())
-            })
-            .collect();
-        handles
-            .into_iter()
-            .enumerate()
-            .map(|(rank, h)| {
+            .map(|(rank, ring)| {
                 let ctx = RankContext { rank, world_size: 2, ..RankContext::single() };
-                Dist { ctx, control: None, coll: Box::new(h.join().unwrap()), status: Arc::default(), hosts: vec![] }
+                Dist { ctx, control: None, coll: Box::new(ring), status: Arc::default(), hosts: vec![] }
             })
             .collect()
     }

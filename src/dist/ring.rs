@@ -268,11 +268,11 @@ impl TcpRing {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// `world` rings in threads of this process.
-    fn rings(world: usize) -> Vec<TcpRing> {
+    pub(crate) fn rings(world: usize) -> Vec<TcpRing> {
         let listeners: Vec<_> = (0..world).map(|_| listen("127.0.0.1").unwrap()).collect();
         let peers: Vec<String> = listeners.iter().map(|(_, a)| a.clone()).collect();
         let handles: Vec<_> = listeners
