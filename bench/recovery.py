@@ -11,7 +11,12 @@ and broadcast, and one training step. Prints one JSON line per round and the med
 loopback); node 1's launcher is killed with SIGKILL (its rank dies with it) and the span runs
 until node 0 alone (world 1) writes its first new step.
 
-    .venv/bin/python bench/recovery.py [--rounds 5] [--mode rank|node]
+--mode frozen: rank 1 is frozen with SIGSTOP instead of killed; the job runs with
+`--heartbeat-timeout 2` and the default 30 s grace period, so the span is detection (2 s of
+missed heartbeats) plus the restart: a rank declared dead is SIGKILLed at once, the grace period
+is not waited out.
+
+    .venv/bin/python bench/recovery.py [--rounds 5] [--mode rank|node|frozen]
 """
 import argparse, json, os, signal, statistics, subprocess, sys, tempfile, time
 
@@ -41,7 +46,8 @@ def rank_pid(tag, rank):
 
 
 def launcher(run, extra):
-    return [os.path.join(ROOT, "target/release/rankforge-launch"), *extra, "--grace-period", "2",
+    grace = [] if "--heartbeat-timeout" in extra else ["--grace-period", "2"]
+    return [os.path.join(ROOT, "target/release/rankforge-launch"), *extra, *grace,
             "--config", os.path.join(ROOT, "configs/gpt_tiny_pretrain_cpu.toml"),
             "--set", f"run.dir={run!r}".replace("'", '"'), "--set", "train.max_steps=100000",
             "--set", "checkpoint.every_steps=10", "--set", "eval.every_steps=0"]
@@ -56,9 +62,10 @@ def free_port():
 
 def one_round(tmp, mode):
     run = os.path.join(tmp, "run")
-    if mode == "rank":
-        procs = [subprocess.Popen(launcher(run, ["--nproc-per-node", "2", "--max-restarts", "1"]), cwd=ROOT,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)]
+    if mode in ("rank", "frozen"):
+        extra = ["--heartbeat-timeout", "2"] if mode == "frozen" else []
+        procs = [subprocess.Popen(launcher(run, ["--nproc-per-node", "2", "--max-restarts", "1", *extra]), cwd=ROOT,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
     else:
         coord = f"127.0.0.1:{free_port()}"
         env = dict(os.environ, RANKFORGE_JOB_TOKEN="recovery-bench-0123456789")
@@ -70,13 +77,13 @@ def one_round(tmp, mode):
         if any(p.poll() is not None for p in procs):
             sys.exit(f"a launcher exited before step 40 (see {run}/logs)")
         time.sleep(0.01)
-    pid = rank_pid(run, 1) if mode == "rank" else procs[1].pid
+    pid = procs[1].pid if mode == "node" else rank_pid(run, 1)
     killed_at_step = rows(metrics)[-1]["step"]
     ckpts = [int(d.split("_")[1]) for d in os.listdir(os.path.join(run, "checkpoints")) if d.startswith("step_")]
     resume_from = max(ckpts)
     inode = os.stat(metrics).st_ino
     t0 = time.monotonic()
-    os.kill(pid, signal.SIGKILL)
+    os.kill(pid, signal.SIGSTOP if mode == "frozen" else signal.SIGKILL)
     # The restarted job rewrites metrics.jsonl (a new file: rows past its checkpoint dropped),
     # then appends: resumed = the new file has a step beyond the checkpoint.
     resumed = None
@@ -109,7 +116,7 @@ def main():
     ensure_tokenizer()
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--mode", choices=["rank", "node"], default="rank")
+    ap.add_argument("--mode", choices=["rank", "node", "frozen"], default="rank")
     args = ap.parse_args()
     times = []
     for _ in range(args.rounds):
