@@ -43,16 +43,27 @@ fn kind_of(dtype: Dtype) -> Option<Kind> {
 
 /// A tensor as the safetensors writer sees it: its bytes are copied to the host only when the
 /// writer reaches it, so a save holds one tensor's host copy at a time, not the whole model.
+/// A failed device→host copy (the writer's `data()` cannot return an error) is recorded in
+/// `failed` and turned into an error after the write, which then discards the file.
 struct Lazy<'a> {
+    name: &'a str,
     tensor: &'a Tensor,
     dtype: Dtype,
     shape: Vec<usize>,
+    failed: std::cell::RefCell<Option<String>>,
 }
 
 impl<'a> Lazy<'a> {
-    fn new(name: &str, tensor: &'a Tensor) -> Result<Lazy<'a>> {
+    fn new(name: &'a str, tensor: &'a Tensor) -> Result<Lazy<'a>> {
         let dtype = dtype_of(tensor.kind()).ok_or_else(|| Error::Input(format!("tensor {name}: dtype {:?} cannot be saved", tensor.kind())))?;
-        Ok(Lazy { tensor, dtype, shape: tensor.size().iter().map(|&d| d as usize).collect() })
+        Ok(Lazy { name, tensor, dtype, shape: tensor.size().iter().map(|&d| d as usize).collect(), failed: Default::default() })
+    }
+
+    fn host_bytes(&self) -> std::result::Result<Vec<u8>, tch::TchError> {
+        let t = self.tensor.f_to_device(Device::Cpu)?.f_contiguous()?;
+        let mut bytes = vec![0u8; self.data_len()];
+        t.f_copy_data_u8(&mut bytes, t.numel())?;
+        Ok(bytes)
     }
 }
 
@@ -64,13 +75,32 @@ impl View for Lazy<'_> {
         &self.shape
     }
     fn data(&self) -> Cow<'_, [u8]> {
-        let t = self.tensor.to_device(Device::Cpu).contiguous();
-        let mut bytes = vec![0u8; self.data_len()];
-        t.copy_data_u8(&mut bytes, t.numel());
-        Cow::Owned(bytes)
+        match self.host_bytes() {
+            Ok(bytes) => Cow::Owned(bytes),
+            Err(e) => {
+                *self.failed.borrow_mut() = Some(format!("tensor {}: copy to the host failed: {e}", self.name));
+                Cow::Owned(vec![0u8; self.data_len()])
+            }
+        }
     }
     fn data_len(&self) -> usize {
         self.tensor.numel() * self.tensor.kind().elt_size_in_bytes()
+    }
+}
+
+/// The writer takes views by value; lending them keeps `failed` readable after the write.
+impl View for &Lazy<'_> {
+    fn dtype(&self) -> Dtype {
+        (**self).dtype()
+    }
+    fn shape(&self) -> &[usize] {
+        (**self).shape()
+    }
+    fn data(&self) -> Cow<'_, [u8]> {
+        (**self).data()
+    }
+    fn data_len(&self) -> usize {
+        (**self).data_len()
     }
 }
 
@@ -82,9 +112,20 @@ fn metadata() -> Option<HashMap<String, String>> {
     Some([("format".to_string(), "pt".to_string())].into())
 }
 
+/// The first failed device→host copy among `views`, as an error.
+fn copy_failure(views: &[(&str, Lazy<'_>)]) -> Result<()> {
+    match views.iter().find_map(|(_, v)| v.failed.borrow_mut().take()) {
+        Some(msg) => Err(Error::Torch(tch::TchError::Torch(msg))),
+        None => Ok(()),
+    }
+}
+
 /// The serialised bytes of `tensors` (sorted by name by the format) with `format: pt`.
 pub fn serialize(tensors: &[(String, Tensor)]) -> Result<Vec<u8>> {
-    safetensors::serialize(views(tensors)?, metadata()).map_err(|e| Error::Input(format!("safetensors serialisation: {e}")))
+    let views = views(tensors)?;
+    let bytes = safetensors::serialize(views.iter().map(|(n, v)| (*n, v)), metadata()).map_err(|e| Error::Input(format!("safetensors serialisation: {e}")))?;
+    copy_failure(&views)?;
+    Ok(bytes)
 }
 
 /// Writes `tensors` to `path` atomically, streaming: tensor by tensor from the device into the
@@ -93,10 +134,11 @@ pub fn save(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
     let views = views(tensors)?;
     let tmp = crate::fsutil::temp_path(path);
     let result = (|| {
-        safetensors::serialize_to_file(views, metadata(), &tmp).map_err(|e| match e {
+        safetensors::serialize_to_file(views.iter().map(|(n, v)| (*n, v)), metadata(), &tmp).map_err(|e| match e {
             SafeTensorError::IoError(io) => Error::Io { path: tmp.clone(), source: io },
             e => Error::Input(format!("{}: safetensors serialisation: {e}", path.display())),
         })?;
+        copy_failure(&views)?;
         std::fs::File::open(&tmp).and_then(|f| f.sync_all()).at(&tmp)?;
         std::fs::rename(&tmp, path).at(path)?;
         crate::fsutil::sync_parent(path)
