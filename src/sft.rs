@@ -24,6 +24,7 @@
 //!
 //! Labels are unshifted (`labels[i]` is the target at position `i`; the model shifts).
 
+pub mod disk;
 pub mod read;
 
 use std::path::Path;

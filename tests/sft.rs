@@ -291,3 +291,43 @@ fn pretraining_recipe_without_tokenizer_names_the_key() {
     assert!(err.contains("data.tokenizer is not set"), "{err}");
 }
 
+
+/// A directory `datasets` wrote with `save_to_disk` reads as `load_from_disk` reads it: a
+/// Dataset gives the same examples as the JSONL it was made from, a DatasetDict gives its
+/// `train` split to `data.train` and its `validation` split to `data.val`.
+#[test]
+fn save_to_disk_directories_read_like_the_jsonl_they_came_from() {
+    let (dir, _) = reference();
+    let out = dir.join("disk");
+    let py = "import json, sys, datasets\n\
+              src, out = sys.argv[1], sys.argv[2]\n\
+              for name in ['pc', 'messages']:\n\
+              \x20   rows = [json.loads(l) for l in open(f'{src}/{name}.jsonl') if l.strip()]\n\
+              \x20   ds = datasets.Dataset.from_list(rows)\n\
+              \x20   ds.save_to_disk(f'{out}/{name}_dataset')\n\
+              \x20   datasets.DatasetDict({'train': ds, 'validation': ds.select([0, 1])}).save_to_disk(f'{out}/{name}_dict')\n";
+    let run = std::process::Command::new(python()).args(["-c", py, dir.to_str().unwrap(), out.to_str().unwrap()]).output().unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let tok = LoadedTokenizer::load(&dir.join("tok_chatml")).unwrap();
+    for name in ["pc", "messages"] {
+        let load = |v: Value| sft::load(&data_config(v), &tok, 0).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let jsonl = pairs(&load(json!({"train": dir.join(format!("{name}.jsonl"))})).train);
+        assert!(jsonl.len() >= 2, "{name}");
+        let from_dataset = load(json!({"train": out.join(format!("{name}_dataset"))}));
+        assert_eq!(pairs(&from_dataset.train), jsonl, "{name}: Dataset directory");
+        let dict = out.join(format!("{name}_dict"));
+        let from_dict = load(json!({"train": dict, "val": dict}));
+        assert_eq!(pairs(&from_dict.train), jsonl, "{name}: DatasetDict train split");
+        assert_eq!(pairs(&from_dict.val), jsonl[..2].to_vec(), "{name}: DatasetDict validation split");
+    }
+    // A split's directory is itself a Dataset.
+    let split = sft::load(&data_config(json!({"train": out.join("pc_dict/validation")})), &tok, 0).unwrap();
+    assert_eq!(split.train.len(), 2);
+    // A DatasetDict without the split a key needs is named.
+    let only_train = out.join("pc_train_only");
+    let py = "import sys, datasets\nd = datasets.load_from_disk(sys.argv[1])\ndatasets.DatasetDict({'train': d['train']}).save_to_disk(sys.argv[2])\n";
+    let run = std::process::Command::new(python()).args(["-c", py, out.join("pc_dict").to_str().unwrap(), only_train.to_str().unwrap()]).output().unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let e = sft::load(&data_config(json!({"train": only_train, "val": only_train})), &tok, 0).unwrap_err().to_string();
+    assert!(e.contains("data.val: the DatasetDict has no validation or test split (it has: train)"), "{e}");
+}

@@ -1,6 +1,7 @@
 //! Reading fine-tuning rows: JSON (an array of objects, or JSON Lines in a `.json` file as
-//! `datasets` writes them), JSONL, CSV (header row) and Parquet, from files, folders (sorted,
-//! recursive, data files only) and globs. Every row keeps its file and line (or Parquet row) so
+//! `datasets` writes them), JSONL, CSV (header row), Parquet and the Arrow files of a
+//! `save_to_disk` directory ([`super::disk`]), from files, folders (sorted, recursive, data
+//! files only; a `save_to_disk` folder as `load_from_disk` reads it) and globs. Every row keeps its file and line (or Parquet row) so
 //! that a problem names where it is. Field access helpers turn a missing field or a wrong type
 //! into a [`RowError::Malformed`] message.
 
@@ -44,7 +45,7 @@ impl Row {
     }
 }
 
-const EXTENSIONS: [&str; 5] = ["json", "jsonl", "ndjson", "csv", "parquet"];
+const EXTENSIONS: [&str; 6] = ["json", "jsonl", "ndjson", "csv", "parquet", "arrow"];
 
 /// Files named by `paths`: files as given, folders walked (sorted, recursively, hidden entries
 /// and non-data files skipped), globs expanded (sorted). `key` names the recipe key.
@@ -60,11 +61,13 @@ pub fn expand(paths: &[PathBuf], key: &str) -> Result<Vec<PathBuf>> {
                 return Err(Error::data(path, format!("{key}: the pattern matches no file")));
             }
             files.extend(found);
+        } else if let Some(arrow) = path.is_dir().then(|| super::disk::dataset_files(path, key)).transpose()?.flatten() {
+            files.extend(arrow);
         } else if path.is_dir() {
             let before = files.len();
             crate::data::walk_files(path, &mut files, &|p| extension(p).is_some_and(|e| EXTENSIONS.contains(&e.as_str())))?;
             if files.len() == before {
-                return Err(Error::data(path, format!("{key}: folder contains no .json, .jsonl, .csv or .parquet file")));
+                return Err(Error::data(path, format!("{key}: folder contains no .json, .jsonl, .csv, .parquet or .arrow file, and is no save_to_disk directory")));
             }
         } else {
             std::fs::metadata(path).map_err(|e| Error::data(path, format!("{key}: cannot read: {e}")))?;
@@ -93,7 +96,8 @@ pub fn read_file(path: &Path) -> Result<Vec<Row>> {
         Some("jsonl" | "ndjson") => Ok(json_lines(&std::fs::read(path).at(path)?, &shared)),
         Some("csv") => csv_rows(&shared),
         Some("parquet") => parquet_rows(&shared),
-        _ => Err(Error::data(path, "unsupported file type: expected .json, .jsonl, .csv or .parquet")),
+        Some("arrow") => super::disk::arrow_rows(&shared),
+        _ => Err(Error::data(path, "unsupported file type: expected .json, .jsonl, .csv, .parquet or .arrow")),
     }
 }
 
