@@ -8,6 +8,7 @@
 //! where that happened so the caller can log the warning. Sums are numpy's pairwise sums, so
 //! the numbers are bit-for-bit scikit-learn's, and [`ClassificationReport::report_text`]
 //! prints byte-for-byte what `classification_report(..., digits=2, zero_division=0)` prints.
+//! (including its quirk of printing supports as `1.0` when no prediction at all is right).
 //!
 //! Multi-label ([`ClassificationReport::multilabel`], 0/1 indicator rows): accuracy is subset
 //! accuracy (every label of a row right), micro is computed on the summed counts and there is
@@ -228,7 +229,12 @@ impl ClassificationReport {
     pub fn report_text(&self) -> String {
         const DIGITS: usize = 2;
         let width = self.labels.iter().map(|l| l.chars().count()).max().unwrap_or(0).max("weighted avg".len()).max(DIGITS);
-        let row = |name: &str, p: f64, r: f64, f: f64, support: usize| format!("{name:>width$}  {p:>9.DIGITS$} {r:>9.DIGITS$} {f:>9.DIGITS$} {support:>9}\n");
+        // scikit-learn's quirk: single-label data with no true positive at all counts
+        // support in floats (`_multilabel_confusion_matrix`'s "pathological case"), printed
+        // as `1.0`.
+        let float_support = matches!(self.confusion, Confusion::SingleLabel(_)) && self.micro.precision == 0.0;
+        let support = |s: usize| if float_support { format!("{s}.0") } else { s.to_string() };
+        let row = |name: &str, p: f64, r: f64, f: f64, s: usize| format!("{name:>width$}  {p:>9.DIGITS$} {r:>9.DIGITS$} {f:>9.DIGITS$} {:>9}\n", support(s));
         let mut out = format!("{:>width$}  {:>9} {:>9} {:>9} {:>9}\n\n", "", "precision", "recall", "f1-score", "support");
         for (name, s) in self.labels.iter().zip(&self.per_label) {
             out += &row(name, s.precision, s.recall, s.f1, s.support);
@@ -237,7 +243,7 @@ impl ClassificationReport {
         let total: usize = self.per_label.iter().map(|s| s.support).sum();
         let avg = |out: &mut String, name: &str, a: &Averages| *out += &row(name, a.precision, a.recall, a.f1, total);
         match &self.samples {
-            None => out += &format!("{:>width$}  {:>9} {:>9} {:>9.DIGITS$} {total:>9}\n", "accuracy", "", "", self.micro.f1),
+            None => out += &format!("{:>width$}  {:>9} {:>9} {:>9.DIGITS$} {:>9}\n", "accuracy", "", "", self.micro.f1, support(total)),
             Some(_) => avg(&mut out, "micro avg", &self.micro),
         }
         avg(&mut out, "macro avg", &self.macro_avg);
@@ -327,8 +333,8 @@ fn np_sum(a: &[f64]) -> f64 {
         r.copy_from_slice(&a[..8]);
         let mut i = 8;
         while i < n - n % 8 {
-            for j in 0..8 {
-                r[j] += a[i + j];
+            for (acc, x) in r.iter_mut().zip(&a[i..i + 8]) {
+                *acc += x;
             }
             i += 8;
         }

@@ -45,7 +45,8 @@ fn zero_division_gives_zero_and_is_listed() {
 fn json_has_the_documented_keys() {
     let r = ClassificationReport::new(&[1, 0], &[1, 1], &names(&["neg", "pos"])).unwrap();
     let j = r.to_json();
-    let keys: Vec<&str> = j.as_object().unwrap().keys().map(String::as_str).collect();
+    let mut keys: Vec<&str> = j.as_object().unwrap().keys().map(String::as_str).collect();
+    keys.sort();
     let mut want = vec!["accuracy", "precision_macro", "recall_macro", "f1_macro", "f1_micro", "f1_weighted", "per_label", "confusion_matrix", "labels", "n"];
     want.sort();
     assert_eq!(keys, want);
@@ -90,4 +91,13 @@ fn np_sum_is_numpy_pairwise() {
     assert_eq!(sequential, 1e16);
     assert_eq!(np_sum(&a), 1e16 + 8.0);
     assert_eq!(np_sum(&a[..7]), 1e16);
+}
+
+#[test]
+fn no_true_positive_prints_float_supports_as_sklearn() {
+    // scikit-learn 1.9.1: classification_report([2], [1], labels=[0, 1, 2], target_names=[...])
+    let r = ClassificationReport::new(&[2], &[1], &names(&["x", "y", "z"])).unwrap();
+    let expected = "              precision    recall  f1-score   support\n\n           x       0.00      0.00      0.00       0.0\n           y       0.00      0.00      0.00       0.0\n           z       0.00      0.00      0.00       1.0\n\n    accuracy                           0.00       1.0\n   macro avg       0.00      0.00      0.00       1.0\nweighted avg       0.00      0.00      0.00       1.0\n";
+    assert_eq!(r.report_text(), expected);
+    assert_eq!(r.to_json()["per_label"]["z"]["support"], 1, "JSON keeps integer supports");
 }
