@@ -3,4 +3,4 @@
 
 pub mod classification;
 
-pub use classification::{Averages, ClassificationReport, LabelScores, Metric, ZeroDivision};
+pub use classification::{Averages, ClassificationReport, Confusion, LabelScores, Metric, ZeroDivision};
