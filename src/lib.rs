@@ -25,6 +25,7 @@ pub mod config;
 pub mod cuda;
 pub mod data;
 pub mod dist;
+pub mod eval;
 pub mod device;
 pub mod error;
 pub mod finetune;

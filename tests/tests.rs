@@ -11,6 +11,7 @@ mod gpu_ready;
 mod hf;
 mod hf_models;
 mod lora;
+mod metrics;
 mod safety;
 mod sft;
 mod tokenizer;
