@@ -45,7 +45,7 @@ use crate::models::layers::Linear;
 pub use crate::models::NamedLinear;
 
 mod peft;
-pub use peft::{load_adapter, save_adapter, LoadedAdapter, ADAPTER_CONFIG, ADAPTER_WEIGHTS};
+pub use peft::{load_adapter, save_adapter, save_adapter_with_modules, LoadedAdapter, ADAPTER_CONFIG, ADAPTER_WEIGHTS};
 
 /// A model's linear layers as `(HF module path, layer, fan_in_fan_out)`; `fan_in_fan_out` is
 /// true for layers Hugging Face stores as Conv1D `[in, out]` (GPT-2).

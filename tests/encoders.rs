@@ -199,6 +199,7 @@ fn rankforge_adapters_load_in_peft_and_peft_adapters_in_rankforge() {
         let mut model = classifier(name);
         let loaded = model.load_adapter(&model_dir(&format!("peft_{name}"))).unwrap();
         assert_eq!(loaded.modules.len(), 4, "{name}: q and v of 2 layers");
+        assert_eq!(loaded.modules_to_save, ["classifier", "score"], "{name}");
         let want = load(&refs_path(&format!("peft_{name}"))).remove("logits").unwrap();
         let diff = max_diff(&logits(&model, &r, false), &want);
         assert!(diff <= TOL, "{name}: PEFT's adapter in rankforge differs by {diff}");
@@ -208,17 +209,21 @@ fn rankforge_adapters_load_in_peft_and_peft_adapters_in_rankforge() {
         let adapted = model.add_lora(&lora_cfg(targets.clone(), 0.0), 7).unwrap();
         assert_eq!(adapted.len(), 4, "{name}: {adapted:?}");
         randomize_lora_b(&mut model, 11);
+        // The head trains in full (PEFT's modules_to_save): a changed bias must reach PEFT.
+        tch::no_grad(|| model.classifier.bias.as_mut().unwrap().copy_(&Tensor::from_slice(&[0.5f32, -0.25, 1.0])));
         let ours = logits(&model, &r, false);
         assert!(max_diff(&ours, &r["logits"]) > 1e-3, "{name}: the adapter changes the logits");
         let dir = scratch(&format!("encoders-adapter-{name}"));
-        lora::save_adapter(&dir, &model.linears_mut(), &lora_cfg(targets, 0.0), None, "SEQ_CLS").unwrap();
+        lora::save_adapter_with_modules(&dir, &model.linears_mut(), &lora_cfg(targets, 0.0), None, "SEQ_CLS", &["classifier"]).unwrap();
         let out = dir.join("peft_logits.safetensors");
         let (base, refs) = (model_dir(name), refs_path(name));
         let args = ["check_adapter", base.to_str().unwrap(), dir.to_str().unwrap(), refs.to_str().unwrap(), out.to_str().unwrap()];
         let report = run_py(&args);
         assert_eq!(report["missing_lora"], serde_json::json!([]), "{name}: {report}");
         assert_eq!(report["unexpected"], serde_json::json!([]), "{name}: {report}");
-        assert_eq!(report["n_keys"], 8);
+        assert_eq!(report["missing_other"], serde_json::json!([]), "{name}: {report}");
+        // 8 LoRA tensors + the head (DistilBERT's pre_classifier too: PEFT's suffix rule).
+        assert_eq!(report["n_keys"], if name == "bert_cls" { 10 } else { 12 }, "{report}");
         let diff = max_diff(&load(&out)["output"], &ours);
         assert!(diff <= TOL, "{name}: PEFT on our adapter differs by {diff}");
     }

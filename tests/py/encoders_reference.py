@@ -9,7 +9,7 @@ usage:
       (AutoModel's last_hidden_state) and `logits` (AutoModelForSequenceClassification) where
       the directory has a head. OUT_DIR/refs/losses.safetensors: one batch's logits, labels and
       transformers' loss per problem type. OUT_DIR/peft_<name>/: PEFT LoRA adapters (r=4,
-      alpha=8, no task_type so no modules_to_save, random lora_B) with their logits in refs/peft_<name>.
+      alpha=8, task_type SEQ_CLS, random lora_B, the head in modules_to_save changed) with their logits in refs/peft_<name>.
       Prints {"all_linear": {model: [module paths PEFT's "all-linear" resolves to]}}.
   encoders_reference.py check_model base|cls DIR REFS OUT
       Loads DIR with AutoModel (base) or AutoModelForSequenceClassification (cls), runs it on
@@ -139,13 +139,15 @@ def make_peft(out):
     all_linear = {}
     for name, targets in [("bert_cls", None), ("distil_cls", ["q_lin", "v_lin"])]:
         model = AutoModelForSequenceClassification.from_pretrained(os.path.join(out, name)).eval()
-        # No task_type: SEQ_CLS would add the head as modules_to_save (issue 12 item 9).
-        lcfg = LoraConfig(r=4, lora_alpha=8, target_modules=targets)
+        lcfg = LoraConfig(r=4, lora_alpha=8, target_modules=targets, task_type="SEQ_CLS")
         peft_model = get_peft_model(model, lcfg)
         torch.manual_seed(3)
         for module_name, param in peft_model.named_parameters():
             if "lora_B" in module_name:
                 torch.nn.init.normal_(param)
+            if "modules_to_save" in module_name:  # the head trained too: it must travel
+                with torch.no_grad():
+                    param.add_(0.5 * torch.randn_like(param))
         peft_model.eval()
         peft_model.save_pretrained(os.path.join(out, f"peft_{name}"))
         refs = load_file(os.path.join(out, "refs", f"{name}.safetensors"))
