@@ -31,7 +31,8 @@
 //! ## Targets
 //! `target_modules` follows PEFT's rule: a module is adapted when its full path equals a name
 //! or ends with `.name`. `"all-linear"` adapts every linear layer except the output layer
-//! `lm_head`.
+//! `lm_head` and a classification model's top-level head (`classifier`, `score`), as PEFT does
+//! for `SEQ_CLS`. [`default_target_modules`] gives PEFT's per-family defaults.
 
 use std::collections::BTreeSet;
 
@@ -44,7 +45,7 @@ use crate::models::layers::Linear;
 pub use crate::models::NamedLinear;
 
 mod peft;
-pub use peft::{load_adapter, save_adapter, LoadedAdapter, ADAPTER_CONFIG, ADAPTER_WEIGHTS};
+pub use peft::{load_adapter, save_adapter, save_adapter_with_modules, LoadedAdapter, ADAPTER_CONFIG, ADAPTER_WEIGHTS};
 
 /// A model's linear layers as `(HF module path, layer, fan_in_fan_out)`; `fan_in_fan_out` is
 /// true for layers Hugging Face stores as Conv1D `[in, out]` (GPT-2).
@@ -104,9 +105,25 @@ impl TargetModules {
     pub fn matches(&self, path: &str) -> bool {
         match self {
             TargetModules::Names(names) => names.iter().any(|n| name_matches(n, path)),
-            TargetModules::Preset(_) => leaf(path) != "lm_head",
+            TargetModules::Preset(_) => leaf(path) != "lm_head" && !SEQ_CLS_HEAD_NAMES.contains(&path),
         }
     }
+}
+
+/// Top-level classification heads that `"all-linear"` leaves out (PEFT's `SEQ_CLS_HEAD_NAMES`).
+pub const SEQ_CLS_HEAD_NAMES: [&str; 2] = ["score", "classifier"];
+
+/// PEFT's default LoRA targets of a `model_type`
+/// (`TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING`), for the families rankforge has.
+pub fn default_target_modules(model_type: &str) -> Option<TargetModules> {
+    let names: &[&str] = match model_type {
+        "bert" => &["query", "value"],
+        "distilbert" => &["q_lin", "v_lin"],
+        "gpt2" => &["c_attn"],
+        "llama" | "mistral" | "qwen2" => &["q_proj", "v_proj"],
+        _ => return None,
+    };
+    Some(TargetModules::Names(names.iter().map(|n| n.to_string()).collect()))
 }
 
 fn name_matches(name: &str, path: &str) -> bool {
@@ -336,6 +353,11 @@ mod tests {
         let all = TargetModules::Preset(ALL_LINEAR.into());
         assert!(all.matches("model.layers.0.mlp.down_proj"));
         assert!(!all.matches("lm_head"));
+        assert!(!all.matches("classifier") && !all.matches("score"));
+        assert!(all.matches("pre_classifier") && all.matches("bert.pooler.dense"));
+        assert_eq!(default_target_modules("distilbert"), Some(names(&["q_lin", "v_lin"])));
+        assert_eq!(default_target_modules("bert"), Some(names(&["query", "value"])));
+        assert!(default_target_modules("t5").is_none());
     }
 
     fn nl<'a>(name: &str, linear: &'a mut Linear, fan_in_fan_out: bool) -> NamedLinear<'a> {

@@ -5,6 +5,7 @@
 mod bad_input;
 mod common;
 mod dist;
+mod encoders;
 mod finetune;
 mod generate;
 mod gpu_ready;

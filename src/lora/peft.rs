@@ -32,6 +32,9 @@ pub struct LoadedAdapter {
     pub base_model_name_or_path: Option<String>,
     /// `task_type` of the config (`CAUSAL_LM`, …), if any.
     pub task_type: Option<String>,
+    /// PEFT's `modules_to_save` (e.g. a classifier head): the matching linear layers were
+    /// loaded whole from the adapter file (they stay frozen like the rest of the base).
+    pub modules_to_save: Vec<String>,
 }
 
 /// Writes `dir/adapter_config.json` and `dir/adapter_model.safetensors` (F32, PEFT's key
@@ -44,6 +47,27 @@ pub fn save_adapter(
     base_model_name_or_path: Option<&str>,
     task_type: &str,
 ) -> Result<()> {
+    save_adapter_with_modules(dir, linears, cfg, base_model_name_or_path, task_type, &[])
+}
+
+/// Whether PEFT saves the module at `path` whole for `modules_to_save` (PEFT's rule: the path
+/// ends with a name — plainly, so `"classifier"` also selects DistilBERT's `pre_classifier`).
+fn saved_whole(modules_to_save: &[String], path: &str) -> bool {
+    modules_to_save.iter().any(|m| path.ends_with(m.as_str()))
+}
+
+/// [`save_adapter`] plus PEFT's `modules_to_save` (e.g. `["classifier"]` for a `SEQ_CLS`
+/// adapter): the selected linear layers are written whole, `base_model.model.<path>.weight`
+/// / `.bias`, as PEFT writes them.
+pub fn save_adapter_with_modules(
+    dir: &Path,
+    linears: &[NamedLinear<'_>],
+    cfg: &LoraConfig,
+    base_model_name_or_path: Option<&str>,
+    task_type: &str,
+    modules_to_save: &[&str],
+) -> Result<()> {
+    let modules_to_save: Vec<String> = modules_to_save.iter().map(|m| m.to_string()).collect();
     let adapted: Vec<(&str, &LoraLayer, bool)> =
         linears.iter().filter_map(|n| n.linear.lora.as_ref().map(|a| (n.name.as_str(), a, n.fan_in_fan_out))).collect();
     if adapted.is_empty() {
@@ -81,15 +105,21 @@ pub fn save_adapter(
         "fan_in_fan_out": adapted.iter().any(|(_, _, f)| *f),
         "use_rslora": cfg.use_rslora,
         "use_dora": false,
-        "modules_to_save": null,
+        "modules_to_save": if modules_to_save.is_empty() { Value::Null } else { json!(modules_to_save) },
         "inference_mode": true,
         "init_lora_weights": true,
         "rank_pattern": {},
         "alpha_pattern": {},
     });
     std::fs::create_dir_all(dir).at(dir)?;
-    let tensors: Vec<(String, Tensor)> =
+    let mut tensors: Vec<(String, Tensor)> =
         adapter_parameters(linears).into_iter().map(|(n, t)| (n, t.detach().to_kind(Kind::Float))).collect();
+    for NamedLinear { name: path, linear, .. } in linears.iter().filter(|n| saved_whole(&modules_to_save, &n.name)) {
+        tensors.push((format!("base_model.model.{path}.weight"), linear.weight.detach()));
+        if let Some(b) = &linear.bias {
+            tensors.push((format!("base_model.model.{path}.bias"), b.detach()));
+        }
+    }
     crate::st::save(&dir.join(ADAPTER_WEIGHTS), &tensors)?;
     crate::fsutil::write_json_atomic(&dir.join(ADAPTER_CONFIG), &config)
 }
@@ -145,9 +175,6 @@ fn check_supported(c: &PeftConfigFile, path: &Path) -> Result<()> {
     }
     if c.lora_bias || c.bias.as_deref().is_some_and(|b| b != "none") {
         return bad(format!("bias {:?} / lora_bias {}: only bias = \"none\" is supported", c.bias, c.lora_bias));
-    }
-    if c.modules_to_save.as_ref().is_some_and(|m| !m.is_empty()) {
-        return bad(format!("modules_to_save {:?} is not supported yet", c.modules_to_save));
     }
     if !c.rank_pattern.is_empty() || !c.alpha_pattern.is_empty() {
         return bad("rank_pattern / alpha_pattern (per-module ranks) are not supported".into());
@@ -213,8 +240,18 @@ pub fn load_adapter(linears: NamedLinears<'_>, dir: &Path, device: Device) -> Re
     let paths: Vec<&str> = linears.iter().map(|n| n.name.as_str()).collect();
     let expected = expected_modules(&c, &paths);
     let mut found: BTreeMap<String, (Option<Tensor>, Option<Tensor>)> = BTreeMap::new();
+    let whole_names = c.modules_to_save.clone().unwrap_or_default();
+    let mut whole: BTreeMap<String, (Option<Tensor>, Option<Tensor>)> =
+        paths.iter().filter(|p| saved_whole(&whole_names, p)).map(|p| (p.to_string(), (None, None))).collect();
     let mut unexpected = Vec::new();
     for (key, t) in tensors {
+        let rest = key.strip_prefix("base_model.model.").unwrap_or("");
+        let weight = rest.strip_suffix(".weight").filter(|p| whole.contains_key(*p));
+        let bias = rest.strip_suffix(".bias").filter(|p| whole.contains_key(*p));
+        if let Some(slot) = weight.or(bias).and_then(|p| whole.get_mut(p)) {
+            if weight.is_some() { slot.0 = Some(t) } else { slot.1 = Some(t) }
+            continue;
+        }
         match parse_key(&key) {
             Some((path, is_a)) if paths.contains(&path) && expected.as_ref().is_none_or(|e| e.contains(path)) => {
                 let slot = found.entry(path.to_string()).or_default();
@@ -232,6 +269,15 @@ pub fn load_adapter(linears: NamedLinears<'_>, dir: &Path, device: Device) -> Re
         }
         if slot.is_none_or(|s| s.1.is_none()) {
             missing.push(peft_key(m, "lora_B"));
+        }
+    }
+    for NamedLinear { name: path, linear, .. } in &linears {
+        let Some(slot) = whole.get(path) else { continue };
+        if slot.0.is_none() {
+            missing.push(format!("base_model.model.{path}.weight"));
+        }
+        if slot.1.is_none() && linear.bias.is_some() {
+            missing.push(format!("base_model.model.{path}.bias"));
         }
     }
     if !missing.is_empty() || !unexpected.is_empty() {
@@ -254,20 +300,37 @@ pub fn load_adapter(linears: NamedLinears<'_>, dir: &Path, device: Device) -> Re
         },
         use_rslora: c.use_rslora,
     };
-    attach(linears, found, &config, device, &weights_path)?;
-    Ok(LoadedAdapter { config, modules: modules.into_iter().collect(), base_model_name_or_path: c.base_model_name_or_path, task_type: c.task_type })
+    attach(linears, found, whole, &config, device, &weights_path)?;
+    Ok(LoadedAdapter {
+        config,
+        modules: modules.into_iter().collect(),
+        base_model_name_or_path: c.base_model_name_or_path,
+        task_type: c.task_type,
+        modules_to_save: whole_names,
+    })
 }
 
 /// Checks every shape against its layer, then attaches the adapters and freezes the bases.
 fn attach(
     linears: NamedLinears<'_>,
     mut found: BTreeMap<String, (Option<Tensor>, Option<Tensor>)>,
+    whole: BTreeMap<String, (Option<Tensor>, Option<Tensor>)>,
     cfg: &LoraConfig,
     device: Device,
     file: &Path,
 ) -> Result<()> {
     let r = cfg.r as i64;
     for NamedLinear { name: path, linear, .. } in &linears {
+        if let Some((w, b)) = whole.get(path) {
+            let pairs = [(w, Some(&linear.weight), "weight"), (b, linear.bias.as_ref(), "bias")];
+            for (t, var, what) in pairs {
+                if let (Some(t), Some(var)) = (t, var) {
+                    if t.size() != var.size() {
+                        return Err(Error::model(file, format!("tensor base_model.model.{path}.{what}: shape {:?}, the model needs {:?}", t.size(), var.size())));
+                    }
+                }
+            }
+        }
         let Some((Some(a), Some(b))) = found.get(path) else { continue };
         let [d_out, d_in] = weight_dims(linear);
         for (key, t, want) in [(peft_key(path, "lora_A"), a, [r, d_in]), (peft_key(path, "lora_B"), b, [d_out, r])] {
@@ -281,6 +344,16 @@ fn attach(
     }
     for NamedLinear { name: path, linear, .. } in linears {
         freeze(linear);
+        if let Some((w, b)) = whole.get(&path) {
+            tch::no_grad(|| {
+                let pairs = [(w, Some(&mut linear.weight)), (b, linear.bias.as_mut())];
+                for (t, var) in pairs {
+                    if let (Some(t), Some(var)) = (t, var) {
+                        var.copy_(&t.to_kind(var.kind()).to_device(var.device()));
+                    }
+                }
+            });
+        }
         let Some((Some(a), Some(b))) = found.remove(&path) else { continue };
         let param = |t: Tensor| t.to_kind(Kind::Float).to_device(device).set_requires_grad(true);
         linear.lora = Some(LoraLayer { lora_a: param(a), lora_b: param(b), scaling: cfg.scaling(), dropout: cfg.dropout, enabled: true });

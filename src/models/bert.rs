@@ -12,9 +12,11 @@
 //!
 //! Loading accepts checkpoints of the bare model (`BertModel`: keys without the `bert.`
 //! prefix) and of task models (`BertForMaskedLM`, `…ForSequenceClassification`, …), whose
-//! heads (`cls.*`, `classifier.*`, `pre_classifier.*`, `bert.pooler.*`, `vocab_*`,
-//! `qa_outputs.*`) are skipped and logged at debug level; task heads themselves are not
-//! implemented yet. Old TF-era `LayerNorm.gamma` / `.beta` names are read as `weight` / `bias`.
+//! heads (`cls.*`, `classifier.*`, `pre_classifier.*`, `vocab_*`, `qa_outputs.*`) are skipped
+//! and logged at debug level (the classification heads live in [`super::heads`]). BERT's
+//! pooler (`bert.pooler.dense`) is part of the encoder when the checkpoint has one. Old TF-era
+//! `LayerNorm.gamma` / `.beta` names are read as `weight` / `bias`. [`Encoder::save_pretrained`]
+//! writes what `BertModel` / `DistilBertModel.save_pretrained` writes (keys without prefix).
 //!
 //! References: Devlin et al. 2019 (BERT), Sanh et al. 2019 (DistilBERT); transformers
 //! `modeling_bert.py`, `modeling_distilbert.py`.
@@ -25,8 +27,11 @@ use serde::Deserialize;
 use tch::nn::{self, VarStore};
 use tch::{Device, Kind, Tensor};
 
+use serde_json::{json, Value};
+
 use super::hf::{self, Route};
 use super::layers::{embedding, LayerNorm, Linear};
+use super::NamedLinear;
 use crate::error::{Error, Result};
 
 /// Which encoder family (decides the weight names and the config keys).
@@ -59,7 +64,7 @@ pub const BERT_NAMES: Names = Names {
         "output.dense",
         "output.LayerNorm",
     ],
-    heads: &["cls.", "classifier.", "pooler.", "qa_outputs."],
+    heads: &["cls.", "classifier.", "qa_outputs."],
 };
 
 pub const DISTILBERT_NAMES: Names = Names {
@@ -94,6 +99,8 @@ pub struct EncoderConfig {
     pub layer_norm_eps: f64,
     pub hidden_dropout: f64,
     pub attention_dropout: f64,
+    /// Std of transformers' normal init (`initializer_range`, 0.02): new heads are drawn with it.
+    pub initializer_range: f64,
 }
 
 #[derive(Deserialize)]
@@ -110,6 +117,7 @@ struct BertFile {
     position_embedding_type: Option<String>,
     hidden_dropout_prob: Option<f64>,
     attention_probs_dropout_prob: Option<f64>,
+    initializer_range: Option<f64>,
 }
 
 #[derive(Deserialize)]
@@ -123,6 +131,7 @@ struct DistilBertFile {
     max_position_embeddings: usize,
     dropout: Option<f64>,
     attention_dropout: Option<f64>,
+    initializer_range: Option<f64>,
 }
 
 impl EncoderConfig {
@@ -155,6 +164,7 @@ impl EncoderConfig {
                     layer_norm_eps: f.layer_norm_eps.unwrap_or(1e-12),
                     hidden_dropout: f.hidden_dropout_prob.unwrap_or(0.1),
                     attention_dropout: f.attention_probs_dropout_prob.unwrap_or(0.1),
+                    initializer_range: f.initializer_range.unwrap_or(0.02),
                 }
             }
             "distilbert" => {
@@ -172,6 +182,7 @@ impl EncoderConfig {
                     layer_norm_eps: 1e-12, // hard-coded in modeling_distilbert.py
                     hidden_dropout: f.dropout.unwrap_or(0.1),
                     attention_dropout: f.attention_dropout.unwrap_or(0.1),
+                    initializer_range: f.initializer_range.unwrap_or(0.02),
                 }
             }
             other => return Err(Error::model(path, format!("model_type {other:?} is not an encoder we support (bert, distilbert)"))),
@@ -199,6 +210,32 @@ impl EncoderConfig {
         let (p, t) = (self.max_position_embeddings as u128, self.type_vocab_size as u128);
         // Per layer: q, k, v, out (with biases), the FFN, two LayerNorms.
         (v + p + t + 2) * h + l * (4 * h * h + 4 * h + 2 * h * i + i + h + 4 * h)
+    }
+
+    /// A `config.json` describing this architecture (for encoders built with [`Encoder::new`]).
+    pub fn to_hf_json(&self) -> Value {
+        let act = match self.activation {
+            Activation::Gelu => "gelu",
+            Activation::GeluTanh => "gelu_new",
+            Activation::Relu => "relu",
+        };
+        match self.family {
+            Family::Bert => json!({
+                "model_type": "bert", "vocab_size": self.vocab_size, "hidden_size": self.hidden_size,
+                "num_hidden_layers": self.num_layers, "num_attention_heads": self.num_heads,
+                "intermediate_size": self.intermediate_size, "hidden_act": act,
+                "max_position_embeddings": self.max_position_embeddings, "type_vocab_size": self.type_vocab_size,
+                "layer_norm_eps": self.layer_norm_eps, "hidden_dropout_prob": self.hidden_dropout,
+                "attention_probs_dropout_prob": self.attention_dropout, "initializer_range": self.initializer_range,
+            }),
+            Family::DistilBert => json!({
+                "model_type": "distilbert", "vocab_size": self.vocab_size, "dim": self.hidden_size,
+                "n_layers": self.num_layers, "n_heads": self.num_heads, "hidden_dim": self.intermediate_size,
+                "activation": act, "max_position_embeddings": self.max_position_embeddings,
+                "dropout": self.hidden_dropout, "attention_dropout": self.attention_dropout,
+                "initializer_range": self.initializer_range,
+            }),
+        }
     }
 
     pub fn names(&self) -> &'static Names {
@@ -232,6 +269,10 @@ pub struct Encoder {
     /// `embeddings.LayerNorm`.
     emb_norm: LayerNorm,
     layers: Vec<EncoderLayer>,
+    /// BERT's `pooler.dense` (tanh of it on the first token), when the checkpoint has one.
+    pub pooler: Option<Linear>,
+    /// The `config.json` it was loaded from (or [`EncoderConfig::to_hf_json`]).
+    pub config: Value,
 }
 
 /// `p / "a" / "b"` for the dotted name `"a.b"` (VarStore path segments cannot contain dots).
@@ -242,8 +283,13 @@ fn sub<'a>(p: &nn::Path<'a>, dotted: &str) -> nn::Path<'a> {
 }
 
 impl Encoder {
-    /// A freshly initialised fp32 encoder (N(0, 0.02), norms 1, biases 0).
+    /// A freshly initialised fp32 encoder (N(0, 0.02), norms 1, biases 0), without pooler.
     pub fn new(cfg: &EncoderConfig, device: Device) -> Encoder {
+        Encoder::build(cfg, cfg.to_hf_json(), false, device)
+    }
+
+    /// [`Encoder::new`] with a given `config.json` and, for BERT, a pooler when `pooler`.
+    pub(crate) fn build(cfg: &EncoderConfig, config: Value, pooler: bool, device: Device) -> Encoder {
         let vs = VarStore::new(device);
         let names = cfg.names();
         let root = vs.root() / names.prefix;
@@ -269,7 +315,8 @@ impl Encoder {
                 }
             })
             .collect();
-        Encoder { vs, cfg: cfg.clone(), word_embeddings, position_embeddings, token_type_embeddings, emb_norm, layers }
+        let pooler = (pooler && cfg.family == Family::Bert).then(|| Linear::new(&root / "pooler" / "dense", h, h, true, cfg.initializer_range));
+        Encoder { vs, cfg: cfg.clone(), word_embeddings, position_embeddings, token_type_embeddings, emb_norm, layers, pooler, config }
     }
 
     /// Loads a BERT or DistilBERT directory (bare or task model) into an encoder of dtype `kind`.
@@ -277,11 +324,72 @@ impl Encoder {
         let (path, value) = hf::read_config(dir)?;
         let cfg = EncoderConfig::from_hf_json(&path, &value)?;
         hf::check_model_fits(&path, device, cfg.num_params(), cfg.vocab_size, ("hidden_size", cfg.hidden_size))?;
-        let mut model = Encoder::new(&cfg, device);
+        let (_, files) = hf::weight_files(dir)?;
+        let pooler = cfg.family == Family::Bert && hf::tensor_shapes(&files)?.iter().any(|(n, _)| is_pooler(n));
+        let mut model = Encoder::build(&cfg, value, pooler, device);
         model.vs.set_kind(kind);
         let names = cfg.names();
-        hf::load_weights(dir, model.vs.variables(), |name| route(names, name))?;
+        hf::load_weights(dir, model.vs.variables(), |name| route(names, name, pooler))?;
         Ok(model)
+    }
+
+    /// Every linear layer under its module path in the task model (`bert.encoder.layer.0.
+    /// attention.self.query`, `distilbert.transformer.layer.0.attention.q_lin`, `bert.pooler.
+    /// dense`): what LoRA targets and names adapters after.
+    pub fn linears_mut(&mut self) -> Vec<NamedLinear<'_>> {
+        let names = self.cfg.names();
+        let mut out = Vec::new();
+        for (i, l) in self.layers.iter_mut().enumerate() {
+            let stem = format!("{}.{}.{i}", names.prefix, names.layer_stem);
+            let n = &names.layer;
+            let layers = [(n[0], &mut l.query), (n[1], &mut l.key), (n[2], &mut l.value), (n[3], &mut l.attn_out), (n[5], &mut l.ffn_in), (n[6], &mut l.ffn_out)];
+            for (name, linear) in layers {
+                out.push(NamedLinear { name: format!("{stem}.{name}"), linear, fan_in_fan_out: false });
+            }
+        }
+        if let Some(p) = &mut self.pooler {
+            out.push(NamedLinear { name: format!("{}.pooler.dense", names.prefix), linear: p, fan_in_fan_out: false });
+        }
+        out
+    }
+
+    /// The dtype of the parameters.
+    pub fn kind(&self) -> Kind {
+        self.word_embeddings.kind()
+    }
+
+    /// `config.json` as it describes the model now: `architectures` = the bare model, dtype.
+    pub fn config_json(&self) -> Value {
+        let mut c = hf::with_dtype(&self.config, self.kind());
+        let arch = match self.cfg.family {
+            Family::Bert => "BertModel",
+            Family::DistilBert => "DistilBertModel",
+        };
+        c["architectures"] = json!([arch]);
+        c
+    }
+
+    /// The parameters as the bare model's files hold them: HF names without the family prefix
+    /// when `!prefixed` (as `BertModel.save_pretrained` writes them), detached, sorted.
+    pub fn hf_state_dict(&self, prefixed: bool) -> Vec<(String, Tensor)> {
+        let prefix = format!("{}.", self.cfg.names().prefix);
+        self.named_parameters()
+            .into_iter()
+            .filter(|(n, _)| n.starts_with(&prefix))
+            .map(|(n, t)| (if prefixed { n } else { n[prefix.len()..].to_string() }, t.detach()))
+            .collect()
+    }
+
+    /// Writes `config.json` and `model.safetensors` into `dir`: a directory transformers'
+    /// `AutoModel.from_pretrained` loads as `BertModel` / `DistilBertModel`.
+    pub fn save_pretrained(&self, dir: &Path) -> Result<()> {
+        hf::save_pretrained(dir, &self.config_json(), &self.hf_state_dict(false), None)
+    }
+
+    /// BERT's pooled output `tanh(pooler.dense(h[:, 0]))` of last hidden states `(B, T, H)`;
+    /// `None` without a pooler.
+    pub fn pool(&self, hidden: &Tensor, train: bool) -> Option<Tensor> {
+        self.pooler.as_ref().map(|p| p.forward_t(&hidden.select(1, 0), train).tanh())
     }
 
     /// Parameters under their HF names, sorted by name.
@@ -336,13 +444,19 @@ impl Encoder {
     }
 }
 
+/// Whether a checkpoint tensor is BERT's pooler (`pooler.dense.*`, `bert.pooler.dense.*`).
+pub(crate) fn is_pooler(name: &str) -> bool {
+    name.strip_prefix("bert.").unwrap_or(name).starts_with("pooler.")
+}
+
 /// Where a checkpoint tensor goes: the family prefix added when missing (bare-model
 /// checkpoints), `gamma`/`beta` read as `weight`/`bias`, task heads and position-id buffers
-/// skipped.
-fn route(names: &Names, name: &str) -> Route {
+/// skipped; the pooler is loaded when the encoder has one (`pooler`), else skipped.
+pub(crate) fn route(names: &Names, name: &str, pooler: bool) -> Route {
     let prefix = format!("{}.", names.prefix);
     let rest = name.strip_prefix(&prefix).unwrap_or(name);
-    if rest.ends_with("position_ids") || rest.ends_with("token_type_ids") || names.heads.iter().any(|h| rest.starts_with(h)) {
+    let skip_pooler = !pooler && names.prefix == "bert" && rest.starts_with("pooler.");
+    if skip_pooler || rest.ends_with("position_ids") || rest.ends_with("token_type_ids") || names.heads.iter().any(|h| rest.starts_with(h)) {
         return Route::Ignore;
     }
     let rest = match (rest.strip_suffix(".gamma"), rest.strip_suffix(".beta")) {
@@ -358,7 +472,7 @@ mod tests {
     use super::*;
 
     fn target(names: &Names, name: &str) -> Option<String> {
-        match route(names, name) {
+        match route(names, name, false) {
             Route::Param(n) | Route::Transposed(n) => Some(n),
             Route::Ignore => None,
         }

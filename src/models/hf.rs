@@ -162,6 +162,25 @@ pub fn weight_files(dir: &Path) -> Result<(PathBuf, Vec<PathBuf>)> {
     Ok((index, files))
 }
 
+/// The tensor names and shapes of safetensors `files`, read from their headers only.
+pub fn tensor_shapes(files: &[PathBuf]) -> Result<Vec<(String, Vec<i64>)>> {
+    use std::io::Read;
+    let mut names = Vec::new();
+    for file in files {
+        let mut f = std::fs::File::open(file).at(file)?;
+        let mut len = [0u8; 8];
+        f.read_exact(&mut len).at(file)?;
+        let mut header = vec![0u8; u64::from_le_bytes(len).min(100 << 20) as usize];
+        f.read_exact(&mut header).at(file)?;
+        let value: Value = serde_json::from_slice(&header).map_err(|e| Error::model(file, format!("invalid safetensors header: {e}")))?;
+        for (k, v) in value.as_object().into_iter().flatten().filter(|(k, _)| *k != "__metadata__") {
+            let shape = v["shape"].as_array().into_iter().flatten().filter_map(|d| d.as_i64()).collect();
+            names.push((k.clone(), shape));
+        }
+    }
+    Ok(names)
+}
+
 /// Where a tensor of the file goes.
 pub enum Route {
     /// Into the VarStore variable of this name.

@@ -3,12 +3,14 @@
 //!
 //! - [`gpt`]: GPT-2 (trained from scratch by `train`, or loaded from HF);
 //! - [`llama`]: Llama, Mistral, Qwen2;
-//! - [`bert`]: BERT and DistilBERT encoders (last hidden states; no task heads yet);
+//! - [`bert`]: BERT and DistilBERT encoders (last hidden states, padding mask, LoRA, save);
+//! - [`heads`]: their sequence-classification heads and transformers' classification loss;
 //! - [`hf`]: `config.json`, (sharded) safetensors, `save_pretrained`;
 //! - [`layers`], [`shared`]: Linear, LayerNorm, embeddings; RMSNorm, RoPE, KV cache, masks.
 
 pub mod bert;
 pub mod gpt;
+pub mod heads;
 pub mod hf;
 pub mod layers;
 pub mod llama;
