@@ -37,6 +37,8 @@ from transformers import (AutoModel, AutoModelForSequenceClassification, BertCon
                           BertForSequenceClassification, DistilBertConfig, DistilBertForSequenceClassification,
                           DistilBertModel)
 
+from hf_models_reference import randomize  # the same far-from-init weights
+
 torch.set_num_threads(1)
 os.environ["HF_DEACTIVATE_ASYNC_LOAD"] = "1"
 
@@ -45,20 +47,6 @@ BERT = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention
             max_position_embeddings=64, type_vocab_size=2)
 DISTIL = dict(vocab_size=VOCAB, dim=32, n_layers=2, n_heads=4, hidden_dim=64, max_position_embeddings=64)
 LABELS = {0: "negative", 1: "neutral", 2: "positive"}
-
-
-def randomize(model, seed):
-    """Weights far from the N(0, 0.02) init, so outputs are far from uniform."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=g)
-            if p.dim() >= 2:
-                p.copy_(noise * 0.15)
-            elif name.endswith("weight"):  # norms
-                p.copy_(1.0 + 0.1 * noise)
-            else:
-                p.copy_(0.1 * noise)
 
 
 def models():
