@@ -1,7 +1,8 @@
 //! `rankforge bench`: times training steps of a recipe's model on random tokens (no data,
-//! no checkpoints), with the same step function as `rankforge train`: the pretraining step
-//! ([`crate::train::step_on_batch`]) for `model.kind = "gpt"`, the fine-tuning step
-//! ([`crate::finetune::step_on_batch`], LoRA or full) for `kind = "hf"`. `rankforge bench
+//! no checkpoints), with the same step as `rankforge train` ([`crate::engine::step`]) and the
+//! same loss as its task: pretraining ([`crate::tasks::pretrain::micro_loss`]) for
+//! `model.kind = "gpt"`, fine-tuning ([`crate::tasks::sft::micro_loss`], LoRA or full) for
+//! `kind = "hf"`. `rankforge bench
 //! collective`: all-reduce bus bandwidth between the ranks of a launched job. Each prints JSON
 //! lines (rank 0 only) to compare with the PyTorch references in `bench/` (see BENCHMARKS.md).
 
@@ -10,16 +11,42 @@ use std::time::Instant;
 use serde_json::json;
 use tch::{Device, Kind, Tensor};
 
-use crate::config::{DeviceChoice, ModelKind, Recipe};
+use crate::config::{DeviceChoice, Recipe};
 use crate::data::rank_slice;
 use crate::dist::Dist;
+use crate::engine::step::{step, Objective};
 use crate::error::{Error, Result};
-use crate::finetune::{self, MicroBatch};
 use crate::models::gpt::Gpt;
 use crate::models::CausalLm;
 use crate::optim::AdamW;
+use crate::tasks::{pretrain, sft};
 use crate::tokenizer::LoadedTokenizer;
-use crate::train::{step_on_batch, Batch};
+
+/// Pretraining steps on random windows: `(windows, share of the global batch)`.
+struct GptBench<'a>(&'a Gpt);
+
+impl Objective for GptBench<'_> {
+    type Micro = (Tensor, f64);
+    fn micro_loss(&self, (w, share): &Self::Micro, bf16: bool, train: bool) -> Tensor {
+        pretrain::micro_loss(self.0, w, *share, bf16, train)
+    }
+    fn zero_null_grads(&self) {
+        self.0.zero_null_grads();
+    }
+}
+
+/// Fine-tuning steps on random sequences: `(ids, labels)` over `label_tokens`.
+struct SftBench<'a>(&'a CausalLm, u64);
+
+impl Objective for SftBench<'_> {
+    type Micro = (Tensor, Tensor);
+    fn micro_loss(&self, (ids, labels): &Self::Micro, bf16: bool, train: bool) -> Tensor {
+        sft::micro_loss(self.0, ids, labels, self.1, bf16, train)
+    }
+    fn zero_null_grads(&self) {
+        self.0.zero_null_grads();
+    }
+}
 
 /// Runs one step and returns its result with its wall time in seconds (CUDA work included:
 /// the device is synchronised before the clock stops).
@@ -38,31 +65,36 @@ fn median(mut v: Vec<f64>) -> f64 {
 /// Data-parallel training steps; under the launcher each rank takes its slice of the global
 /// batch, exactly as in training. The reported time is rank 0's median step.
 pub fn run(recipe: &Recipe, steps: usize, warmup: usize) -> Result<Option<serde_json::Value>> {
-    if recipe.model.kind == ModelKind::Hf {
-        return run_finetune(recipe, steps, warmup);
-    }
+    let Some(spec) = recipe.model.gpt() else { return run_finetune(recipe, steps, warmup) };
     let crate::recipe_loop::Joined { device, bf16, mut dist, .. } = crate::recipe_loop::join(recipe, false)?;
     // The tokenizer only supplies the vocabulary size when the recipe does not.
-    let tok = match recipe.model.vocab_size {
-        Some(_) => None,
-        None => Some(LoadedTokenizer::load(recipe.data.pretraining_tokenizer()?)?),
+    let tok = match (spec.vocab_size, recipe.data.text()) {
+        (None, Some(d)) => Some(LoadedTokenizer::load(d.pretraining_tokenizer()?)?),
+        _ => None,
     };
-    let cfg = crate::train::model_config(recipe, tok.as_ref().map(|t| (t.vocab_size(), t.path.as_path())))?;
+    let cfg = pretrain::model_config(recipe, tok.as_ref().map(|t| (t.vocab_size(), t.path.as_path())))?;
     tch::manual_seed(recipe.train.seed as i64);
     let model = Gpt::new(&cfg, device);
     let mut opt = AdamW::new(model.named_parameters(), &recipe.train);
-    let (b, t) = (recipe.train.global_batch_size, recipe.model.gpt()?.block_size as i64);
+    let (b, t) = (recipe.train.global_batch_size, spec.block_size as i64);
     let windows = Tensor::randint(cfg.vocab_size as i64, [b as i64, t + 1], (Kind::Int64, device));
     let (mut times, mut losses) = (Vec::with_capacity(steps), Vec::with_capacity(warmup + steps));
     for i in 0..warmup + steps {
         let range = rank_slice(0, b, dist.rank(), dist.world());
-        let batch = Batch {
-            windows: windows.narrow(0, range.start as i64, (range.end - range.start) as i64),
-            first_sample: range.start,
-            global_batch: b,
-            step: i as u64,
-        };
-        let (loss, secs) = timed(device, || Ok(step_on_batch(&model, &mut opt, &batch, &recipe.train, recipe.train.lr, bf16, &mut dist)?.loss))?;
+        let mine = windows.narrow(0, range.start as i64, (range.end - range.start) as i64);
+        let mut first = range.start;
+        let micro: Vec<_> = mine
+            .split(recipe.train.micro_batch_size as i64, 0)
+            .into_iter()
+            .map(|chunk| {
+                let n = chunk.size()[0] as u64;
+                let seed = crate::recipe_loop::micro_seed(recipe.train.seed, i as u64, first);
+                first += n;
+                ((chunk, n as f64 / b as f64), seed)
+            })
+            .collect();
+        let obj = GptBench(&model);
+        let (loss, secs) = timed(device, || Ok(step(&obj, &mut opt, micro, device, &recipe.train, recipe.train.lr, bf16, &mut dist)?.loss))?;
         if i >= warmup {
             times.push(secs);
         }
@@ -126,12 +158,12 @@ fn with(extra: serde_json::Value, mut row: serde_json::Value) -> serde_json::Val
 /// `[lora]`, `train.seed`), without tokenizer or data. Reported tokens/s count every input
 /// token (batch × length), as `bench/peft_llama.py` does.
 fn run_finetune(recipe: &Recipe, steps: usize, warmup: usize) -> Result<Option<serde_json::Value>> {
-    let t = recipe.data.max_length.ok_or_else(|| {
+    let t = recipe.data.max_length().ok_or_else(|| {
         Error::Input("data.max_length is not set: bench times fine-tuning sequences of that many tokens (e.g. --set data.max_length=512)".into())
     })? as i64;
     let crate::recipe_loop::Joined { device, bf16, mut dist, .. } = crate::recipe_loop::join(recipe, false)?;
-    let kind = finetune::weight_kind(recipe.model.dtype, device, recipe.lora.is_some());
-    let mut model = CausalLm::from_pretrained(&finetune::model_dir(recipe)?, device, kind)?;
+    let kind = sft::weight_kind(recipe.model.hf().and_then(|h| h.dtype), device, recipe.lora.is_some());
+    let mut model = CausalLm::from_pretrained(&sft::model_dir(recipe)?, device, kind)?;
     let trainable = match &recipe.lora {
         Some(lora) => {
             model.add_lora(lora, recipe.train.seed)?;
@@ -149,14 +181,11 @@ fn run_finetune(recipe: &Recipe, steps: usize, warmup: usize) -> Result<Option<s
     let mine = ids.narrow(0, range.start as i64, (range.end - range.start) as i64);
     let (mut times, mut losses) = (Vec::with_capacity(steps), Vec::with_capacity(warmup + steps));
     for i in 0..warmup + steps {
-        let micro_batches = mine.split(mb as i64, 0).into_iter().enumerate().map(|(k, chunk)| MicroBatch {
-            labels: chunk.shallow_clone(),
-            ids: chunk,
-            seed: crate::recipe_loop::micro_seed(recipe.train.seed, i as u64, range.start + (k * mb) as u64),
+        let micro_batches = mine.split(mb as i64, 0).into_iter().enumerate().map(|(k, chunk)| {
+            ((chunk.shallow_clone(), chunk), crate::recipe_loop::micro_seed(recipe.train.seed, i as u64, range.start + (k * mb) as u64))
         });
-        let (loss, secs) = timed(device, || {
-            Ok(finetune::step_on_batch(&model, &mut opt, micro_batches, label_tokens, &recipe.train, recipe.train.lr, bf16, &mut dist)?.0)
-        })?;
+        let obj = SftBench(&model, label_tokens);
+        let (loss, secs) = timed(device, || Ok(step(&obj, &mut opt, micro_batches, device, &recipe.train, recipe.train.lr, bf16, &mut dist)?.loss))?;
         if i >= warmup {
             times.push(secs);
         }

@@ -1,8 +1,11 @@
 //! Recipes: the TOML file that describes a run (first step of the data flow).
 //!
-//! A recipe has one section per component (`[run] [model] [data] [train] [checkpoint] [eval]
-//! [lora]`; `[lora]`'s struct lives with its component in [`crate::lora`]); each deserialises
-//! with `deny_unknown_fields`, and every field's `///` doc is its reference documentation.
+//! A recipe has one section per component (`[run] [task] [model] [data] [train] [checkpoint]
+//! [eval] [lora]`; `[lora]`'s struct lives with its component in [`crate::lora`]); each
+//! deserialises with `deny_unknown_fields`, and every field's `///` doc is its reference
+//! documentation. `[model]` is one struct per `model.kind`, `[task]` one per `task.kind`, and
+//! `[data]` one per reader, chosen by the task and the model ([`sections`]), so each part of
+//! the program receives only its slice.
 //! `--set section.key=value` overrides any field before deserialisation. Errors name the file
 //! and the dotted key. The world size is never in the recipe: it comes from the launcher's
 //! rendezvous.
@@ -13,25 +16,47 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
+mod data;
 mod model;
-pub use model::{GptSpec, ModelConfig, ModelDtype, ModelKind};
+mod sections;
+mod task;
+pub use data::{ClassificationDataConfig, DataConfig, SftDataConfig, SftFormat, Sources, TextDataConfig};
+pub use model::{GptSpec, HfModelConfig, ModelConfig, ModelDtype, ModelKind};
+pub use task::{ClassificationTaskConfig, ProblemTypeChoice, TaskConfig, TaskKind};
+
+use sections::{has_key, parse, take_kind, take_section, variant, KeyError, Other};
 
 /// A whole recipe, resolved: overrides applied, defaults filled in, validated.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Recipe {
     pub run: RunConfig,
+    /// `[task]`: the objective (default `causal_lm`, which writes no section).
+    #[serde(skip_serializing_if = "TaskConfig::is_default")]
+    pub task: TaskConfig,
     pub model: ModelConfig,
+    /// `[data]`: its keys depend on the task and the model kind ([`DataConfig`]).
     pub data: DataConfig,
-    #[serde(default)]
     pub train: TrainConfig,
-    #[serde(default)]
     pub checkpoint: CheckpointConfig,
-    #[serde(default)]
     pub eval: EvalConfig,
     /// `[lora]`: train LoRA adapters instead of every weight; absent = full fine-tuning.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub lora: Option<crate::lora::LoraConfig>,
+}
+
+/// The sections whose keys do not depend on a kind.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Common {
+    run: RunConfig,
+    #[serde(default)]
+    train: TrainConfig,
+    #[serde(default)]
+    checkpoint: CheckpointConfig,
+    #[serde(default)]
+    eval: EvalConfig,
+    #[serde(default)]
+    lora: Option<crate::lora::LoraConfig>,
 }
 
 /// `[run]`: where the run lives.
@@ -41,140 +66,6 @@ pub struct RunConfig {
     /// Run directory: resolved recipe, metrics.jsonl, checkpoints/, final/. Running again on an
     /// existing directory resumes from its newest complete checkpoint.
     pub dir: PathBuf,
-}
-
-/// `[data]`: what to train on.
-///
-/// Pretraining reads plain text (`train`, `val`, `tokenizer`, `cache_dir`). Fine-tuning reads
-/// JSON, JSONL, CSV or Parquet rows in one of the [`SftFormat`] layouts (see the README's
-/// "Fine-tuning data"); the keys from `format` on only apply to it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct DataConfig {
-    /// Training data: a file, a folder (every file in it, recursively, in sorted order), a glob
-    /// (`data/*.jsonl`, fine-tuning only) or a list of them. Relative paths are relative to the
-    /// working directory.
-    #[serde(deserialize_with = "one_or_many")]
-    pub train: Vec<PathBuf>,
-    /// Validation data, same forms as `train`. When absent, `val_fraction` of the training data
-    /// is held out instead (the last tokens for pretraining; a seeded random choice of examples
-    /// for fine-tuning).
-    #[serde(default, deserialize_with = "opt_one_or_many")]
-    pub val: Option<Vec<PathBuf>>,
-    /// Fraction of the training data held out for validation when `val` is absent
-    /// (default 0.05). 0 disables evaluation.
-    #[serde(default)]
-    pub val_fraction: Option<f64>,
-    /// A tokenizer directory (with tokenizer.json) or a tokenizer.json file, e.g. made by
-    /// `rankforge tokenizer train`. Pretraining needs it; fine-tuning uses the model
-    /// directory's tokenizer when it is absent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tokenizer: Option<PathBuf>,
-    /// Where tokenized data is cached (memory-mapped token files keyed by tokenizer and source
-    /// content). Default: $RANKFORGE_CACHE, else $XDG_CACHE_HOME/rankforge, else
-    /// ~/.cache/rankforge; the files go in its `tokens/` folder.
-    #[serde(default)]
-    pub cache_dir: Option<PathBuf>,
-    /// Fine-tuning: the layout of each row. `auto` (default) decides from the first row's
-    /// fields: messages, prompt + completion, instruction + output (alpaca), instruction +
-    /// response (dolly), text; the field names below apply to the detection too.
-    #[serde(default, skip_serializing_if = "SftFormat::is_auto")]
-    pub format: SftFormat,
-    /// Fine-tuning, `text` format: the field holding the text (default "text").
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub text_field: Option<String>,
-    /// Fine-tuning, `prompt_completion` format: the prompt field (default "prompt").
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub prompt_field: Option<String>,
-    /// Fine-tuning, `prompt_completion` format: the completion field (default "completion").
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub completion_field: Option<String>,
-    /// Fine-tuning, `messages` format: the list of `{role, content}` turns (default
-    /// "messages").
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub messages_field: Option<String>,
-    /// Fine-tuning, `alpaca` and `dolly`: the instruction field (default "instruction").
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub instruction_field: Option<String>,
-    /// Fine-tuning, `alpaca`: the optional input field (default "input").
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub input_field: Option<String>,
-    /// Fine-tuning, `alpaca`: the answer field (default "output").
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub output_field: Option<String>,
-    /// Fine-tuning, `dolly`: the optional context field (default "context").
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub context_field: Option<String>,
-    /// Fine-tuning, `dolly`: the answer field (default "response").
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub response_field: Option<String>,
-    /// Fine-tuning: tokens per example. Longer examples keep their start and are counted as
-    /// truncated; one left without any trained token is dropped. With `packing`, the length of
-    /// the packed sequences. Default: no limit (and no packing).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_length: Option<usize>,
-    /// Fine-tuning: concatenate examples (inputs and labels alike) and cut the stream into
-    /// sequences of `max_length` tokens, so no compute is spent on padding. Examples are not
-    /// truncated then; they continue in the next sequence.
-    #[serde(default, skip_serializing_if = "is_false")]
-    pub packing: bool,
-    /// Fine-tuning: skip and count malformed rows (bad JSON, a missing field, a wrong type)
-    /// instead of stopping at the first with an error naming its file and line.
-    #[serde(default, skip_serializing_if = "is_false")]
-    pub skip_malformed: bool,
-}
-
-impl DataConfig {
-    /// `tokenizer`, which pretraining needs.
-    pub fn pretraining_tokenizer(&self) -> Result<&Path> {
-        self.tokenizer.as_deref().ok_or_else(|| {
-            Error::Input(
-                "data.tokenizer is not set: pretraining needs a tokenizer directory or tokenizer.json \
-                 (make one with `rankforge tokenizer train`)"
-                    .into(),
-            )
-        })
-    }
-
-    /// Validation fraction in effect: 0 with `val` files, else `val_fraction` (default 0.05).
-    pub fn effective_val_fraction(&self) -> f64 {
-        match (&self.val, self.val_fraction) {
-            (Some(_), _) => 0.0,
-            (None, Some(f)) => f,
-            (None, None) => 0.05,
-        }
-    }
-}
-
-/// Layouts of fine-tuning rows (TRL's dataset formats, plus Alpaca and Dolly).
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum SftFormat {
-    /// Decide from the first row's fields.
-    #[default]
-    Auto,
-    /// `{"text"}`: trained on every token.
-    Text,
-    /// `{"prompt", "completion"}`: trained on the completion (and EOS) only.
-    PromptCompletion,
-    /// `{"messages": [{role, content}, ...]}` through the chat template: trained on assistant
-    /// turns only.
-    Messages,
-    /// `{"instruction", "input", "output"}` in the Alpaca prompt: trained on the output.
-    Alpaca,
-    /// `{"instruction", "context", "response", "category"}` in the Alpaca prompt (context as
-    /// the input): trained on the response.
-    Dolly,
-}
-
-impl SftFormat {
-    pub fn is_auto(&self) -> bool {
-        *self == SftFormat::Auto
-    }
-}
-
-fn is_false(b: &bool) -> bool {
-    !*b
 }
 
 /// Learning-rate schedule after warm-up.
@@ -208,8 +99,15 @@ pub enum Precision {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrainConfig {
-    /// Optimizer steps of the whole run.
-    pub max_steps: u64,
+    /// Optimizer steps of the whole run (default 1000). Give this or `epochs`, not both.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_steps: Option<u64>,
+    /// Passes over the training data (HF's `num_train_epochs`; fractions allowed) instead of
+    /// `max_steps`: the run takes ceil(epochs × examples / global_batch_size) steps (logged
+    /// at the start), and the schedule runs over them. Pretraining counts its examples as
+    /// the token windows of one epoch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub epochs: Option<f64>,
     /// Sequences per optimizer step, summed over all ranks. Independent of the world size, so
     /// the same recipe trains the same way on 1 or N ranks.
     pub global_batch_size: usize,
@@ -258,7 +156,8 @@ pub struct TrainConfig {
 impl Default for TrainConfig {
     fn default() -> Self {
         TrainConfig {
-            max_steps: 1000,
+            max_steps: None,
+            epochs: None,
             global_batch_size: 8,
             micro_batch_size: 8,
             lr: 6e-4,
@@ -334,26 +233,6 @@ impl Default for EvalConfig {
     }
 }
 
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum OneOrMany {
-    One(PathBuf),
-    Many(Vec<PathBuf>),
-}
-
-fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<PathBuf>, D::Error> {
-    Ok(match OneOrMany::deserialize(d)? {
-        OneOrMany::One(p) => vec![p],
-        OneOrMany::Many(v) => v,
-    })
-}
-
-fn opt_one_or_many<'de, D: serde::Deserializer<'de>>(
-    d: D,
-) -> Result<Option<Vec<PathBuf>>, D::Error> {
-    one_or_many(d).map(Some)
-}
-
 impl Recipe {
     /// Reads `file`, applies `overrides` (`section.key=value`, values in TOML syntax; a bare
     /// word is taken as a string), deserialises and validates.
@@ -380,47 +259,87 @@ impl Recipe {
         for item in overrides {
             apply_override(&mut table, item).map_err(|msg| err(&format!("--set {item}"), msg))?;
         }
-        let de = toml::Value::Table(table);
-        let mut recipe: Recipe = serde_path_to_error::deserialize(de).map_err(|e| {
-            let key = e.path().to_string();
-            let key = if key == "." { "(top level)".to_string() } else { key };
-            let mut msg = e.inner().message().trim().to_string();
+        let recipe = Self::from_table(table).map_err(|(key, mut msg)| {
             if overrides.iter().any(|o| o.split('=').next() == Some(key.as_str())) {
                 msg.push_str(" (set with --set)");
             }
             err(&key, msg)
         })?;
-        recipe.model.resolve_defaults();
         recipe.validate().map_err(|(key, msg)| err(key, msg))?;
         Ok(recipe)
     }
 
+    /// The recipe of a parsed table: `[model]` by `model.kind`, `[task]` by `task.kind`
+    /// (default `causal_lm`), `[data]` by the task and the model, the rest as they are.
+    fn from_table(mut table: toml::Table) -> std::result::Result<Recipe, KeyError> {
+        let mut model_t = take_section(&mut table, "model")?.ok_or(("model".to_string(), "missing section [model]".to_string()))?;
+        let mut task_t = take_section(&mut table, "task")?.unwrap_or_default();
+        let data_t = take_section(&mut table, "data")?.ok_or(("data".to_string(), "missing section [data]".to_string()))?;
+        let model = Self::model(&mut model_t)?;
+        let task = Self::task(&mut task_t)?;
+        let data = Self::data(&data_t, task.kind(), model.kind())?;
+        let common: Common = parse(toml::Value::Table(table), "")?;
+        if let (Some(_), Some(_)) = (common.train.max_steps, common.train.epochs) {
+            return Err(("train.epochs".into(), "give either train.max_steps or train.epochs, not both".into()));
+        }
+        Ok(Recipe { run: common.run, task, model, data, train: common.train, checkpoint: common.checkpoint, eval: common.eval, lora: common.lora })
+    }
+
+    fn model(t: &mut toml::Table) -> std::result::Result<ModelConfig, KeyError> {
+        const GPT: Other = ("model.kind = \"gpt\"", has_key::<GptSpec>);
+        const HF: Other = ("model.kind = \"hf\"", has_key::<HfModelConfig>);
+        match take_kind(t, "model", None)?.as_str() {
+            "gpt" => variant(t, "model", "model.kind = \"gpt\"", &[HF]).map(ModelConfig::Gpt),
+            "hf" => variant(t, "model", "model.kind = \"hf\"", &[GPT]).map(ModelConfig::Hf),
+            other => Err(("model.kind".into(), format!("unknown variant `{other}`, expected `gpt` or `hf`"))),
+        }
+    }
+
+    fn task(t: &mut toml::Table) -> std::result::Result<TaskConfig, KeyError> {
+        const CLS: Other = ("task.kind = \"classification\"", has_key::<ClassificationTaskConfig>);
+        let kind = take_kind(t, "task", Some("causal_lm"))?;
+        match kind.as_str() {
+            "causal_lm" => variant::<task::CausalLmKeys>(t, "task", "task.kind = \"causal_lm\"", &[CLS]).map(|_| TaskConfig::CausalLm),
+            "classification" => variant(t, "task", "task.kind = \"classification\"", &[]).map(TaskConfig::Classification),
+            other => {
+                let known: Vec<String> = TaskKind::ALL.iter().map(|k| format!("`{}`", k.as_str())).collect();
+                Err(("task.kind".into(), format!("unknown variant `{other}`, expected one of {}", known.join(", "))))
+            }
+        }
+    }
+
+    fn data(t: &toml::Table, task: TaskKind, model: ModelKind) -> std::result::Result<DataConfig, KeyError> {
+        const TEXT: Other = ("pretraining (model.kind = \"gpt\")", has_key::<TextDataConfig>);
+        const SFT: Other = ("fine-tuning a causal LM (model.kind = \"hf\")", has_key::<SftDataConfig>);
+        const CLS: Other = ("task.kind = \"classification\"", has_key::<ClassificationDataConfig>);
+        match (task, model) {
+            (TaskKind::CausalLm, ModelKind::Gpt) => variant(t, "data", "pretraining (model.kind = \"gpt\")", &[SFT, CLS]).map(DataConfig::Text),
+            (TaskKind::CausalLm, ModelKind::Hf) => variant(t, "data", "fine-tuning (model.kind = \"hf\")", &[TEXT, CLS]).map(DataConfig::Sft),
+            (TaskKind::Classification, ModelKind::Hf) => variant(t, "data", "task.kind = \"classification\"", &[TEXT, SFT]).map(DataConfig::Classification),
+            (TaskKind::Classification, ModelKind::Gpt) => Err((
+                "task.kind".into(),
+                "classification fine-tunes a pretrained model: use model.kind = \"hf\" with model.path (e.g. the final/ of a pretraining run)".into(),
+            )),
+        }
+    }
+
     fn validate(&self) -> std::result::Result<(), (&'static str, String)> {
-        self.model.validate()?;
+        if let ModelConfig::Gpt(g) = &self.model {
+            g.validate()?;
+        }
+        self.data.validate()?;
         for (key, v) in [("train.global_batch_size", self.train.global_batch_size), ("train.micro_batch_size", self.train.micro_batch_size)] {
             if v == 0 {
                 return Err((key, "must be at least 1".into()));
             }
         }
+        if let Some(e) = self.train.epochs {
+            if !(e > 0.0 && e.is_finite()) {
+                return Err(("train.epochs", format!("must be a finite number > 0, got {e}")));
+            }
+        }
         if self.train.threads == Some(0) {
             return Err(("train.threads", "must be at least 1 (or absent: libtorch's choice, the physical cores)".into()));
-        }
-        if let Some(f) = self.data.val_fraction {
-            if !(0.0..0.5).contains(&f) {
-                return Err(("data.val_fraction", format!("{f} is not in [0, 0.5)")));
-            }
-            if self.data.val.is_some() && f > 0.0 {
-                return Err(("data.val_fraction", "give either data.val or data.val_fraction".into()));
-            }
-        }
-        if self.data.train.is_empty() {
-            return Err(("data.train", "names no file".into()));
-        }
-        if self.data.max_length == Some(0) {
-            return Err(("data.max_length", "must be at least 1".into()));
-        }
-        if self.data.packing && self.data.max_length.is_none() {
-            return Err(("data.packing", "packing needs data.max_length, the length of the packed sequences".into()));
         }
         let t = &self.train;
         if !(t.lr > 0.0 && t.lr.is_finite()) {
@@ -461,7 +380,7 @@ impl Recipe {
 
     /// Validation fraction in effect.
     pub fn val_fraction(&self) -> f64 {
-        self.data.effective_val_fraction()
+        self.data.sources().effective_val_fraction()
     }
 }
 

@@ -271,7 +271,7 @@ pub struct Dataset {
 impl Dataset {
     /// Tokenizes (or reuses) `[data]`'s sources and splits off validation tokens.
     pub fn prepare(
-        cfg: &crate::config::DataConfig,
+        cfg: &crate::config::TextDataConfig,
         val_fraction: f64,
         tok: &LoadedTokenizer,
         block_size: usize,

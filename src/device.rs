@@ -7,7 +7,7 @@ use std::path::Path;
 
 use tch::{Device, Kind, Tensor};
 
-use crate::config::{DeviceChoice, ModelKind, Precision, Recipe, TrainConfig};
+use crate::config::{DeviceChoice, ModelConfig, Precision, Recipe, TrainConfig};
 use crate::error::{Error, Result};
 use crate::models::gpt::GptConfig;
 use crate::tokenizer::LoadedTokenizer;
@@ -44,16 +44,15 @@ pub fn check_training_memory(recipe: &Recipe, file: &Path) -> Result<()> {
     let micro = recipe.train.micro_batch_size as u128;
     // (recipe key, bytes, what they are for)
     let mut parts: Vec<(&str, u128, String)> = Vec::new();
-    match recipe.model.kind {
-        ModelKind::Gpt => {
-            let m = recipe.model.gpt()?;
+    match &recipe.model {
+        ModelConfig::Gpt(m) => {
             // Without model.vocab_size the tokenizer decides it, as `rankforge train` does.
-            let tok = match (m.vocab_size, recipe.data.tokenizer.as_deref().map(LoadedTokenizer::load)) {
+            let tok = match (m.vocab_size, recipe.data.sources().tokenizer.map(LoadedTokenizer::load)) {
                 (Some(_), _) => None,
                 (None, Some(Ok(tok))) => Some(tok),
                 (None, _) => return Ok(()),
             };
-            let Ok(cfg) = crate::train::model_config(recipe, tok.as_ref().map(|t| (t.vocab_size(), t.path.as_path()))) else { return Ok(()) };
+            let Ok(cfg) = crate::tasks::pretrain::model_config(recipe, tok.as_ref().map(|t| (t.vocab_size(), t.path.as_path()))) else { return Ok(()) };
             let vocab = cfg.vocab_size;
             let (v, c, t, l) = (vocab as u128, m.n_embd as u128, m.block_size as u128, m.n_layer as u128);
             let embedding = v * c;
@@ -66,8 +65,8 @@ pub fn check_training_memory(recipe: &Recipe, file: &Path) -> Result<()> {
             let what = format!("the activations of a micro-batch of {micro} × model.block_size = {t} tokens");
             parts.push(("train.micro_batch_size", 16 * micro * t * c * l + by_batch, what));
         }
-        ModelKind::Hf => {
-            let Some(dir) = &recipe.model.path else { return Ok(()) };
+        ModelConfig::Hf(h) => {
+            let dir = &h.path;
             let Ok((path, value)) = crate::models::hf::read_config(dir) else { return Ok(()) };
             let (params, vocab) = match crate::models::hf::model_type(&path, &value)? {
                 "gpt2" => GptConfig::from_hf_json(&path).map(|c| (c.num_params(), c.vocab_size))?,
@@ -80,7 +79,7 @@ pub fn check_training_memory(recipe: &Recipe, file: &Path) -> Result<()> {
             let per_param = if recipe.lora.is_some() { 4 } else { 16 };
             let what = if recipe.lora.is_some() { "the frozen weights (built in fp32)" } else { "the weights with their gradients and AdamW state (full fine-tuning)" };
             parts.push(("model.path", per_param * params, format!("{} ({params} parameters): {what}", dir.display())));
-            let t = recipe.data.max_length.unwrap_or(1) as u128;
+            let t = recipe.data.max_length().unwrap_or(1) as u128;
             parts.push(("train.micro_batch_size", micro * t * 8 * vocab as u128, format!("the logits of a micro-batch of {micro} × data.max_length = {t} tokens")));
         }
     }

@@ -3,9 +3,10 @@
 //! Data flow of one rank: recipe ([`config`]) → tokenizer ([`tokenizer`]) → token cache and
 //! sampler ([`data`]) → model ([`models`], optionally with LoRA adapters from [`lora`]) → step
 //! (loss, backward, gradient all-reduce across ranks ([`dist`]), clip, [`optim`]) → checkpoints
-//! ([`checkpoint`]), metrics ([`metrics`]) and the Hugging Face export; the recipe loops
-//! themselves are [`train`] (pretraining) and [`finetune`] (full or LoRA fine-tuning of a
-//! pretrained model), sharing the blocks in [`recipe_loop`]. [`generate`] samples from a
+//! ([`checkpoint`]), metrics ([`metrics`]) and the Hugging Face export. One loop, the
+//! [`engine`], runs every objective; a task in [`tasks`] supplies its data, model and loss
+//! (pretraining, full or LoRA fine-tuning of a pretrained model, …), and the blocks every run
+//! shares (joining, resume, guards) are in [`recipe_loop`]. [`generate`] samples from a
 //! trained model, [`bench`] times steps and collectives. For fine-tuning, [`sft`] turns
 //! prompt/completion, chat (through [`chat_template`]), Alpaca and Dolly data into token ids
 //! with loss masks. Under `rankforge-launch` a rank joins the job's coordinator and trains its
@@ -14,7 +15,7 @@
 //! ```no_run
 //! use rankforge::config::Recipe;
 //! let recipe = Recipe::load("configs/gpt_tiny_pretrain_cpu.toml".as_ref(), &["train.max_steps=5".into()])?;
-//! rankforge::train::run(recipe, &Default::default())?;
+//! rankforge::tasks::run(recipe, &Default::default())?;
 //! # Ok::<(), rankforge::error::Error>(())
 //! ```
 
@@ -25,10 +26,10 @@ pub mod config;
 pub mod cuda;
 pub mod data;
 pub mod dist;
-pub mod eval;
 pub mod device;
+pub mod engine;
 pub mod error;
-pub mod finetune;
+pub mod eval;
 pub mod fsutil;
 pub mod generate;
 pub mod lora;
@@ -41,4 +42,4 @@ pub mod run_dir;
 pub mod sft;
 pub mod st;
 pub mod tokenizer;
-pub mod train;
+pub mod tasks;

@@ -7,7 +7,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use rankforge::config::{ModelKind, Recipe};
+use rankforge::config::Recipe;
 use rankforge::error::{Error, Result};
 use rankforge::generate::GenOptions;
 use rankforge::tokenizer::{LoadedTokenizer, TokenizerKind, TrainOptions};
@@ -229,10 +229,7 @@ fn run(command: Command) -> Result<()> {
             check_run_dir(&recipe, &config)?;
             rankforge::device::check_training_memory(&recipe, &config)?;
             let opts = rankforge::recipe_loop::RunOptions { resume, start_over };
-            match recipe.model.kind {
-                ModelKind::Gpt => rankforge::train::run(recipe, &opts),
-                ModelKind::Hf => rankforge::finetune::run(recipe, &opts),
-            }
+            rankforge::tasks::run(recipe, &opts)
         }
         Command::Tokenizer { command: TokenizerCommand::Train { input, vocab_size, kind, output, special_tokens, min_frequency } } => {
             let opts = TrainOptions { inputs: input, vocab_size, kind, output, special_tokens, min_frequency, show_progress: true };

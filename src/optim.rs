@@ -165,13 +165,14 @@ pub fn clip_grad_norm<'a>(params: impl Iterator<Item = &'a Tensor>, max_norm: f6
     total
 }
 
-/// Learning rate for the update that makes step `step + 1` (`step` updates done before it).
-pub fn lr_at(step: u64, cfg: &TrainConfig) -> f64 {
+/// Learning rate for the update that makes step `step + 1` (`step` updates done before it) of
+/// a run of `total_steps` (`train.max_steps`, or the steps `train.epochs` come to).
+pub fn lr_at(step: u64, cfg: &TrainConfig, total_steps: u64) -> f64 {
     let warmup = cfg.warmup_steps;
     if step < warmup {
         return cfg.lr * (step + 1) as f64 / warmup as f64;
     }
-    let decay = cfg.lr_decay_steps.unwrap_or(cfg.max_steps);
+    let decay = cfg.lr_decay_steps.unwrap_or(total_steps);
     if step >= decay {
         return match cfg.schedule {
             Schedule::Constant => cfg.lr,
@@ -192,16 +193,16 @@ mod tests {
 
     #[test]
     fn schedule_shapes() {
-        let cfg = TrainConfig { lr: 1.0, min_lr: 0.1, warmup_steps: 10, max_steps: 110, ..TrainConfig::default() };
-        assert!((lr_at(0, &cfg) - 0.1).abs() < 1e-12);
-        assert!((lr_at(9, &cfg) - 1.0).abs() < 1e-12);
-        assert!((lr_at(10, &cfg) - 1.0).abs() < 1e-12);
-        assert!((lr_at(60, &cfg) - 0.55).abs() < 1e-12); // cosine midpoint
-        assert!((lr_at(200, &cfg) - 0.1).abs() < 1e-12);
+        let cfg = TrainConfig { lr: 1.0, min_lr: 0.1, warmup_steps: 10, ..TrainConfig::default() };
+        assert!((lr_at(0, &cfg, 110) - 0.1).abs() < 1e-12);
+        assert!((lr_at(9, &cfg, 110) - 1.0).abs() < 1e-12);
+        assert!((lr_at(10, &cfg, 110) - 1.0).abs() < 1e-12);
+        assert!((lr_at(60, &cfg, 110) - 0.55).abs() < 1e-12); // cosine midpoint
+        assert!((lr_at(200, &cfg, 110) - 0.1).abs() < 1e-12);
         let lin = TrainConfig { schedule: Schedule::Linear, ..cfg.clone() };
-        assert!((lr_at(60, &lin) - 0.55).abs() < 1e-12);
+        assert!((lr_at(60, &lin, 110) - 0.55).abs() < 1e-12);
         let ext = TrainConfig { lr_decay_steps: Some(210), ..cfg };
-        assert!(lr_at(60, &ext) > 0.55, "a longer decay is slower");
+        assert!(lr_at(60, &ext, 110) > 0.55, "a longer decay is slower");
     }
 
     /// bf16 weights (full fine-tuning with `model.dtype = "bf16"`): the step used to fail on

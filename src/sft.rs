@@ -37,7 +37,7 @@ use serde_json::{Map, Value};
 use tch::Tensor;
 
 use crate::chat_template::ChatTemplate;
-use crate::config::{DataConfig, SftFormat};
+use crate::config::{SftDataConfig, SftFormat};
 use crate::error::{Error, Result};
 use crate::tokenizer::LoadedTokenizer;
 use read::{field, kind, messages, messages_slice, opt_str, req_str, Row, RowError};
@@ -118,7 +118,7 @@ struct Fields<'a> {
 }
 
 impl<'a> Fields<'a> {
-    fn new(cfg: &'a DataConfig) -> Self {
+    fn new(cfg: &'a SftDataConfig) -> Self {
         let f = |o: &'a Option<String>, d: &'a str| o.as_deref().unwrap_or(d);
         Fields {
             text: f(&cfg.text_field, "text"),
@@ -153,7 +153,7 @@ impl<'a> Fields<'a> {
 }
 
 /// Reads, tokenizes, masks, truncates or packs, and splits `[data]`'s fine-tuning data.
-pub fn load(cfg: &DataConfig, tok: &LoadedTokenizer, seed: u64) -> Result<SftData> {
+pub fn load(cfg: &SftDataConfig, tok: &LoadedTokenizer, seed: u64) -> Result<SftData> {
     if cfg.packing && cfg.max_length.is_none() {
         return Err(Error::Input("data.packing needs data.max_length, the length of the packed sequences".into()));
     }
@@ -204,7 +204,7 @@ fn read_rows(paths: &[std::path::PathBuf], key: &str, stats: &mut SftStats) -> R
     Ok(rows)
 }
 
-fn resolve_format(cfg: &DataConfig, fields: &Fields, rows: &[Row]) -> Result<SftFormat> {
+fn resolve_format(cfg: &SftDataConfig, fields: &Fields, rows: &[Row]) -> Result<SftFormat> {
     if cfg.format != SftFormat::Auto {
         return Ok(cfg.format);
     }
@@ -516,7 +516,7 @@ mod tests {
 
     #[test]
     fn detection_uses_field_names() {
-        let cfg: DataConfig = toml::from_str("train = \"x\"\nprompt_field = \"q\"\ncompletion_field = \"a\"").unwrap();
+        let cfg: SftDataConfig = toml::from_str("train = \"x\"\nprompt_field = \"q\"\ncompletion_field = \"a\"").unwrap();
         let f = Fields::new(&cfg);
         let row = |v: Value| v.as_object().unwrap().clone();
         assert_eq!(f.detect(&row(serde_json::json!({"q": "", "a": ""}))), Some(SftFormat::PromptCompletion));

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use rankforge::chat_template::ChatMessage;
-use rankforge::config::DataConfig;
+use rankforge::config::SftDataConfig as DataConfig;
 use rankforge::sft::{self, Example, SftData};
 use rankforge::tokenizer::{LoadedTokenizer, TokenizerKind, TrainOptions};
 use serde_json::{json, Value};

@@ -26,7 +26,7 @@ fn defaults_and_overrides() {
     let r = load(MINI, &["train.lr=0.01", "run.dir=runs/y", "data.train=[\"a\",\"b\"]"]).unwrap();
     assert_eq!(r.train.lr, 0.01);
     assert_eq!(r.run.dir, PathBuf::from("runs/y"));
-    assert_eq!(r.data.train.len(), 2);
+    assert_eq!(r.data.sources().train.len(), 2);
     assert_eq!(r.train.schedule, Schedule::Cosine);
     assert_eq!(r.val_fraction(), 0.05);
     // The resolved recipe round-trips.
@@ -53,47 +53,76 @@ fn lora_section() {
     assert!(e.contains("missing field `target_modules`"), "{e}");
 }
 
+const HF: &str = "[run]\ndir = \"r\"\n[model]\nkind = \"hf\"\npath = \"models/x\"\n[data]\ntrain = \"d.jsonl\"\n";
+
 #[test]
-fn sft_keys_are_optional_and_checked() {
+fn data_keys_belong_to_their_reader() {
     // A pretraining recipe resolves to the same TOML as before the fine-tuning keys existed.
-    let r = load(MINI, &[]).unwrap();
-    assert_eq!(r.data.format, SftFormat::Auto);
-    let toml = r.to_toml();
-    for key in ["format", "packing", "skip_malformed", "max_length", "_field"] {
+    let toml = load(MINI, &[]).unwrap().to_toml();
+    for key in ["format", "packing", "skip_malformed", "max_length", "_field", "[task]", "epochs", "max_steps"] {
         assert!(!toml.contains(key), "{key} in {toml}");
     }
-    let r = load(MINI, &["data.format=\"prompt_completion\"", "data.prompt_field=q", "data.max_length=64", "data.packing=true"]).unwrap();
-    assert_eq!((r.data.format, r.data.prompt_field.as_deref(), r.data.max_length), (SftFormat::PromptCompletion, Some("q"), Some(64)));
+    let e = load(MINI, &["data.format=\"prompt_completion\""]).unwrap_err().to_string();
+    assert!(e.contains("r.toml: data.format: only for fine-tuning a causal LM (model.kind = \"hf\"); this recipe has pretraining"), "{e}");
+    let e = load(MINI, &["data.label_field=y"]).unwrap_err().to_string();
+    assert!(e.contains("data.label_field: only for task.kind = \"classification\""), "{e}");
+    let e = load(HF, &["data.cache_dir=c"]).unwrap_err().to_string();
+    assert!(e.contains("data.cache_dir: only for pretraining"), "{e}");
+    let e = load(HF, &["data.colour=1"]).unwrap_err().to_string();
+    assert!(e.contains("data.colour: unknown field `colour`"), "{e}");
+    let r = load(HF, &["data.format=\"prompt_completion\"", "data.prompt_field=q", "data.max_length=64", "data.packing=true"]).unwrap();
+    let d = r.data.sft().unwrap();
+    assert_eq!((d.format, d.prompt_field.as_deref(), d.max_length), (SftFormat::PromptCompletion, Some("q"), Some(64)));
     assert_eq!(Recipe::from_toml(&r.to_toml(), Path::new("x"), &[]).unwrap(), r);
-    let e = load(MINI, &["data.packing=true"]).unwrap_err().to_string();
+    assert_eq!(load(HF, &[]).unwrap().data.sft().unwrap().format, SftFormat::Auto);
+    let e = load(HF, &["data.packing=true"]).unwrap_err().to_string();
     assert!(e.contains("data.packing: packing needs data.max_length"), "{e}");
-    let e = load(MINI, &["data.format=\"sharegpt\""]).unwrap_err().to_string();
+    let e = load(HF, &["data.format=\"sharegpt\""]).unwrap_err().to_string();
     assert!(e.contains("data.format: unknown variant `sharegpt`"), "{e}");
     let r = load(&MINI.replace("tokenizer = \"tok\"\n", ""), &[]).unwrap();
-    let e = r.data.pretraining_tokenizer().unwrap_err().to_string();
+    let e = r.data.text().unwrap().pretraining_tokenizer().unwrap_err().to_string();
     assert!(e.starts_with("data.tokenizer is not set"), "{e}");
+    let e = load(&MINI.replace("train = \"data/kjv.txt\"\n", ""), &[]).unwrap_err().to_string();
+    assert!(e.contains("r.toml: data.train: missing field `train`"), "{e}");
 }
 
 #[test]
-fn hf_model_section() {
-    // A pretraining recipe still resolves to the same TOML (dropout and bias filled in).
-    let toml = load(MINI, &[]).unwrap().to_toml();
-    assert!(toml.contains("dropout = 0.0") && toml.contains("bias = true") && !toml.contains("path"), "{toml}");
-    let hf = "[run]\ndir = \"r\"\n[model]\nkind = \"hf\"\npath = \"models/x\"\n[data]\ntrain = \"d.jsonl\"\n";
-    let r = load(hf, &["model.dtype=\"bf16\""]).unwrap();
-    assert_eq!((r.model.kind, r.model.dtype, r.model.dropout), (ModelKind::Hf, Some(ModelDtype::Bf16), None));
-    assert!(r.model.gpt().is_err());
+fn task_section() {
+    assert_eq!(load(MINI, &[]).unwrap().task, TaskConfig::CausalLm, "absent = causal_lm");
+    assert_eq!(load(HF, &["task.kind=causal_lm"]).unwrap().task, TaskConfig::CausalLm);
+    let r = load(HF, &["task.kind=classification", "task.labels=[\"neg\", \"pos\"]", "data.label_field=stars", "data.text_pair_field=b"]).unwrap();
+    let t = r.task.classification().unwrap();
+    assert_eq!(t.labels.as_deref(), Some(&["neg".to_string(), "pos".to_string()][..]));
+    let d = r.data.classification().unwrap();
+    assert_eq!((d.label_field.as_deref(), d.text_pair_field.as_deref()), (Some("stars"), Some("b")));
+    assert!(r.to_toml().contains("[task]\nkind = \"classification\""), "{}", r.to_toml());
     assert_eq!(Recipe::from_toml(&r.to_toml(), Path::new("x"), &[]).unwrap(), r, "round-trips");
-    let e = load(hf, &["model.block_size=64"]).unwrap_err().to_string();
-    assert!(e.contains("r.toml: model.block_size: only for model.kind = \"gpt\""), "{e}");
-    let e = load(&hf.replace("path = \"models/x\"\n", ""), &[]).unwrap_err().to_string();
-    assert!(e.contains("model.path: model.kind = \"hf\" needs path"), "{e}");
-    let e = load(MINI, &["model.path=m"]).unwrap_err().to_string();
-    assert!(e.contains("model.path: only for model.kind = \"hf\""), "{e}");
-    let e = load(&MINI.replace("n_layer = 2\n", ""), &[]).unwrap_err().to_string();
-    assert!(e.contains("model.n_layer: missing: required for model.kind = \"gpt\""), "{e}");
-    let e = load(hf, &["model.dtype=\"fp16\""]).unwrap_err().to_string();
-    assert!(e.contains("model.dtype: unknown variant `fp16`"), "{e}");
+    let e = load(HF, &["task.kind=masked_lm"]).unwrap_err().to_string();
+    assert!(e.contains("r.toml: task.kind: unknown variant `masked_lm`, expected one of `causal_lm`, `classification`"), "{e}");
+    let e = load(HF, &["task.labels=[\"a\"]"]).unwrap_err().to_string();
+    assert!(e.contains("task.labels: only for task.kind = \"classification\"; this recipe has task.kind = \"causal_lm\""), "{e}");
+    let e = load(HF, &["task.kind=classification", "task.label=[\"a\"]"]).unwrap_err().to_string();
+    assert!(e.contains("task.label: unknown field `label`"), "{e}");
+    let e = load(HF, &["task.kind=classification", "data.format=text"]).unwrap_err().to_string();
+    assert!(e.contains("data.format: only for fine-tuning a causal LM"), "{e}");
+    let e = load(MINI, &["task.kind=classification"]).unwrap_err().to_string();
+    assert!(e.contains("task.kind: classification fine-tunes a pretrained model"), "{e}");
+    let e = load(HF, &["task.kind=classification", "task.problem_type=ranking"]).unwrap_err().to_string();
+    assert!(e.contains("task.problem_type: unknown variant `ranking`"), "{e}");
+}
+
+#[test]
+fn epochs_or_max_steps() {
+    let r = load(MINI, &["train.epochs=2.5"]).unwrap();
+    assert_eq!((r.train.epochs, r.train.max_steps), (Some(2.5), None));
+    assert_eq!(Recipe::from_toml(&r.to_toml(), Path::new("x"), &[]).unwrap(), r, "round-trips");
+    let e = load(MINI, &["train.epochs=2", "train.max_steps=10"]).unwrap_err().to_string();
+    assert!(e.contains("train.epochs: give either train.max_steps or train.epochs, not both"), "{e}");
+    for bad in ["0", "-1", "nan"] {
+        let e = load(MINI, &[&format!("train.epochs={bad}")]).unwrap_err().to_string();
+        assert!(e.contains("train.epochs: must be a finite number > 0"), "{bad}: {e}");
+    }
+    assert_eq!(load(MINI, &["train.max_steps=7"]).unwrap().train.max_steps, Some(7));
 }
 
 #[test]

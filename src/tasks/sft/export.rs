@@ -12,15 +12,16 @@
 
 use std::path::Path;
 
-use super::FineTuner;
+use super::Sft;
+use crate::checkpoint::TrainState;
 use crate::error::Result;
 use crate::recipe_loop;
 
 /// The trainable weights into `dir`: the PEFT adapter under LoRA, else the HF model files;
 /// never non-finite ones.
-pub(super) fn write_weights(t: &mut FineTuner, dir: &Path) -> Result<()> {
+pub(super) fn write_weights(t: &mut Sft, dir: &Path, step: u64) -> Result<()> {
     let trained = super::trainable(&mut t.model, t.recipe.lora.is_some());
-    recipe_loop::ensure_finite(trained.iter().map(|(n, w)| (n.as_str(), w)), "the model", t.state.step)?;
+    recipe_loop::ensure_finite(trained.iter().map(|(n, w)| (n.as_str(), w)), "the model", step)?;
     match &t.recipe.lora {
         Some(lora) => {
             let base = t.base.display().to_string();
@@ -32,14 +33,14 @@ pub(super) fn write_weights(t: &mut FineTuner, dir: &Path) -> Result<()> {
 
 /// Writes `<run.dir>/final/` (and, under LoRA, `final/merged/`). Merging folds the adapters
 /// into the model held in memory: call it last.
-pub(super) fn export_final(t: &mut FineTuner) -> Result<()> {
+pub(super) fn export_final(t: &mut Sft, state: &TrainState) -> Result<()> {
     let run_dir = t.recipe.run.dir.clone();
     let lora = t.recipe.lora.is_some();
     let max_len = t.model.max_positions();
     let target = recipe_loop::write_staged_dir(&run_dir, "final", |staged| {
-        write_weights(t, staged)?;
+        write_weights(t, staged, state.step)?;
         t.tok.save_pretrained(staged, max_len)?;
-        crate::fsutil::write_atomic(&staged.join("README.md"), model_card(t).as_bytes())?;
+        crate::fsutil::write_atomic(&staged.join("README.md"), model_card(t, state).as_bytes())?;
         if lora {
             let merged = staged.join("merged");
             let n = t.model.merge_lora()?.len();
@@ -69,7 +70,7 @@ fn targets(t: &crate::lora::TargetModules) -> String {
 }
 
 /// `README.md`: YAML front matter as the Hub reads it, what was trained, how to load it.
-fn model_card(t: &FineTuner) -> String {
+fn model_card(t: &Sft, state: &TrainState) -> String {
     let base = t.base.display().to_string();
     let (library, method, load) = match &t.recipe.lora {
         Some(l) => (
@@ -100,8 +101,8 @@ fn model_card(t: &FineTuner) -> String {
          ```python\n{load}\n```\n\n## Recipe\n\n```toml\n{}```\n",
         t.model.model_type(),
         t.model.model_type(),
-        t.state.step,
-        t.state.tokens,
+        state.step,
+        state.tokens,
         t.recipe.to_toml()
     )
 }

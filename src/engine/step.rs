@@ -1,0 +1,76 @@
+//! One optimizer step, the same for every objective and for `rankforge bench`:
+//! micro-batches → loss → backward → all-reduce → clip → finite check → AdamW.
+
+use tch::{Device, Kind, Tensor};
+
+use crate::config::TrainConfig;
+use crate::dist::Dist;
+use crate::error::Result;
+use crate::optim::{clip_grad_norm, AdamW};
+use crate::recipe_loop;
+
+/// What a step needs of an objective: the loss of one micro-batch.
+pub trait Objective {
+    /// One micro-batch of this rank's share of the global batch (its examples, or tensors).
+    type Micro;
+
+    /// The micro-batch's share of the global batch loss: its loss *sum* divided by the global
+    /// batch's denominator (examples, or trained tokens), computed under autocast when
+    /// `bf16`. Summed over micro-batches and ranks, these give the global batch mean, however
+    /// the batch is split.
+    fn micro_loss(&self, m: &Self::Micro, bf16: bool, train: bool) -> Tensor;
+
+    /// Gradients of trainable tensors the loss did not reach (e.g. an unused embedding) are
+    /// `None`; they are zeroed so that every rank all-reduces the same tensors.
+    fn zero_null_grads(&self) {}
+}
+
+/// What one optimizer step returns.
+pub struct StepOutcome {
+    /// The global batch's mean loss (all ranks).
+    pub loss: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Some rank was asked (by the coordinator's CHECKPOINT command) to checkpoint: every rank
+    /// learns it in the same step, through the gradient all-reduce.
+    pub checkpoint_requested: bool,
+    /// Some rank was asked to stop (STOP: preemption): checkpoint here, then exit.
+    pub stop_requested: bool,
+}
+
+/// One optimizer step over this rank's micro-batches `(micro-batch, seed)`: each micro-batch's
+/// randomness (dropout) is seeded with its seed ([`recipe_loop::micro_seed`]), its loss share
+/// is back-propagated, the trainable tensors' gradients (those `opt` holds) and the
+/// coordinator's flags are summed over ranks, clipped, and AdamW updates them unless the loss
+/// or the gradient is not finite (every rank decides alike: it sees the same sums).
+pub fn step<O: Objective>(
+    obj: &O,
+    opt: &mut AdamW,
+    micro_batches: impl IntoIterator<Item = (O::Micro, i64)>,
+    device: Device,
+    cfg: &TrainConfig,
+    lr: f64,
+    bf16: bool,
+    dist: &mut Dist,
+) -> Result<StepOutcome> {
+    opt.zero_grad();
+    let mut total = Tensor::zeros([], (Kind::Float, device));
+    for (m, seed) in micro_batches {
+        tch::manual_seed(seed);
+        let loss = obj.micro_loss(&m, bf16, true);
+        loss.backward();
+        total += loss.detach().to_kind(Kind::Float);
+    }
+    obj.zero_null_grads();
+    let [checkpoint, stop] = recipe_loop::take_flags(dist);
+    let mut sums = [total.double_value(&[]), checkpoint, stop];
+    dist.status.set_phase(rankforge_proto::Phase::Collective);
+    dist.reduce_grads(opt.params(), &mut sums)?;
+    dist.status.set_phase(rankforge_proto::Phase::Compute);
+    let loss = sums[0];
+    let grad_norm = clip_grad_norm(opt.params(), cfg.grad_clip);
+    if loss.is_finite() && grad_norm.is_finite() {
+        opt.step(lr);
+    }
+    Ok(StepOutcome { loss, grad_norm, checkpoint_requested: sums[1] > 0.0, stop_requested: sums[2] > 0.0 })
+}

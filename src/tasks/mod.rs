@@ -1,0 +1,19 @@
+//! The training objectives on the engine ([`crate::engine`]): each is one file plus its data
+//! reader. [`run`] picks the task of a recipe: `task.kind = "causal_lm"` is pretraining
+//! ([`pretrain`], `model.kind = "gpt"`) or supervised fine-tuning ([`sft`], `"hf"`).
+
+pub mod pretrain;
+pub mod sft;
+
+use crate::config::{ModelKind, Recipe, TaskConfig};
+use crate::error::Result;
+use crate::recipe_loop::RunOptions;
+
+/// `rankforge train`: runs (or resumes) `recipe` with its task.
+pub fn run(recipe: Recipe, opts: &RunOptions) -> Result<()> {
+    match (&recipe.task, recipe.model.kind()) {
+        (TaskConfig::CausalLm, ModelKind::Gpt) => crate::engine::run::<pretrain::Pretrain>(recipe, opts),
+        (TaskConfig::CausalLm, ModelKind::Hf) => crate::engine::run::<sft::Sft>(recipe, opts),
+        (TaskConfig::Classification(_), _) => Err(crate::error::Error::Input("task.kind = \"classification\": not yet".into())),
+    }
+}
