@@ -27,8 +27,8 @@ struct GptBench<'a>(&'a Gpt);
 
 impl Objective for GptBench<'_> {
     type Micro = (Tensor, f64);
-    fn micro_loss(&self, (w, share): &Self::Micro, bf16: bool, train: bool) -> Tensor {
-        pretrain::micro_loss(self.0, w, *share, bf16, train)
+    fn micro_loss(&self, (w, share): &Self::Micro, bf16: bool, train: bool) -> Result<Tensor> {
+        Ok(pretrain::micro_loss(self.0, w, *share, bf16, train))
     }
     fn zero_null_grads(&self) {
         self.0.zero_null_grads();
@@ -40,8 +40,8 @@ struct SftBench<'a>(&'a CausalLm, u64);
 
 impl Objective for SftBench<'_> {
     type Micro = (Tensor, Tensor);
-    fn micro_loss(&self, (ids, labels): &Self::Micro, bf16: bool, train: bool) -> Tensor {
-        sft::micro_loss(self.0, ids, labels, self.1, bf16, train)
+    fn micro_loss(&self, (ids, labels): &Self::Micro, bf16: bool, train: bool) -> Result<Tensor> {
+        Ok(sft::micro_loss(self.0, ids, labels, self.1, bf16, train))
     }
     fn zero_null_grads(&self) {
         self.0.zero_null_grads();

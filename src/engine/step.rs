@@ -18,7 +18,7 @@ pub trait Objective {
     /// batch's denominator (examples, or trained tokens), computed under autocast when
     /// `bf16`. Summed over micro-batches and ranks, these give the global batch mean, however
     /// the batch is split.
-    fn micro_loss(&self, m: &Self::Micro, bf16: bool, train: bool) -> Tensor;
+    fn micro_loss(&self, m: &Self::Micro, bf16: bool, train: bool) -> Result<Tensor>;
 
     /// Gradients of trainable tensors the loss did not reach (e.g. an unused embedding) are
     /// `None`; they are zeroed so that every rank all-reduces the same tensors.
@@ -57,7 +57,7 @@ pub fn step<O: Objective>(
     let mut total = Tensor::zeros([], (Kind::Float, device));
     for (m, seed) in micro_batches {
         tch::manual_seed(seed);
-        let loss = obj.micro_loss(&m, bf16, true);
+        let loss = obj.micro_loss(&m, bf16, true)?;
         loss.backward();
         total += loss.detach().to_kind(Kind::Float);
     }

@@ -1,7 +1,9 @@
 //! The training objectives on the engine ([`crate::engine`]): each is one file plus its data
 //! reader. [`run`] picks the task of a recipe: `task.kind = "causal_lm"` is pretraining
-//! ([`pretrain`], `model.kind = "gpt"`) or supervised fine-tuning ([`sft`], `"hf"`).
+//! ([`pretrain`], `model.kind = "gpt"`) or supervised fine-tuning ([`sft`], `"hf"`);
+//! `"classification"` is [`classification`].
 
+pub mod classification;
 pub mod pretrain;
 pub mod sft;
 
@@ -14,6 +16,6 @@ pub fn run(recipe: Recipe, opts: &RunOptions) -> Result<()> {
     match (&recipe.task, recipe.model.kind()) {
         (TaskConfig::CausalLm, ModelKind::Gpt) => crate::engine::run::<pretrain::Pretrain>(recipe, opts),
         (TaskConfig::CausalLm, ModelKind::Hf) => crate::engine::run::<sft::Sft>(recipe, opts),
-        (TaskConfig::Classification(_), _) => Err(crate::error::Error::Input("task.kind = \"classification\": not yet".into())),
+        (TaskConfig::Classification(_), _) => crate::engine::run::<classification::Classification>(recipe, opts),
     }
 }

@@ -74,8 +74,8 @@ impl Objective for Pretrain {
     /// `(B, T+1)` token windows and their share of the global batch.
     type Micro = (Tensor, f64);
 
-    fn micro_loss(&self, (windows, weight): &Self::Micro, bf16: bool, train: bool) -> Tensor {
-        micro_loss(&self.model, windows, *weight, bf16, train)
+    fn micro_loss(&self, (windows, weight): &Self::Micro, bf16: bool, train: bool) -> Result<Tensor> {
+        Ok(micro_loss(&self.model, windows, *weight, bf16, train))
     }
 
     fn zero_null_grads(&self) {

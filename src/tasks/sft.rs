@@ -153,7 +153,7 @@ fn check_data(data: &sft::SftData, recipe: &Recipe, model: &CausalLm, world: usi
 
 /// Copies `src` (name, tensor) into the same-named tensors of `dst`; every tensor of `dst`
 /// must be there with its shape.
-fn copy_named(dst: &[(String, Tensor)], src: Vec<(String, Tensor)>, path: &Path) -> Result<()> {
+pub(crate) fn copy_named(dst: &[(String, Tensor)], src: Vec<(String, Tensor)>, path: &Path) -> Result<()> {
     let mut src: std::collections::HashMap<String, Tensor> = src.into_iter().collect();
     for (name, t) in dst {
         let s = src.remove(name).ok_or_else(|| Error::model(path, format!("tensor {name} is missing (was the checkpoint written with another [lora] section?)")))?;
@@ -174,11 +174,11 @@ impl Objective for Sft {
     type Micro = (Vec<usize>, u64);
 
     /// Collated here (right-padded), so only one micro-batch's tensors are alive at a time.
-    fn micro_loss(&self, (idx, label_tokens): &Self::Micro, bf16: bool, train: bool) -> Tensor {
+    fn micro_loss(&self, (idx, label_tokens): &Self::Micro, bf16: bool, train: bool) -> Result<Tensor> {
         let examples: Vec<&Example> = idx.iter().map(|&i| &self.train[i]).collect();
         let (ids, labels, _mask) = sft::collate(&examples, self.pad_id); // (B, T) each
         let (ids, labels) = (crate::device::to_device(&ids, self.device), crate::device::to_device(&labels, self.device));
-        micro_loss(&self.model, &ids, &labels, *label_tokens, bf16, train)
+        Ok(micro_loss(&self.model, &ids, &labels, *label_tokens, bf16, train))
     }
 
     fn zero_null_grads(&self) {
