@@ -61,7 +61,7 @@ fn classifier(name: &str) -> SequenceClassifier {
 }
 
 fn logits(model: &SequenceClassifier, r: &HashMap<String, Tensor>, train: bool) -> Tensor {
-    tch::no_grad(|| model.forward(&r["input_ids"], Some(&r["attention_mask"]), r.get("token_type_ids"), train))
+    tch::no_grad(|| model.forward(&r["input_ids"], Some(&r["attention_mask"]), r.get("token_type_ids"), train)).unwrap()
 }
 
 /// `check_model KIND DIR` on the inputs of `refs`: (report, output).
@@ -132,11 +132,11 @@ fn directories_without_a_head_get_a_new_one_initialised_as_transformers_does() {
         let r = load(&refs_path(name));
         tch::manual_seed(0);
         let model = SequenceClassifier::from_pretrained(&model_dir(name), Device::Cpu, Kind::Float, Some(&labels)).unwrap();
-        let enc = tch::no_grad(|| model.encoder.forward(&r["input_ids"], Some(&r["attention_mask"]), r.get("token_type_ids"), false));
+        let enc = tch::no_grad(|| model.encoder().unwrap().forward(&r["input_ids"], Some(&r["attention_mask"]), r.get("token_type_ids"), false));
         assert!(max_diff(&enc, &r["hidden"]) <= TOL, "{name}: the encoder is the checkpoint's");
         let mut fresh = vec![("classifier", &model.classifier)];
         fresh.extend(model.pre_classifier.as_ref().map(|p| ("pre_classifier", p)));
-        fresh.extend(model.encoder.pooler.as_ref().map(|p| ("bert.pooler.dense", p)));
+        fresh.extend(model.encoder().unwrap().pooler.as_ref().map(|p| ("bert.pooler.dense", p)));
         assert_eq!(fresh.len(), 2, "{name}: BERT's pooler / DistilBERT's pre_classifier");
         assert_eq!(model.classifier.weight.size(), [4, 32]);
         for (what, linear) in fresh {
@@ -247,8 +247,9 @@ fn lora_dropout_acts_in_training_on_encoders() {
         let run = |dropout: f64| {
             let mut model = classifier(name);
             // No dropout but the adapter's, so train and eval differ only through it.
-            model.encoder.cfg.hidden_dropout = 0.0;
-            model.encoder.cfg.attention_dropout = 0.0;
+            let encoder = model.encoder_mut().unwrap();
+            encoder.cfg.hidden_dropout = 0.0;
+            encoder.cfg.attention_dropout = 0.0;
             model.dropout = 0.0;
             model.add_lora(&lora_cfg(TargetModules::Preset(lora::ALL_LINEAR.into()), dropout), 3).unwrap();
             randomize_lora_b(&mut model, 5);

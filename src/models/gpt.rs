@@ -223,36 +223,51 @@ impl Gpt {
 
     /// Logits `(B, T, V)` for token ids `(B, T)`; with a cache, `T` new positions after the
     /// cached ones (prefill when the cache is empty, else one token at a time).
-    pub fn forward(&self, idx: &Tensor, train: bool, mut cache: Option<&mut KvCache>) -> Tensor {
+    pub fn forward(&self, idx: &Tensor, train: bool, cache: Option<&mut KvCache>) -> Tensor {
+        let x = self.forward_hidden(idx, None, None, train, cache);
+        x.linear::<Tensor>(&self.wte, None) // tied lm_head: (B, T, V)
+    }
+
+    /// The final normed hidden states `(B, T, C)` (`GPT2Model`'s `last_hidden_state`).
+    /// `token_type_ids` `(B, T)`, when given, add their rows of `wte`, as GPT-2 does.
+    /// `padding` `(B, P+T)` (transformers' `attention_mask`, nonzero = real token) masks
+    /// padding keys ([`super::shared::padded_attention_mask`]); `None` = plain causal attention,
+    /// which right padding does not need. Positions are `0..T` whatever the padding, as in
+    /// transformers.
+    pub fn forward_hidden(&self, idx: &Tensor, token_type_ids: Option<&Tensor>, padding: Option<&Tensor>, train: bool, mut cache: Option<&mut KvCache>) -> Tensor {
         let (_b, t) = idx.size2().expect("token ids are (B, T)");
         let past = cache.as_ref().map_or(0, |c| c.len);
         let pos = Tensor::arange_start(past as i64, past as i64 + t, (Kind::Int64, idx.device()));
-        let x = Tensor::embedding(&self.wte, idx, -1, false, false) + Tensor::embedding(&self.wpe, &pos, -1, false, false);
+        let mut x = Tensor::embedding(&self.wte, idx, -1, false, false) + Tensor::embedding(&self.wpe, &pos, -1, false, false);
+        if let Some(tt) = token_type_ids {
+            x = x + Tensor::embedding(&self.wte, tt, -1, false, false);
+        }
         let mut x = x.dropout(self.cfg.dropout, train); // (B, T, C)
+        let mask = padding.map(|m| super::shared::padded_attention_mask(m, t, past as i64, None));
         if let Some(c) = cache.as_deref_mut() {
             c.layers.resize_with(self.h.len(), || None);
         }
         for (i, block) in self.h.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
-            x = &x + self.attn(block, &block.ln_1.forward(&x), train, layer_cache);
+            x = &x + self.attn(block, &block.ln_1.forward(&x), mask.as_ref(), train, layer_cache);
             x = &x + self.mlp(block, &block.ln_2.forward(&x), train);
         }
         if let Some(c) = cache {
             c.len += t as usize;
         }
-        self.ln_f.forward(&x).linear::<Tensor>(&self.wte, None) // tied lm_head: (B, T, V)
+        self.ln_f.forward(&x)
     }
 
-    fn attn(&self, blk: &Block, x: &Tensor, train: bool, cache: Option<&mut Option<(Tensor, Tensor)>>) -> Tensor {
+    fn attn(&self, blk: &Block, x: &Tensor, mask: Option<&Tensor>, train: bool, cache: Option<&mut Option<(Tensor, Tensor)>>) -> Tensor {
         let (b, t, c) = x.size3().expect("activations are (B, T, C)");
         let (nh, hs) = (self.cfg.n_head as i64, (self.cfg.n_embd / self.cfg.n_head) as i64);
         let qkv = blk.c_attn.forward_t(x, train).split(c, 2); // 3 × (B, T, C)
         let heads = |t_: &Tensor| t_.view([b, t, nh, hs]).transpose(1, 2); // (B, nh, T, hs)
         let (q, mut k, mut v) = (heads(&qkv[0]), heads(&qkv[1]), heads(&qkv[2]));
-        let mut causal = true;
+        let mut causal = mask.is_none();
         if let Some(slot) = cache {
             if let Some((pk, pv)) = slot.as_ref() {
-                assert_eq!(t, 1, "cached attention takes one new token at a time");
+                assert!(t == 1 || mask.is_some(), "cached attention takes one new token at a time");
                 k = Tensor::cat(&[pk, &k], 2);
                 v = Tensor::cat(&[pv, &v], 2);
                 causal = false; // the single query may see every cached position
@@ -260,7 +275,7 @@ impl Gpt {
             *slot = Some((k.shallow_clone(), v.shallow_clone()));
         }
         let p = if train { self.cfg.dropout } else { 0.0 };
-        let y = Tensor::scaled_dot_product_attention::<Tensor>(&q, &k, &v, None, p, causal, None, false);
+        let y = Tensor::scaled_dot_product_attention::<&Tensor>(&q, &k, &v, mask, p, causal, None, false);
         let y = y.transpose(1, 2).contiguous().view([b, t, c]); // (B, T, C)
         blk.attn_proj.forward_t(&y, train).dropout(self.cfg.dropout, train)
     }

@@ -31,7 +31,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::hf::{self, Route};
 use super::layers::{embedding, Linear};
-use super::shared::{attention_mask, cache_append, KvCache, RmsNorm, Rope, RopeScaling};
+use super::shared::{attention_mask, cache_append, padded_attention_mask, KvCache, RmsNorm, Rope, RopeScaling};
 use super::NamedLinear;
 use crate::error::{Error, Result};
 
@@ -219,7 +219,7 @@ pub struct Llama {
     embed_tokens: Tensor,
     layers: Vec<DecoderLayer>,
     norm: RmsNorm,
-    /// `None` when tied to `embed_tokens`.
+    /// `None` when tied to `embed_tokens`, or in a backbone ([`Llama::backbone_as`]).
     lm_head: Option<Linear>,
     rope: Rope,
 }
@@ -233,6 +233,17 @@ impl Llama {
     /// [`Llama::new`] with every weight allocated in `kind` from the start: a bf16 model of
     /// 8 B parameters takes 16 GB on the device, never 32 GB of fp32 first.
     pub fn new_as(cfg: &LlamaConfig, device: Device, kind: Kind) -> Llama {
+        Llama::build(cfg, device, kind, !cfg.tie_word_embeddings)
+    }
+
+    /// The model without its output layer (`LlamaModel`, the backbone of
+    /// `*ForSequenceClassification`): only [`Llama::forward_hidden`] is meaningful, and an
+    /// untied checkpoint's `lm_head` (vocabulary × hidden) is never allocated.
+    pub fn backbone_as(cfg: &LlamaConfig, device: Device, kind: Kind) -> Llama {
+        Llama::build(cfg, device, kind, false)
+    }
+
+    fn build(cfg: &LlamaConfig, device: Device, kind: Kind, lm_head: bool) -> Llama {
         let mut vs = VarStore::new(device);
         vs.set_kind(kind);
         let m = vs.root() / "model";
@@ -262,7 +273,7 @@ impl Llama {
             })
             .collect();
         let norm = RmsNorm::new(&m / "norm", h, cfg.rms_norm_eps);
-        let lm_head = (!cfg.tie_word_embeddings).then(|| Linear::new(vs.root() / "lm_head", h, cfg.vocab_size, false, std));
+        let lm_head = lm_head.then(|| Linear::new(vs.root() / "lm_head", h, cfg.vocab_size, false, std));
         let rope = Rope::new(cfg.head_dim, cfg.rope_theta, &cfg.rope_scaling, device);
         Llama { vs, cfg: cfg.clone(), embed_tokens, layers, norm, lm_head, rope }
     }
@@ -303,15 +314,19 @@ impl Llama {
     /// mask: pad on the right (its positions never influence earlier ones under the causal
     /// mask) and give pad labels -100.
     pub fn forward(&self, ids: &Tensor, train: bool, mut cache: Option<&mut KvCache>) -> Tensor {
-        let x = self.forward_hidden(ids, train, cache.as_deref_mut());
+        let x = self.forward_hidden(ids, None, train, cache.as_deref_mut());
         match &self.lm_head {
             Some(head) => head.forward_t(&x, train),
             None => x.linear::<Tensor>(&self.embed_tokens, None), // tied: (B, T, V)
         }
     }
 
-    /// The final normed hidden states `(B, T, hidden_size)`.
-    pub fn forward_hidden(&self, ids: &Tensor, train: bool, mut cache: Option<&mut KvCache>) -> Tensor {
+    /// The final normed hidden states `(B, T, hidden_size)` (`LlamaModel`'s
+    /// `last_hidden_state`). `padding` `(B, P+T)` (transformers' `attention_mask`, nonzero =
+    /// real token) masks padding keys, window included ([`padded_attention_mask`]); `None` =
+    /// causal attention only, which right padding does not need. Positions are `0..T` whatever
+    /// the padding, as in transformers.
+    pub fn forward_hidden(&self, ids: &Tensor, padding: Option<&Tensor>, train: bool, mut cache: Option<&mut KvCache>) -> Tensor {
         let (_b, t) = ids.size2().expect("token ids are (B, T)");
         let past = cache.as_ref().map_or(0, |c| c.len) as i64;
         let mut x = Tensor::embedding(&self.embed_tokens, ids, -1, false, false); // (B, T, C)
@@ -319,10 +334,22 @@ impl Llama {
         if let Some(c) = cache.as_deref_mut() {
             c.layers.resize_with(self.layers.len(), || None);
         }
+        // One mask per distinct attention window.
+        let mut masks: Vec<(Option<usize>, (Option<Tensor>, bool))> = Vec::new();
+        for layer in &self.layers {
+            if !masks.iter().any(|(w, _)| *w == layer.window) {
+                let mask = match padding {
+                    Some(m) => (Some(padded_attention_mask(m, t, past, layer.window)), false),
+                    None => attention_mask(t, past, layer.window, x.device()),
+                };
+                masks.push((layer.window, mask));
+            }
+        }
         for (i, layer) in self.layers.iter().enumerate() {
             let slot = cache.as_deref_mut().map(|c| &mut c.layers[i]);
+            let (_, (mask, causal)) = masks.iter().find(|(w, _)| *w == layer.window).expect("a mask per window");
             let h = layer.input_layernorm.forward(&x);
-            x = &x + self.attn(layer, &h, (&cos, &sin), past, train, slot);
+            x = &x + self.attn(layer, &h, (&cos, &sin), (mask.as_ref(), *causal), train, slot);
             let h = layer.post_attention_layernorm.forward(&x);
             x = &x + Self::mlp(&layer.mlp, &h, train);
         }
@@ -337,7 +364,7 @@ impl Llama {
         layer: &DecoderLayer,
         x: &Tensor,
         (cos, sin): (&Tensor, &Tensor),
-        past: i64,
+        (mask, causal): (Option<&Tensor>, bool),
         train: bool,
         slot: Option<&mut Option<(Tensor, Tensor)>>,
     ) -> Tensor {
@@ -352,7 +379,6 @@ impl Llama {
             Some(slot) => cache_append(slot, k, v), // (B, nkv, P+T, hd)
             None => (k, v),
         };
-        let (mask, causal) = attention_mask(t, past, layer.window, x.device());
         let p = if train { self.cfg.attention_dropout } else { 0.0 };
         let y = Tensor::scaled_dot_product_attention(&q, &k, &v, mask, p, causal, None, nkv != nh); // (B, nh, T, hd)
         a.o_proj.forward_t(&y.transpose(1, 2).contiguous().view([b, t, nh * hd]), train)

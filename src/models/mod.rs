@@ -4,7 +4,8 @@
 //! - [`gpt`]: GPT-2 (trained from scratch by `train`, or loaded from HF);
 //! - [`llama`]: Llama, Mistral, Qwen2;
 //! - [`bert`]: BERT and DistilBERT encoders (last hidden states, padding mask, LoRA, save);
-//! - [`heads`]: their sequence-classification heads and transformers' classification loss;
+//! - [`heads`]: [`heads::SequenceClassifier`], the sequence-classification model of every
+//!   family (BERT/DistilBERT `classifier`, decoders' `score`), and transformers' classification loss;
 //! - [`hf`]: `config.json`, (sharded) safetensors, `save_pretrained`;
 //! - [`layers`], [`shared`]: Linear, LayerNorm, embeddings; RMSNorm, RoPE, KV cache, masks.
 

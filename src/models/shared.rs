@@ -139,6 +139,39 @@ pub fn attention_mask(t: i64, past: i64, window: Option<usize>, device: Device) 
     (Some(allowed), false)
 }
 
+/// [`attention_mask`] over keys some of which are padding: `key_mask` `(B, P+T)` is
+/// transformers' `attention_mask` (nonzero = real token) for the cached and the `t` new
+/// positions. Query `i` (position `past + i`) sees key `j` iff the causal / window rule allows it
+/// and `j` is real; every query also sees itself, so that the rows of padding queries are
+/// never empty (NaN in `scaled_dot_product_attention`). Real queries never see a padding key,
+/// so their outputs are transformers' exactly; padding outputs are never read (transformers'
+/// eager attention spreads those rows over the masked keys instead). `(B, 1, T, P+T)` bool.
+pub fn padded_attention_mask(key_mask: &Tensor, t: i64, past: i64, window: Option<usize>) -> Tensor {
+    let device = key_mask.device();
+    let total = past + t;
+    let q = Tensor::arange_start(past, total, (Kind::Int64, device)).unsqueeze(1); // (T, 1)
+    let k = Tensor::arange(total, (Kind::Int64, device)).unsqueeze(0); // (1, P+T)
+    let mut allowed = k.le_tensor(&q); // (T, P+T)
+    if let Some(w) = window {
+        allowed = allowed.logical_and(&k.gt_tensor(&(&q - w as i64)));
+    }
+    let real = key_mask.ne(0).unsqueeze(1).unsqueeze(1); // (B, 1, 1, P+T)
+    allowed.logical_and(&real).logical_or(&k.eq_tensor(&q)) // (B, 1, T, P+T)
+}
+
+/// Whether a padding mask `(B, T)` (nonzero = real) has padding before a real token of its row
+/// (left padding): only then must attention be masked, since under the causal mask a real token
+/// never sees the padding after it. Reads one number back from the device.
+pub fn pads_before_tokens(key_mask: &Tensor) -> bool {
+    let t = key_mask.size().last().copied().unwrap_or(0);
+    if t < 2 {
+        return false;
+    }
+    let real = key_mask.ne(0);
+    let (before, after) = (real.narrow(1, 0, t - 1), real.narrow(1, 1, t - 1));
+    after.logical_and(&before.logical_not()).any().int64_value(&[]) != 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -169,5 +202,15 @@ mod tests {
         assert_eq!(l3.inv_freq.double_value(&[0]), rope.inv_freq.double_value(&[0]));
         let ratio = rope.inv_freq.double_value(&[3]) / l3.inv_freq.double_value(&[3]);
         assert!((ratio - 8.0).abs() < 1e-4, "{ratio}");
+    }
+
+    #[test]
+    fn padded_masks_hide_padding_keys_and_keep_the_diagonal() {
+        let key_mask = Tensor::from_slice(&[0i64, 1, 1, 1, 1, 1, 1, 0]).view([2, 4]);
+        let m: Vec<Vec<bool>> = Vec::try_from(padded_attention_mask(&key_mask, 4, 0, Some(2)).get(0).get(0)).unwrap();
+        // left padding: the padding query sees itself only; window 2
+        assert_eq!(m, vec![vec![true, false, false, false], vec![false, true, false, false], vec![false, true, true, false], vec![false, false, true, true]]);
+        assert!(pads_before_tokens(&key_mask));
+        assert!(!pads_before_tokens(&Tensor::from_slice(&[1i64, 1, 0, 0, 1, 1, 1, 1]).view([2, 4])));
     }
 }
