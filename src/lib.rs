@@ -20,6 +20,7 @@
 
 pub mod bench;
 pub mod chat_template;
+pub mod classify;
 pub mod checkpoint;
 pub mod config;
 pub mod cuda;
