@@ -3,6 +3,7 @@
 //! (2 layers, 64 dims); the Python conformance checks use the venv from scripts/setup.sh.
 
 mod bad_input;
+mod classify;
 mod common;
 mod dist;
 mod encoders;

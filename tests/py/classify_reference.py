@@ -11,11 +11,14 @@ Written under OUT_DIR:
   bert_multi/    the same with problem_type multi_label_classification (action/comedy/drama)
   bert_nopair/   bert_cls with a tokenizer.json without post-processor (no pair template)
   peft_cls/      a PEFT LoRA adapter (SEQ_CLS, head in modules_to_save) on bert_cls
+  dict/          a save_to_disk DatasetDict: train = eval.jsonl's rows, validation = pairs.jsonl's
+                 texts, label a ClassLabel(neutral, negative, positive)
   eval.jsonl, pairs.jsonl, multi.jsonl, inputs.jsonl, tok_pairs.jsonl
 References (stdout):
   metrics[name]   scikit-learn on transformers' predictions (argmax; sigmoid > 0.5):
                   accuracy, precision/recall/f1 macro, f1 micro/weighted, per label, confusion
-                  matrix (multilabel_confusion_matrix for multi-label), labels, n
+                  matrix (multilabel_confusion_matrix for multi-label), labels, n, and
+                  classification_report's text (`report`)
   pipeline[case]  pipeline("text-classification") results (single text, pair, top_k=2,
                   top_k=None, every row of inputs.jsonl)
   tokens          tokenizer(text, text_pair, truncation=True, max_length=12) ids and
@@ -29,7 +32,7 @@ import sys
 
 import numpy as np
 import torch
-from sklearn.metrics import (accuracy_score, confusion_matrix, f1_score, multilabel_confusion_matrix,
+from sklearn.metrics import (accuracy_score, classification_report, confusion_matrix, f1_score, multilabel_confusion_matrix,
                              precision_recall_fscore_support)
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertConfig, BertForSequenceClassification, BertTokenizer, pipeline
 
@@ -106,6 +109,7 @@ def metrics(y_true, y_pred, labels, multi):
         "confusion_matrix": np.asarray(cm).tolist(),
         "labels": labels,
         "n": len(y_true),
+        "report": classification_report(y_true, y_pred, labels=ids, target_names=labels, digits=2, zero_division=0),
     }
 
 
@@ -143,6 +147,7 @@ def make(out):
     hot = [[int(g in r["label"]) for g in GENRES] for r in multi]
     refs["metrics"]["multi"] = metrics(np.array(hot), np.array(predictions(multi_dir, tok, multi, True)), GENRES, True)
 
+    make_dict(out, rows, pairs)
     refs["pipeline"]["peft_eval"] = make_peft(out, cls_dir, tok, rows)
     pipe = pipeline("text-classification", model=cls_dir, tokenizer=cls_dir, device="cpu")
     text, pair = rows[0]["text"], pairs[0]
@@ -165,6 +170,14 @@ def make(out):
     for k in refs["tokens"]:
         refs["tokens"][k] = [{"input_ids": e["input_ids"], "token_type_ids": e["token_type_ids"]} for e in refs["tokens"][k]]
     print(json.dumps(refs, default=float))
+
+
+def make_dict(out, rows, pairs):
+    """A DatasetDict (train, validation) with a ClassLabel column, as load_dataset gives one."""
+    from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
+    features = Features({"text": Value("string"), "label": ClassLabel(names=["neutral", "negative", "positive"])})
+    split = lambda rs: Dataset.from_list([{"text": r["text"], "label": r["label"]} for r in rs], features=features)
+    DatasetDict({"train": split(rows), "validation": split(pairs)}).save_to_disk(os.path.join(out, "dict"))
 
 
 def make_peft(out, base_dir, tok, rows):
