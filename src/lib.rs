@@ -21,6 +21,7 @@
 
 pub mod bench;
 pub mod chat_template;
+pub mod classify;
 pub mod checkpoint;
 pub mod config;
 pub mod cuda;

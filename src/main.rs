@@ -1,4 +1,5 @@
-//! The `rankforge` command line: `train`, `tokenizer train`, `generate`, `bench`.
+//! The `rankforge` command line: `train`, `tokenizer train`, `generate`, `evaluate`,
+//! `predict`, `bench`.
 //!
 //! Exit codes: 0 success; 1 runtime failure (I/O, libtorch: a restart may help); 2 bad input
 //! (recipe, data, tokenizer, model files, arguments: fix the input, do not retry).
@@ -80,6 +81,74 @@ enum Command {
         #[arg(long, value_enum, default_value = "auto")]
         device: rankforge::config::DeviceChoice,
         /// Print one JSON object (prompt_ids, ids, text, stop) instead of streaming text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Score a sequence classifier on labelled rows: per-label precision, recall, F1 and
+    /// support, averages and the confusion matrix, as scikit-learn's classification_report.
+    Evaluate {
+        /// A *ForSequenceClassification directory (final/, final/merged/, a Hugging Face
+        /// model) or a PEFT adapter directory (applied on its base_model_name_or_path).
+        #[arg(long)]
+        model: PathBuf,
+        /// Labelled rows: JSON, JSONL, CSV, Parquet, a folder, a glob or a save_to_disk
+        /// directory (a DatasetDict's --split). Labels must be names (or ids) of the model's
+        /// id2label.
+        #[arg(long, required = true, num_args = 1..)]
+        data: Vec<PathBuf>,
+        /// The DatasetDict split to read (default: validation, else test).
+        #[arg(long)]
+        split: Option<String>,
+        #[arg(long, default_value = "text")]
+        text_field: String,
+        /// The field of a second text (sentence pairs); the tokenizer needs a pair template.
+        #[arg(long)]
+        text_pair_field: Option<String>,
+        #[arg(long, default_value = "label")]
+        label_field: String,
+        /// Tokens per input (special tokens included; longest_first truncation). Default and
+        /// bound: the model's max_position_embeddings.
+        #[arg(long)]
+        max_length: Option<usize>,
+        #[arg(long, default_value_t = 32)]
+        batch_size: usize,
+        #[arg(long, value_enum, default_value = "auto")]
+        device: rankforge::config::DeviceChoice,
+        /// Print one JSON object (accuracy, precision_macro, recall_macro, f1_macro, f1_micro,
+        /// f1_weighted, per_label, confusion_matrix, labels, n).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Classify texts as transformers' pipeline("text-classification"): [{"label", "score"}]
+    /// sorted by score (softmax; sigmoid for multi-label).
+    Predict {
+        /// A classifier directory, as for evaluate.
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long, conflicts_with = "input", required_unless_present = "input")]
+        text: Option<String>,
+        /// A second text (sentence pairs): tokenizer(text, text_pair).
+        #[arg(long, requires = "text")]
+        text_pair: Option<String>,
+        /// Rows to classify (JSONL, JSON, CSV, Parquet, ...), each with --text-field and
+        /// optionally --text-pair-field; prints one JSON result per line.
+        #[arg(long)]
+        input: Option<PathBuf>,
+        #[arg(long, default_value = "text")]
+        text_field: String,
+        #[arg(long, default_value = "text_pair")]
+        text_pair_field: String,
+        /// Results per input: a number or "all" (default: the best label only, as the pipeline).
+        #[arg(long, value_parser = rankforge::classify::predict::TopK::parse)]
+        top_k: Option<rankforge::classify::predict::TopK>,
+        /// Tokens per input (default and bound: the model's max_position_embeddings).
+        #[arg(long)]
+        max_length: Option<usize>,
+        #[arg(long, default_value_t = 32)]
+        batch_size: usize,
+        #[arg(long, value_enum, default_value = "auto")]
+        device: rankforge::config::DeviceChoice,
+        /// Print JSON (--text: one list; --input always prints JSON lines).
         #[arg(long)]
         json: bool,
     },
@@ -277,6 +346,22 @@ fn run(command: Command) -> Result<()> {
             }
             Ok(())
         }
+        Command::Evaluate { model, data, split, text_field, text_pair_field, label_field, max_length, batch_size, device, json } => {
+            let device = rankforge::device::select_as(device, "--device")?;
+            let mut cfg = rankforge::classify::ClassificationDataConfig::for_files(data);
+            (cfg.text_field, cfg.text_pair_field, cfg.label_field, cfg.max_length) = (Some(text_field), text_pair_field, Some(label_field), max_length);
+            let opts = rankforge::classify::evaluate::EvaluateOptions { model, data: cfg, split, batch_size, device };
+            let report = rankforge::classify::evaluate::evaluate(&opts)?;
+            if json {
+                println!("{}", report.to_json());
+            } else {
+                print!("{}", report.to_text());
+            }
+            Ok(())
+        }
+        Command::Predict { model, text, text_pair, input, text_field, text_pair_field, top_k, max_length, batch_size, device, json } => {
+            predict(model, text.map(|text| rankforge::classify::predict::TextInput { text, text_pair }), input, (text_field, text_pair_field), top_k, max_length, batch_size, device, json)
+        }
         Command::Bench { what: Some(BenchCommand::Collective { bytes, iters, warmup, device }), .. } => {
             if iters == 0 {
                 return Err(Error::Input("--iters must be at least 1".into()));
@@ -301,4 +386,45 @@ fn run(command: Command) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// `rankforge predict`: one input from the flags, or every row of `input`.
+#[allow(clippy::too_many_arguments)]
+fn predict(
+    model: PathBuf,
+    text: Option<rankforge::classify::predict::TextInput>,
+    input: Option<PathBuf>,
+    (text_field, text_pair_field): (String, String),
+    top_k: Option<rankforge::classify::predict::TopK>,
+    max_length: Option<usize>,
+    batch_size: usize,
+    device: rankforge::config::DeviceChoice,
+    json: bool,
+) -> Result<()> {
+    use rankforge::classify::predict::{self, TopK};
+    let device = rankforge::device::select_as(device, "--device")?;
+    let clf = rankforge::classify::model::Classifier::load(&model, device)?;
+    let mut cfg = rankforge::classify::ClassificationDataConfig::for_files(Vec::new());
+    cfg.max_length = max_length;
+    let encoder = rankforge::classify::evaluate::input_encoder(&clf, &cfg, "--max-length")?;
+    let top_k = top_k.unwrap_or(TopK::N(1));
+    let Some(path) = input else {
+        let Some(text) = text else { return Err(Error::Input("predict needs --text or --input".into())) };
+        let results = predict::predict(&clf, &encoder, &[text], top_k, batch_size)?;
+        for result in results {
+            if json {
+                println!("{}", serde_json::to_string(&result).map_err(|e| Error::Input(e.to_string()))?);
+            } else {
+                for p in result {
+                    println!("{}\t{:.4}", p.label, p.score);
+                }
+            }
+        }
+        return Ok(());
+    };
+    let inputs = rankforge::classify::data::read_texts(&[path], "--input", &text_field, &text_pair_field)?;
+    for result in predict::predict(&clf, &encoder, &inputs, top_k, batch_size)? {
+        println!("{}", serde_json::to_string(&result).map_err(|e| Error::Input(e.to_string()))?);
+    }
+    Ok(())
 }

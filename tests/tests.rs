@@ -4,6 +4,7 @@
 
 mod bad_input;
 mod cls_heads;
+mod classify;
 mod common;
 mod dist;
 mod encoders;
