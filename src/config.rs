@@ -22,7 +22,7 @@ mod sections;
 mod task;
 pub use data::{ClassificationDataConfig, DataConfig, SftDataConfig, SftFormat, Sources, TextDataConfig};
 pub use model::{GptSpec, HfModelConfig, ModelConfig, ModelDtype, ModelKind};
-pub use task::{ClassificationTaskConfig, ProblemTypeChoice, TaskConfig, TaskKind};
+pub use task::{ClassificationTaskConfig, ProblemTypeName, TaskConfig, TaskKind};
 
 use sections::{has_key, parse, take_kind, take_section, variant, KeyError, Other};
 

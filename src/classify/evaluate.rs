@@ -46,7 +46,7 @@ pub fn evaluate(opts: &EvaluateOptions) -> Result<ClassificationReport> {
         tracing::warn!(truncated = stats.truncated, max_length = ?effective_max(&clf, &opts.data), "inputs longer than the model reads were truncated");
     }
     let refs: Vec<&ClsExample> = examples.iter().collect();
-    let logits = clf.logits(&refs, opts.batch_size);
+    let logits = clf.logits(&refs, opts.batch_size)?;
     let report = match space.problem_type {
         ProblemType::MultiLabel => {
             let truth: Vec<Vec<bool>> = examples.iter().map(|e| match &e.label {

@@ -94,19 +94,19 @@ impl Classifier {
     /// Logits `(N, num_labels)` of `examples` in order, on the CPU, `batch_size` at a time
     /// (right-padded, masked). Segment ids go to the model only when some are non-zero (as
     /// BERT's default of zeros, and for models without segments).
-    pub fn logits(&self, examples: &[&ClsExample], batch_size: usize) -> Tensor {
+    pub fn logits(&self, examples: &[&ClsExample], batch_size: usize) -> Result<Tensor> {
         let mut out = Vec::new();
         for chunk in examples.chunks(batch_size.max(1)) {
             let (ids, mask, types, _) = collate(chunk, self.pad_id());
             let segments = types.abs().sum(Kind::Int64).int64_value(&[]) > 0;
             let types = segments.then(|| types.to_device(self.device));
             let logits = tch::no_grad(|| self.model.forward(&ids.to_device(self.device), Some(&mask.to_device(self.device)), types.as_ref(), false));
-            out.push(logits.to_kind(Kind::Float).to_device(Device::Cpu));
+            out.push(logits?.to_kind(Kind::Float).to_device(Device::Cpu));
         }
         if out.is_empty() {
-            return Tensor::zeros([0, self.model.num_labels() as i64], (Kind::Float, Device::Cpu));
+            return Ok(Tensor::zeros([0, self.model.num_labels() as i64], (Kind::Float, Device::Cpu)));
         }
-        Tensor::cat(&out, 0)
+        Ok(Tensor::cat(&out, 0))
     }
 }
 

@@ -64,7 +64,7 @@ pub fn predict(clf: &Classifier, encoder: &TextEncoder, inputs: &[TextInput], to
         })
         .collect::<Result<Vec<_>>>()?;
     let refs: Vec<&ClsExample> = examples.iter().collect();
-    let logits = clf.logits(&refs, batch_size).to_kind(Kind::Double);
+    let logits = clf.logits(&refs, batch_size)?.to_kind(Kind::Double);
     let scores = match clf.model.problem_type {
         Some(ProblemType::Regression) => logits,
         Some(ProblemType::MultiLabel) => logits.sigmoid(),

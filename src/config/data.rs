@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::classify::config::ClassificationDataConfig;
 use crate::error::{Error, Result};
 
 /// `[data]`, by task. Serialised as the section it came from (no tag).
@@ -221,46 +222,6 @@ impl SftDataConfig {
     pub fn effective_val_fraction(&self) -> f64 {
         Sources { train: &self.train, val: self.val.as_deref(), val_fraction: self.val_fraction, tokenizer: None }.effective_val_fraction()
     }
-}
-
-/// `[data]` of `task.kind = "classification"`: rows with a text (and optionally a second text)
-/// and a label, from the files SFT reads (JSON, JSONL, CSV, Parquet, `save_to_disk`).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct ClassificationDataConfig {
-    /// Training rows: a file, a folder, a glob or a list of them; a `save_to_disk`
-    /// `DatasetDict` folder gives its `train` split (and `validation`, else `test`, as `val`).
-    #[serde(deserialize_with = "one_or_many")]
-    pub train: Vec<PathBuf>,
-    /// Validation rows, same forms as `train`. When absent, a seeded random `val_fraction` of
-    /// the training rows is held out.
-    #[serde(default, deserialize_with = "opt_one_or_many")]
-    pub val: Option<Vec<PathBuf>>,
-    /// Fraction of the training rows held out when `val` is absent (default 0.05). 0 disables
-    /// evaluation.
-    #[serde(default)]
-    pub val_fraction: Option<f64>,
-    /// A tokenizer directory or tokenizer.json; default: the model directory's.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tokenizer: Option<PathBuf>,
-    /// The field holding the text (default "text").
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub text_field: Option<String>,
-    /// The field holding the second text of a pair (sentence-pair tasks such as NLI); the
-    /// tokenizer's pair template joins them (`[CLS] a [SEP] b [SEP]`). Default: none.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub text_pair_field: Option<String>,
-    /// The field holding the label (default "label"): a name or an integer (single-label), a
-    /// list of them (multi-label) or a number (regression).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub label_field: Option<String>,
-    /// Tokens per example (longer ones are truncated, as transformers' `truncation=True`).
-    /// Default: the model's positions.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_length: Option<usize>,
-    /// Skip and count malformed rows instead of stopping at the first.
-    #[serde(default, skip_serializing_if = "is_false")]
-    pub skip_malformed: bool,
 }
 
 /// Layouts of fine-tuning rows (TRL's dataset formats, plus Alpaca and Dolly).

@@ -5,6 +5,8 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::classify::config::{ClassificationTaskConfig, ProblemTypeName};
+
 /// `[task]`, by `kind`.
 #[derive(Debug, Clone, Serialize, PartialEq, Default)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -62,30 +64,3 @@ impl TaskConfig {
 #[serde(deny_unknown_fields)]
 pub(super) struct CausalLmKeys {}
 
-/// transformers' `problem_type`.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum ProblemTypeChoice {
-    /// One label per example: cross-entropy.
-    SingleLabelClassification,
-    /// A list of labels per example: binary cross-entropy per label.
-    MultiLabelClassification,
-    /// A number per example: mean squared error (`num_labels = 1`).
-    Regression,
-}
-
-/// `[task] kind = "classification"`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
-#[serde(deny_unknown_fields)]
-pub struct ClassificationTaskConfig {
-    /// The label names in id order (`id2label`). Default: the sorted distinct labels of the
-    /// training data; integer labels map to themselves (0..=max). A row whose label is not in
-    /// the list is an error naming its file and line.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub labels: Option<Vec<String>>,
-    /// `single_label_classification`, `multi_label_classification` or `regression`. Default:
-    /// as transformers infers it — a list label is multi-label, a float label with no
-    /// `labels` regression, otherwise single-label.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub problem_type: Option<ProblemTypeChoice>,
-}
