@@ -3,7 +3,8 @@
 //! on right- and left-padded batches (≤ 1e-4), with the checkpoint's head and with a new one on
 //! a causal-LM checkpoint, the loss of each problem type, save_pretrained loading in
 //! `AutoModelForSequenceClassification` with no missing or unexpected keys, `SEQ_CLS` LoRA
-//! adapters both ways, and a missing `pad_token_id`. Reference: tests/py/cls_heads_reference.py
+//! adapters both ways, a missing `pad_token_id`, and rankforge's own pretraining `final/` as a
+//! classifier. Reference: tests/py/cls_heads_reference.py
 //! (one `make` call for every fixture, one `check` call per test that writes files).
 
 use std::collections::{BTreeSet, HashMap};
@@ -218,6 +219,13 @@ fn save_pretrained_loads_in_auto_model_for_sequence_classification() {
         model.save_pretrained(&dir).unwrap();
         saved.push((name, class, dir, logits(&model, &r, "right")));
     }
+    // rankforge's own pretraining output (GPT-2 names, no pad_token_id, no head).
+    let mut model = SequenceClassifier::from_pretrained(&fixture().run.join("final"), Device::Cpu, Kind::Float, Some(&four)).unwrap();
+    assert_eq!(model.pad_token_id(), None);
+    model.set_pad_token_id(Some(3));
+    let dir = scratch("cls-heads-save-rankforge_final");
+    model.save_pretrained(&dir).unwrap();
+    saved.push(("rankforge_final", "GPT2ForSequenceClassification", dir, logits(&model, &r, "right")));
     let dirs: Vec<&Path> = saved.iter().map(|(_, _, d, _)| d.as_path()).collect();
     let (report, theirs) = check("save", &dirs, &[]);
     for (name, class, dir, ours) in &saved {
@@ -228,6 +236,8 @@ fn save_pretrained_loads_in_auto_model_for_sequence_classification() {
         assert_eq!(rep["class"], config["architectures"][0], "{name}");
         if !class.is_empty() {
             assert_eq!(rep["class"], *class, "{name}");
+        }
+        if name.ends_with("_cls") {
             assert_eq!(rep["label2id"], json!({"negative": 0, "neutral": 1, "positive": 2}), "{name}");
         } else {
             assert_eq!(rep["id2label"], json!({"0": "a", "1": "b", "2": "c", "3": "d"}), "{name}");

@@ -6,7 +6,7 @@
 //! - `DistilBertForSequenceClassification`: `h[:, 0]` → `pre_classifier` → ReLU → dropout
 //!   (`seq_classif_dropout`) → `classifier`;
 //! - `GPT2ForSequenceClassification`, `{Llama,Mistral,Qwen2}ForSequenceClassification`
-//!   ([`decoder`]): the backbone's last hidden states (no `lm_head`) → `score` (no bias), read
+//!   (`heads/decoder.rs`): the backbone's last hidden states (no `lm_head`) → `score` (no bias), read
 //!   at the last token that is not `pad_token_id`.
 //!
 //! [`SequenceClassifier::from_pretrained`] picks the family by `config.json`'s `model_type`. A
