@@ -164,6 +164,9 @@ fn predict_json_equals_the_text_classification_pipeline() {
     assert_close(&Value::Array(lines), &refs["inputs"], TOL, "inputs");
     let multi = predict_json(&["--model", &path("bert_multi"), "--text", refs["multi_all"]["args"]["text"].as_str().unwrap(), "--top-k", "all"]);
     assert_close(&Value::Array(multi), &serde_json::json!([refs["multi_all"]["out"]]), TOL, "multi-label sigmoid");
+    // Regression: the raw value, as the pipeline's function_to_apply "none".
+    let reg = predict_json(&["--model", &path("bert_reg"), "--text", refs["regression"]["args"]["text"].as_str().unwrap()]);
+    assert_close(&Value::Array(reg), &serde_json::json!([refs["regression"]["out"]]), TOL, "regression");
     // A PEFT SEQ_CLS adapter directory, with its head from modules_to_save.
     let peft = predict_json(&["--model", &path("peft_cls"), "--input", &path("eval.jsonl")]);
     assert_close(&Value::Array(peft[..4].to_vec()), &refs["peft_eval"]["out"], TOL, "peft adapter");
@@ -197,6 +200,7 @@ fn bad_classification_input_is_one_error_line_with_exit_2() {
         &format!("{unknown}: line 2: label \"awful\" is not one of the labels [\"negative\", \"neutral\", \"positive\"] (the model's id2label)"));
     let empty = write("empty.jsonl", "");
     bad(&["evaluate", "--model", &model, "--data", &empty, "--device", "cpu"], &format!("{empty}: --data: no example to evaluate"));
+    bad(&["evaluate", "--model", &path("bert_reg"), "--data", &path("eval.jsonl"), "--device", "cpu"], "is a regression model");
     let nopair = path("bert_nopair");
     bad(&["evaluate", "--model", &nopair, "--data", &path("pairs.jsonl"), "--text-pair-field", "text_pair", "--device", "cpu"], "has no pair template");
     bad(&["predict", "--model", &nopair, "--text", "good", "--text-pair", "bad", "--device", "cpu"], "has no pair template");

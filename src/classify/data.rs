@@ -119,30 +119,36 @@ pub const TRAIN_SPLIT: &[&str] = &["train"];
 /// The splits validation reads from a `DatasetDict`, the first present.
 pub const VAL_SPLITS: &[&str] = &["validation", "test"];
 
-/// Examples of `paths` (files, folders, globs, `save_to_disk` directories — a `DatasetDict`'s
-/// first split of `splits`; `key` names them in messages) against a fixed label list, e.g. a
-/// model's `id2label` (`source` names it in messages): what `rankforge evaluate` reads.
-/// `problem_type` `None`: multi-label when a label is a list, else single-label. No example at
-/// all is an error.
+/// A label list fixed beforehand (a model's `id2label`).
+#[derive(Debug, Clone, Copy)]
+pub struct FixedLabels<'a> {
+    /// Names in id order.
+    pub names: &'a [String],
+    /// `None`: multi-label when a row's label is a list, else single-label.
+    pub problem_type: Option<ProblemType>,
+    /// Where the names come from, for messages ("the model's id2label").
+    pub source: &'a str,
+}
+
+/// Examples of `data.train` (files, folders, globs, `save_to_disk` directories — a
+/// `DatasetDict`'s first split of `splits`; `key` names them in messages) against fixed labels:
+/// what `rankforge evaluate` reads. No example at all is an error.
 pub fn load_labelled(
-    paths: &[PathBuf],
     key: &str,
     splits: &[&str],
     data: &ClassificationDataConfig,
-    labels: &[String],
-    problem_type: Option<ProblemType>,
-    source: &str,
+    labels: FixedLabels,
     encoder: &TextEncoder,
 ) -> Result<(Vec<ClsExample>, LabelSpace, ClsStats)> {
-    let mut stats = ClsStats::default();
+    let (paths, mut stats) = (&data.train, ClsStats::default());
     let rows = read_rows(paths, key, splits, data.label_field(), &mut stats)?;
     let parsed = parse_rows(&rows, data, &mut stats)?;
-    let problem_type = problem_type.unwrap_or(if parsed.iter().any(|p| matches!(p.label, RawLabel::List(_))) {
+    let problem_type = labels.problem_type.unwrap_or(if parsed.iter().any(|p| matches!(p.label, RawLabel::List(_))) {
         ProblemType::MultiLabel
     } else {
         ProblemType::SingleLabel
     });
-    let space = LabelSpace::fixed(labels.to_vec(), problem_type, source)?;
+    let space = LabelSpace::fixed(labels.names.to_vec(), problem_type, labels.source)?;
     let out = examples(&parsed, &space, encoder, &mut stats)?;
     if out.is_empty() {
         return Err(Error::data(first(paths), format!("{key}: no example to evaluate ({stats:?})")));

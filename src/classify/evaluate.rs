@@ -41,7 +41,8 @@ pub fn evaluate(opts: &EvaluateOptions) -> Result<ClassificationReport> {
         Some(s) => vec![s.as_str()],
         None => data::VAL_SPLITS.to_vec(),
     };
-    let (examples, space, stats) = data::load_labelled(&opts.data.train, "--data", &splits, &opts.data, &clf.model.id2label, problem_type, "the model's id2label", &encoder)?;
+    let labels = data::FixedLabels { names: &clf.model.id2label, problem_type, source: "the model's id2label" };
+    let (examples, space, stats) = data::load_labelled("--data", &splits, &opts.data, labels, &encoder)?;
     if stats.truncated > 0 {
         tracing::warn!(truncated = stats.truncated, max_length = ?effective_max(&clf, &opts.data), "inputs longer than the model reads were truncated");
     }

@@ -9,6 +9,7 @@ usage:
 Written under OUT_DIR:
   bert_cls/      BertForSequenceClassification, labels negative/neutral/positive
   bert_multi/    the same with problem_type multi_label_classification (action/comedy/drama)
+  bert_reg/      the same with one output and problem_type regression
   bert_nopair/   bert_cls with a tokenizer.json without post-processor (no pair template)
   peft_cls/      a PEFT LoRA adapter (SEQ_CLS, head in modules_to_save) on bert_cls
   dict/          a save_to_disk DatasetDict: train = eval.jsonl's rows, validation = pairs.jsonl's
@@ -118,7 +119,8 @@ def make(out):
     tok = tokenizer(out)
     rng = random.Random(0)
     models = {"bert_cls": classifier(SENTIMENT, 11, tok),
-              "bert_multi": classifier(GENRES, 12, tok, problem_type="multi_label_classification")}
+              "bert_multi": classifier(GENRES, 12, tok, problem_type="multi_label_classification"),
+              "bert_reg": classifier(["score"], 13, tok, problem_type="regression")}
     for name, model in models.items():
         model.save_pretrained(os.path.join(out, name))
         tok.save_pretrained(os.path.join(out, name))
@@ -160,6 +162,8 @@ def make(out):
     refs["pipeline"]["inputs"] = [o if isinstance(o, list) else [o] for o in refs["pipeline"]["inputs"]]
     mpipe = pipeline("text-classification", model=multi_dir, tokenizer=multi_dir, device="cpu")
     refs["pipeline"]["multi_all"] = {"args": {"text": text}, "out": mpipe(text, top_k=None)}
+    rpipe = pipeline("text-classification", model=os.path.join(out, "bert_reg"), device="cpu")
+    refs["pipeline"]["regression"] = {"args": {"text": text}, "out": rpipe(text)}
 
     fast = AutoTokenizer.from_pretrained(cls_dir)
     refs["tokens"] = {

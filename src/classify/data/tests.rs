@@ -52,7 +52,7 @@ fn write(dir: &std::path::Path, name: &str, text: &str) -> PathBuf {
     p
 }
 
-fn cfg(train: &PathBuf, extra: &str) -> ClassificationDataConfig {
+fn cfg(train: &std::path::Path, extra: &str) -> ClassificationDataConfig {
     toml::from_str(&format!("train = {:?}\n{extra}", train.display().to_string())).unwrap()
 }
 
@@ -110,18 +110,20 @@ fn pairs_get_segments_and_longest_first_truncation() {
     let tok = bert_tokenizer(true);
     // transformers: tokenizer("a b c d e f", "g h", truncation=True, max_length=8)
     //   -> [CLS] a b c [SEP] g h [SEP], token_type_ids 0 0 0 0 0 1 1 1
-    let train = write(&d, "p.jsonl", "{\"text\": \"a b c d e f\", \"hyp\": \"g h\", \"label\": \"x\"}\n{\"text\": \"a\", \"hyp\": \"b\", \"label\": \"y\"}\n");
+    let train = write(&d, "p.jsonl", "{\"text\": \"a b c d e f\", \"hyp\": \"g h\", \"label\": \"x\"}\n{\"text\": \"a\", \"hyp\": \"b\", \"label\": \"y\"}\n{\"text\": \"a b\", \"hyp\": \"c d e f g h\", \"label\": \"y\"}\n");
     let data = load(&cfg(&train, "val_fraction = 0\ntext_pair_field = \"hyp\"\nmax_length = 8"), &task(""), &tok, 0).unwrap();
     assert_eq!(data.train[0].input_ids, [2, 4, 5, 6, 3, 10, 11, 3]);
     assert_eq!(data.train[0].token_type_ids, [0, 0, 0, 0, 0, 1, 1, 1]);
     assert_eq!(data.train[1].input_ids, [2, 4, 3, 5, 3]);
-    assert_eq!(data.stats.truncated, 1);
+    // The longer text loses tokens, whichever it is: ("a b", "c d e f g h") -> [CLS] a b [SEP] c d e [SEP].
+    assert_eq!(data.train[2].input_ids, [2, 4, 5, 3, 6, 7, 8, 3]);
+    assert_eq!(data.stats.truncated, 2);
     let refs: Vec<&ClsExample> = data.train.iter().collect();
     let (ids, mask, types, labels) = collate(&refs, 0);
     assert_eq!(Vec::<i64>::try_from(ids.get(1)).unwrap(), [2, 4, 3, 5, 3, 0, 0, 0]);
     assert_eq!(Vec::<i64>::try_from(mask.get(1)).unwrap(), [1, 1, 1, 1, 1, 0, 0, 0]);
     assert_eq!(Vec::<i64>::try_from(types.get(1)).unwrap(), [0, 0, 0, 1, 1, 0, 0, 0]);
-    assert_eq!((labels.kind(), Vec::<i64>::try_from(labels).unwrap()), (Kind::Int64, vec![0, 1]));
+    assert_eq!((labels.kind(), Vec::<i64>::try_from(labels).unwrap()), (Kind::Int64, vec![0, 1, 1]));
     let e = load(&cfg(&train, "text_pair_field = \"hyp\""), &task(""), &bert_tokenizer(false), 0).unwrap_err().to_string();
     assert!(e.starts_with("tokenizer tok/tokenizer.json: data.text_pair_field: this tokenizer has no pair template"), "{e}");
 }
