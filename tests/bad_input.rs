@@ -3,17 +3,6 @@
 
 use crate::common::*;
 
-/// Runs `rankforge args`, expecting a clean bad-input failure; returns the error line.
-fn fails(args: &[&str]) -> String {
-    let out = rankforge(args);
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(out.status.code(), Some(2), "rankforge {args:?}: expected exit 2, got {:?}\n{err}", out.status);
-    assert!(!err.contains("panicked") && !err.contains("internal error") && !err.contains("RUST_BACKTRACE"), "{err}");
-    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
-    assert_eq!(lines.len(), 1, "exactly one error line:\n{err}");
-    lines[0].to_string()
-}
-
 #[test]
 fn recipe_key_errors_name_file_and_key() {
     let f = fixture();

@@ -5,6 +5,7 @@
 mod bad_input;
 mod cls_heads;
 mod classify;
+mod classify_train;
 mod common;
 mod dist;
 mod encoders;
