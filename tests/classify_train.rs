@@ -229,3 +229,36 @@ fn bad_classification_input_is_one_line_exit_2_and_writes_nothing() {
     assert!(e.contains("pair"), "a text pair without a pair template: {e}");
     assert!(!run.exists(), "no bad input creates the run directory");
 }
+
+/// The GPU recipes (BERT on Yelp, DistilBERT + LoRA) run 2 steps on CPU with the tiny models.
+#[test]
+fn shipped_classification_gpu_recipes_run_on_tiny_models() {
+    let t = trained();
+    for (name, model) in [("bert_yelp_cls_gpu", "bert_base"), ("distilbert_lora_cls_gpu", "distilbert_base")] {
+        let run = t.dir.join(format!("recipe-{name}"));
+        let sets = [
+            format!("model.path={:?}", t.dir.join(model).display().to_string()),
+            format!("data.train={:?}", t.dir.join("train.jsonl").display().to_string()),
+            format!("data.val={:?}", t.dir.join("val.jsonl").display().to_string()),
+            format!("run.dir={:?}", run.display().to_string()),
+            "train.epochs=0.125".into(), // 64 rows / 4 per step: 2 steps
+            "train.device=\"cpu\"".into(),
+            "train.global_batch_size=4".into(),
+            "train.micro_batch_size=2".into(),
+            "data.max_length=32".into(),
+            "eval.max_batches=1".into(),
+        ];
+        let mut args = vec!["train".to_string(), "--config".into(), root().join(format!("configs/{name}.toml")).display().to_string()];
+        for s in &sets {
+            args.extend(["--set".to_string(), s.clone()]);
+        }
+        ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        assert_eq!(losses(&run).len(), 2, "{name}");
+        let lora = name.contains("lora");
+        let file = if lora { "final/merged/config.json" } else { "final/config.json" };
+        let config: Value = serde_json::from_str(&std::fs::read_to_string(run.join(file)).unwrap()).unwrap();
+        let arch = if lora { "DistilBertForSequenceClassification" } else { "BertForSequenceClassification" };
+        assert_eq!(config["architectures"], serde_json::json!([arch]), "{name}");
+        assert_eq!(run.join("final/adapter_config.json").exists(), lora, "{name}");
+    }
+}

@@ -2,8 +2,9 @@
 
 usage:
   classify_train_reference.py make OUT_DIR
-      A tiny random BERT without a task head (BertModel, hidden 32, 2 layers) with the tiny
-      WordPiece tokenizer of classify_reference.py, and labelled data: train.jsonl (64 rows,
+      A tiny random BERT and DistilBERT without a task head (BertModel / DistilBertModel,
+      hidden 32, 2 layers: bert_base/, distilbert_base/) with the tiny WordPiece tokenizer of
+      classify_reference.py, and labelled data: train.jsonl (64 rows,
       sentiment labels), val.jsonl (16), multi.jsonl (lists of genres), reg.jsonl (numbers),
       pairs.jsonl (text + text_pair). Prints {"ok": true}.
   classify_train_reference.py full FINAL TEXTS.jsonl
@@ -21,7 +22,7 @@ import random
 import sys
 
 import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertConfig, BertModel
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertConfig, BertModel, DistilBertConfig, DistilBertModel
 
 sys.path.insert(0, os.path.dirname(__file__))
 from classify_reference import BERT, GENRES, SENTIMENT, VOCAB, sentence, tokenizer, write_jsonl  # noqa: E402
@@ -38,6 +39,11 @@ def make(out):
     randomize(base, 21)
     base.save_pretrained(os.path.join(out, "bert_base"))
     tok.save_pretrained(os.path.join(out, "bert_base"))
+    torch.manual_seed(22)
+    distil = DistilBertModel(DistilBertConfig(vocab_size=len(VOCAB), dim=32, n_layers=2, n_heads=4, hidden_dim=64, max_position_embeddings=64))
+    randomize(distil, 22)
+    distil.save_pretrained(os.path.join(out, "distilbert_base"))
+    tok.save_pretrained(os.path.join(out, "distilbert_base"))
     rng = random.Random(1)
     # The label follows a word of the text, so that a few steps can learn something.
     def row():
