@@ -262,3 +262,31 @@ fn shipped_classification_gpu_recipes_run_on_tiny_models() {
         assert_eq!(run.join("final/adapter_config.json").exists(), lora, "{name}");
     }
 }
+
+/// LoRA dropout acts in training on a classifier too (the shared tiny GPT-2 has no dropout of
+/// its own, and a decoder head none, so training mode differs from eval mode only by it).
+#[test]
+fn lora_dropout_is_on_in_training_for_a_classifier() {
+    use rankforge::lora::{LoraConfig, TargetModules};
+    use rankforge::models::heads::SequenceClassifier;
+    let labels: Vec<String> = SENTIMENT.iter().map(|s| s.to_string()).collect();
+    let ids = tch::Tensor::from_slice(&(0..16).map(|i| (i * 7 + 3) % 500).collect::<Vec<i64>>()).view([2, 8]);
+    for dropout in [0.1, 0.0] {
+        let mut clf = SequenceClassifier::from_pretrained(&fixture().run.join("final"), tch::Device::Cpu, tch::Kind::Float, Some(&labels)).unwrap();
+        let cfg = LoraConfig { r: 4, alpha: 8.0, dropout, target_modules: TargetModules::Names(vec!["c_attn".into()]), use_rslora: false };
+        clf.set_pad_token_id(Some(0));
+        clf.add_lora(&cfg, 1).unwrap();
+        for (name, b) in clf.lora_parameters() {
+            if name.contains(".lora_B.") {
+                let _ = tch::no_grad(|| b.shallow_clone().normal_(0.0, 1.0));
+            }
+        }
+        let run = |train| tch::no_grad(|| clf.forward(&ids, None, None, train).unwrap());
+        let d = (run(true) - run(false)).abs().max().double_value(&[]);
+        if dropout > 0.0 {
+            assert!(d > 1e-4, "lora.dropout = 0.1: training must differ from eval ({d:e})");
+        } else {
+            assert_eq!(d, 0.0, "without dropout training mode is eval mode");
+        }
+    }
+}
