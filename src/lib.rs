@@ -35,6 +35,7 @@ pub mod fsutil;
 pub mod generate;
 pub mod lora;
 pub mod metrics;
+pub mod mlm;
 pub mod models;
 pub mod optim;
 pub mod progress;

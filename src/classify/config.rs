@@ -137,14 +137,14 @@ enum OneOrMany {
     Many(Vec<PathBuf>),
 }
 
-fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<PathBuf>, D::Error> {
+pub(crate) fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<PathBuf>, D::Error> {
     Ok(match OneOrMany::deserialize(d)? {
         OneOrMany::One(p) => vec![p],
         OneOrMany::Many(v) => v,
     })
 }
 
-fn opt_one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<PathBuf>>, D::Error> {
+pub(crate) fn opt_one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<PathBuf>>, D::Error> {
     one_or_many(d).map(Some)
 }
 

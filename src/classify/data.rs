@@ -238,7 +238,7 @@ fn dict_split(dir: &Path, prefer: &[&str]) -> Result<Option<std::result::Result<
 }
 
 /// The validation splits of `data.train` when every path is a `DatasetDict` with one.
-fn dict_val_splits(train: &[PathBuf]) -> Result<Option<Vec<PathBuf>>> {
+pub(crate) fn dict_val_splits(train: &[PathBuf]) -> Result<Option<Vec<PathBuf>>> {
     let mut out = Vec::new();
     for dir in train {
         match dict_split(dir, VAL_SPLITS)? {
