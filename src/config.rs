@@ -20,9 +20,9 @@ mod data;
 mod model;
 mod sections;
 mod task;
-pub use data::{ClassificationDataConfig, DataConfig, SftDataConfig, SftFormat, Sources, TextDataConfig};
+pub use data::{ClassificationDataConfig, DataConfig, MaskedLmDataConfig, SftDataConfig, SftFormat, Sources, TextDataConfig};
 pub use model::{GptSpec, HfModelConfig, ModelConfig, ModelDtype, ModelKind};
-pub use task::{ClassificationTaskConfig, ProblemTypeName, TaskConfig, TaskKind};
+pub use task::{ClassificationTaskConfig, MaskedLmTaskConfig, ProblemTypeName, TaskConfig, TaskKind};
 
 use sections::{has_key, parse, take_kind, take_section, variant, KeyError, Other};
 
@@ -297,10 +297,16 @@ impl Recipe {
 
     fn task(t: &mut toml::Table) -> std::result::Result<TaskConfig, KeyError> {
         const CLS: Other = ("task.kind = \"classification\"", has_key::<ClassificationTaskConfig>);
+        const MLM: Other = ("task.kind = \"masked_lm\"", has_key::<MaskedLmTaskConfig>);
         let kind = take_kind(t, "task", Some("causal_lm"))?;
         match kind.as_str() {
-            "causal_lm" => variant::<task::CausalLmKeys>(t, "task", "task.kind = \"causal_lm\"", &[CLS]).map(|_| TaskConfig::CausalLm),
-            "classification" => variant(t, "task", "task.kind = \"classification\"", &[]).map(TaskConfig::Classification),
+            "causal_lm" => variant::<task::CausalLmKeys>(t, "task", "task.kind = \"causal_lm\"", &[CLS, MLM]).map(|_| TaskConfig::CausalLm),
+            "classification" => variant(t, "task", "task.kind = \"classification\"", &[MLM]).map(TaskConfig::Classification),
+            "masked_lm" => {
+                let m: MaskedLmTaskConfig = variant(t, "task", "task.kind = \"masked_lm\"", &[CLS])?;
+                m.validate().map_err(|(k, msg)| (k.to_string(), msg))?;
+                Ok(TaskConfig::MaskedLm(m))
+            }
             other => {
                 let known: Vec<String> = TaskKind::ALL.iter().map(|k| format!("`{}`", k.as_str())).collect();
                 Err(("task.kind".into(), format!("unknown variant `{other}`, expected one of {}", known.join(", "))))
@@ -312,13 +318,15 @@ impl Recipe {
         const TEXT: Other = ("pretraining (model.kind = \"gpt\")", has_key::<TextDataConfig>);
         const SFT: Other = ("fine-tuning a causal LM (model.kind = \"hf\")", has_key::<SftDataConfig>);
         const CLS: Other = ("task.kind = \"classification\"", has_key::<ClassificationDataConfig>);
+        const MLM: Other = ("task.kind = \"masked_lm\"", has_key::<MaskedLmDataConfig>);
         match (task, model) {
-            (TaskKind::CausalLm, ModelKind::Gpt) => variant(t, "data", "pretraining (model.kind = \"gpt\")", &[SFT, CLS]).map(DataConfig::Text),
-            (TaskKind::CausalLm, ModelKind::Hf) => variant(t, "data", "fine-tuning (model.kind = \"hf\")", &[TEXT, CLS]).map(DataConfig::Sft),
-            (TaskKind::Classification, ModelKind::Hf) => variant(t, "data", "task.kind = \"classification\"", &[TEXT, SFT]).map(DataConfig::Classification),
-            (TaskKind::Classification, ModelKind::Gpt) => Err((
+            (TaskKind::CausalLm, ModelKind::Gpt) => variant(t, "data", "pretraining (model.kind = \"gpt\")", &[SFT, CLS, MLM]).map(DataConfig::Text),
+            (TaskKind::CausalLm, ModelKind::Hf) => variant(t, "data", "fine-tuning (model.kind = \"hf\")", &[TEXT, CLS, MLM]).map(DataConfig::Sft),
+            (TaskKind::Classification, ModelKind::Hf) => variant(t, "data", "task.kind = \"classification\"", &[TEXT, SFT, MLM]).map(DataConfig::Classification),
+            (TaskKind::MaskedLm, ModelKind::Hf) => variant(t, "data", "task.kind = \"masked_lm\"", &[TEXT, SFT, CLS]).map(DataConfig::MaskedLm),
+            (TaskKind::Classification | TaskKind::MaskedLm, ModelKind::Gpt) => Err((
                 "task.kind".into(),
-                "classification fine-tunes a pretrained model: use model.kind = \"hf\" with model.path (e.g. the final/ of a pretraining run)".into(),
+                format!("{} fine-tunes a pretrained model: use model.kind = \"hf\" with model.path", task.as_str()),
             )),
         }
     }

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use crate::classify::config::ClassificationDataConfig;
+pub use crate::mlm::config::MaskedLmDataConfig;
 use crate::error::{Error, Result};
 
 /// `[data]`, by task. Serialised as the section it came from (no tag).
@@ -22,6 +23,8 @@ pub enum DataConfig {
     Sft(SftDataConfig),
     /// `task.kind = "classification"`.
     Classification(ClassificationDataConfig),
+    /// `task.kind = "masked_lm"`.
+    MaskedLm(MaskedLmDataConfig),
 }
 
 /// The keys every reader has: where the data is and how validation is split off.
@@ -49,6 +52,7 @@ impl DataConfig {
             DataConfig::Text(d) => (&d.train, &d.val, d.val_fraction, &d.tokenizer),
             DataConfig::Sft(d) => (&d.train, &d.val, d.val_fraction, &d.tokenizer),
             DataConfig::Classification(d) => (&d.train, &d.val, d.val_fraction, &d.tokenizer),
+            DataConfig::MaskedLm(d) => (&d.train, &d.val, d.val_fraction, &d.tokenizer),
         };
         Sources { train, val: val.as_deref(), val_fraction, tokenizer: tokenizer.as_deref() }
     }
@@ -59,6 +63,7 @@ impl DataConfig {
             DataConfig::Text(_) => None,
             DataConfig::Sft(d) => d.max_length,
             DataConfig::Classification(d) => d.max_length,
+            DataConfig::MaskedLm(d) => d.max_length,
         }
     }
 
@@ -72,6 +77,13 @@ impl DataConfig {
     pub fn sft(&self) -> Option<&SftDataConfig> {
         match self {
             DataConfig::Sft(d) => Some(d),
+            _ => None,
+        }
+    }
+
+    pub fn masked_lm(&self) -> Option<&MaskedLmDataConfig> {
+        match self {
+            DataConfig::MaskedLm(d) => Some(d),
             _ => None,
         }
     }
@@ -103,6 +115,9 @@ impl DataConfig {
             if d.packing && d.max_length.is_none() {
                 return Err(("data.packing", "packing needs data.max_length, the length of the packed sequences".into()));
             }
+        }
+        if let DataConfig::MaskedLm(d) = self {
+            d.validate()?;
         }
         Ok(())
     }

@@ -1,11 +1,12 @@
 //! `[task]`: the training objective. `kind` selects it; each kind's keys are its own struct
 //! (`deny_unknown_fields`), so a key of another task is an error naming the task it belongs to.
-//! Absent, the task is `causal_lm`: pretraining for `model.kind = "gpt"`, supervised
+//! Kinds: `causal_lm`, `classification`, `masked_lm`. Absent, the task is `causal_lm`: pretraining for `model.kind = "gpt"`, supervised
 //! fine-tuning for `"hf"`.
 
 use serde::{Deserialize, Serialize};
 
 pub use crate::classify::config::{ClassificationTaskConfig, ProblemTypeName};
+pub use crate::mlm::config::MaskedLmTaskConfig;
 
 /// `[task]`, by `kind`.
 #[derive(Debug, Clone, Serialize, PartialEq, Default)]
@@ -16,6 +17,8 @@ pub enum TaskConfig {
     CausalLm,
     /// Sequence classification (or regression) with a `*ForSequenceClassification` head.
     Classification(ClassificationTaskConfig),
+    /// Masked-language-model fine-tuning of an encoder (`*ForMaskedLM`).
+    MaskedLm(MaskedLmTaskConfig),
 }
 
 /// The task of a recipe, without its keys.
@@ -24,6 +27,7 @@ pub enum TaskConfig {
 pub enum TaskKind {
     CausalLm,
     Classification,
+    MaskedLm,
 }
 
 impl TaskKind {
@@ -31,10 +35,11 @@ impl TaskKind {
         match self {
             TaskKind::CausalLm => "causal_lm",
             TaskKind::Classification => "classification",
+            TaskKind::MaskedLm => "masked_lm",
         }
     }
 
-    pub const ALL: [TaskKind; 2] = [TaskKind::CausalLm, TaskKind::Classification];
+    pub const ALL: [TaskKind; 3] = [TaskKind::CausalLm, TaskKind::Classification, TaskKind::MaskedLm];
 }
 
 impl TaskConfig {
@@ -42,6 +47,7 @@ impl TaskConfig {
         match self {
             TaskConfig::CausalLm => TaskKind::CausalLm,
             TaskConfig::Classification(_) => TaskKind::Classification,
+            TaskConfig::MaskedLm(_) => TaskKind::MaskedLm,
         }
     }
 
@@ -54,7 +60,14 @@ impl TaskConfig {
     pub fn classification(&self) -> Option<&ClassificationTaskConfig> {
         match self {
             TaskConfig::Classification(c) => Some(c),
-            TaskConfig::CausalLm => None,
+            _ => None,
+        }
+    }
+
+    pub fn masked_lm(&self) -> Option<&MaskedLmTaskConfig> {
+        match self {
+            TaskConfig::MaskedLm(c) => Some(c),
+            _ => None,
         }
     }
 }

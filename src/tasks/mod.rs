@@ -17,5 +17,6 @@ pub fn run(recipe: Recipe, opts: &RunOptions) -> Result<()> {
         (TaskConfig::CausalLm, ModelKind::Gpt) => crate::engine::run::<pretrain::Pretrain>(recipe, opts),
         (TaskConfig::CausalLm, ModelKind::Hf) => crate::engine::run::<sft::Sft>(recipe, opts),
         (TaskConfig::Classification(_), _) => crate::engine::run::<classification::Classification>(recipe, opts),
+        (TaskConfig::MaskedLm(_), _) => Err(crate::error::Error::Input("task.kind = \"masked_lm\" is not yet a training task".into())),
     }
 }
