@@ -16,6 +16,7 @@ mod hf;
 mod hf_models;
 mod lora;
 mod metrics;
+mod mlm_heads;
 mod safety;
 mod sft;
 mod tokenizer;
