@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 use tch::{Device, Kind, Tensor};
 
 const TOL: f64 = 1e-4;
-const MODELS: [&str; 2] = ["bert_mlm", "distil_mlm"];
+const MODELS: [&str; 4] = ["bert_mlm", "distil_mlm", "bert_untied", "distil_untied"];
 
 struct Reference {
     dir: PathBuf,
@@ -154,7 +154,7 @@ fn save_pretrained_loads_in_auto_model_for_masked_lm() {
     let r = refs();
     let out = scratch("mlm-heads-save");
     let mut cases = Vec::new();
-    for name in ["bert_mlm", "distil_mlm", "bert_base"] {
+    for name in ["bert_mlm", "distil_mlm", "bert_base", "bert_untied", "distil_untied"] {
         let model = masked_lm(name);
         let dir = out.join(format!("saved_{name}"));
         model.save_pretrained(&dir).unwrap();
@@ -312,4 +312,36 @@ fn fill_mask_bad_input_is_one_line_and_exit_2() {
     std::fs::write(nomask.join("tokenizer_config.json"), tc.to_string()).unwrap();
     let err = fails(&["fill-mask", "--model", nomask.to_str().unwrap(), "--text", "a [MASK] story"]);
     assert!(err.contains("tokenizer_config.json") && err.contains("mask_token"), "{err}");
+}
+
+#[test]
+fn old_style_checkpoints_load_with_their_tied_decoder_pooler_and_gamma_beta() {
+    // bert-base-uncased's layout: the tied decoder weight and bias written out, TF-era
+    // LayerNorm names, a pooler and the NSP head of BertForPreTraining.
+    let r = refs();
+    let dir = model_dir("bert_mlm");
+    let want = logits(&masked_lm("bert_mlm"), &r);
+    let tensors: HashMap<String, Tensor> = rankforge::st::load(&dir.join("model.safetensors")).unwrap().into_iter().collect();
+    let tmp = scratch("mlm-heads-old");
+    for only_decoder_bias in [false, true] {
+        let mut old: Vec<(String, Tensor)> = Vec::new();
+        for (name, t) in &tensors {
+            let name = name.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta");
+            if !(only_decoder_bias && name == "cls.predictions.bias") {
+                old.push((name, t.shallow_clone()));
+            }
+        }
+        old.push(("cls.predictions.decoder.weight".into(), tensors["bert.embeddings.word_embeddings.weight"].shallow_clone()));
+        old.push(("cls.predictions.decoder.bias".into(), tensors["cls.predictions.bias"].shallow_clone()));
+        old.push(("cls.seq_relationship.weight".into(), Tensor::ones([2, 32], (Kind::Float, Device::Cpu))));
+        old.push(("bert.pooler.dense.weight".into(), Tensor::ones([32, 32], (Kind::Float, Device::Cpu))));
+        old.push(("bert.pooler.dense.bias".into(), Tensor::zeros([32], (Kind::Float, Device::Cpu))));
+        let case = tmp.join(format!("old_{only_decoder_bias}"));
+        std::fs::create_dir_all(&case).unwrap();
+        std::fs::copy(dir.join("config.json"), case.join("config.json")).unwrap();
+        rankforge::st::save(&case.join("model.safetensors"), &old).unwrap();
+        let model = MaskedLm::from_pretrained(&case, Device::Cpu, Kind::Float).unwrap();
+        let d = max_diff(&logits(&model, &r), &want);
+        assert!(d <= 1e-6, "only decoder.bias = {only_decoder_bias}: logits differ by {d}");
+    }
 }

@@ -15,7 +15,9 @@
 //! BERT's `cls.predictions.decoder.bias` (tied to `cls.predictions.bias`); older checkpoints
 //! (`bert-base-uncased`) have them, and they are read as the tie says: the decoder weight is
 //! skipped, `decoder.bias` fills `cls.predictions.bias` when that is absent. With
-//! `tie_word_embeddings = false` the decoder has its own weight (loaded, saved).
+//! `tie_word_embeddings = false` the decoder has its own weight (loaded, saved), and BERT's
+//! decoder its own `cls.predictions.decoder.bias`, which the logits then use (transformers
+//! keeps the untied `cls.predictions.bias` as an unused parameter; so do we).
 //!
 //! A checkpoint without the head (a bare `BertModel`, a classifier) gets a new one drawn as
 //! transformers' `_init_weights` draws it: dense N(0, `initializer_range`) with zero bias,
@@ -116,6 +118,10 @@ pub struct MaskedLm {
     decoder: Option<Tensor>,
     /// `cls.predictions.bias` / `vocab_projector.bias` `[V]`.
     bias: Tensor,
+    /// BERT untied: `cls.predictions.decoder.bias`, its own parameter then, and the one the
+    /// logits use (`cls.predictions.bias` is kept, loaded and saved, but unused, as in
+    /// transformers).
+    decoder_bias: Option<Tensor>,
     config: Value,
 }
 
@@ -138,12 +144,17 @@ impl MaskedLm {
         let names = head_names(cfg.family);
         let tied = model.decoder.is_none();
         let has_bias = in_file.contains(names.bias);
-        let bias_from_decoder = !has_bias && names.decoder_bias.is_some_and(|b| in_file.contains(b));
+        // Tied, BERT's decoder.bias is cls.predictions.bias (old checkpoints may have only it).
+        let bias_from_decoder = tied && !has_bias && names.decoder_bias.is_some_and(|b| in_file.contains(b));
         // Head tensors the files lack keep their fresh draw.
         let mut fresh: Vec<String> = Vec::new();
         let mut vars = model.vs().variables();
         vars.retain(|n, _| {
-            let head = n.starts_with(&format!("{}.", names.transform)) || n.starts_with(&format!("{}.", names.norm)) || n == names.bias || n == names.decoder;
+            let head = n.starts_with(&format!("{}.", names.transform))
+                || n.starts_with(&format!("{}.", names.norm))
+                || n == names.bias
+                || n == names.decoder
+                || Some(n.as_str()) == names.decoder_bias;
             let from_file = in_file.contains(n) || (n == names.bias && bias_from_decoder);
             if head && !from_file {
                 fresh.push(n.clone());
@@ -167,7 +178,11 @@ impl MaskedLm {
             if n == names.bias || is(names.transform) || is(names.norm) {
                 Route::Param(n)
             } else if Some(n.as_str()) == names.decoder_bias {
-                if bias_from_decoder { Route::Param(names.bias.to_string()) } else { Route::Ignore }
+                match (tied, bias_from_decoder) {
+                    (false, _) => Route::Param(n),
+                    (true, true) => Route::Param(names.bias.to_string()),
+                    (true, false) => Route::Ignore,
+                }
             } else if n == names.decoder {
                 if tied { Route::Ignore } else { Route::Param(n) }
             } else if n.starts_with("cls.") {
@@ -195,7 +210,11 @@ impl MaskedLm {
             let (module, leaf) = names.decoder.rsplit_once('.').expect("head names are dotted");
             sub(&root, module).var(leaf, &[v, h as i64], Init::Randn { mean: 0.0, stdev: std })
         });
-        MaskedLm { encoder, transform, norm, decoder, bias, config }
+        let decoder_bias = names.decoder_bias.filter(|_| !tied).map(|name| {
+            let (module, leaf) = name.rsplit_once('.').expect("head names are dotted");
+            sub(&root, module).var(leaf, &[v], Init::Const(0.0))
+        });
+        MaskedLm { encoder, transform, norm, decoder, bias, decoder_bias, config }
     }
 
     /// Logits `(B, T, vocab)` for ids `(B, T)` (+ padding mask, nonzero = token; + segment ids,
@@ -203,7 +222,7 @@ impl MaskedLm {
     pub fn forward(&self, ids: &Tensor, attention_mask: Option<&Tensor>, token_type_ids: Option<&Tensor>, train: bool) -> Tensor {
         let h = self.encoder.forward(ids, attention_mask, token_type_ids, train); // (B, T, H)
         let x = self.norm.forward(&self.encoder.act(&self.transform.forward_t(&h, train)));
-        x.linear(self.decoder_weight(), Some(&self.bias))
+        x.linear(self.decoder_weight(), Some(self.decoder_bias.as_ref().unwrap_or(&self.bias)))
     }
 
     /// The decoder weight `[V, H]`: the word embeddings unless untied.

@@ -9,6 +9,8 @@ usage:
         bert_mlm    BertForMaskedLM
         distil_mlm  DistilBertForMaskedLM
         bert_base   BertModel with its pooler, initializer_range 0.05 (no MLM head)
+        bert_untied, distil_untied  the same with tie_word_embeddings = False (BERT's
+                    decoder.bias then differs from the unused cls.predictions.bias)
       OUT_DIR/refs.safetensors: a right-padded batch (`input_ids`, `attention_mask`; the second
       row is shorter), the same batch masked (`masked_ids`, `labels`: -100 where not masked),
       per model `logits_<name>` (on input_ids) and `loss_<name>` (on masked_ids with labels),
@@ -54,6 +56,7 @@ PIPE = {
     "top3": ("bert_mlm", "i [MASK] the film , it isn't boring .", 3),
     "distil": ("distil_mlm", "the [MASK] was not fun .", 5),
 }
+MLMS = ["bert_mlm", "distil_mlm", "bert_untied", "distil_untied"]
 INPUTS = ["a [MASK] story .", "the music was [MASK] !", "[MASK] movie , great actor ."]
 
 
@@ -65,7 +68,12 @@ def models():
     randomize(distil, 22)
     base = BertModel(BertConfig(**BERT, initializer_range=0.05))
     randomize(base, 23)
-    return {"bert_mlm": bert.eval(), "distil_mlm": distil.eval(), "bert_base": base.eval()}
+    bert_untied = BertForMaskedLM(BertConfig(**BERT, tie_word_embeddings=False))
+    randomize(bert_untied, 24)
+    distil_untied = DistilBertForMaskedLM(DistilBertConfig(**DISTIL, tie_word_embeddings=False))
+    randomize(distil_untied, 25)
+    return {"bert_mlm": bert.eval(), "distil_mlm": distil.eval(), "bert_base": base.eval(),
+            "bert_untied": bert_untied.eval(), "distil_untied": distil_untied.eval()}
 
 
 def make(out):
@@ -85,7 +93,7 @@ def make(out):
     masked = torch.where(chosen, torch.full_like(ids, tok.mask_token_id), ids)
     refs = {"input_ids": ids, "attention_mask": mask, "masked_ids": masked, "labels": labels}
     with torch.no_grad():
-        for name in ["bert_mlm", "distil_mlm"]:
+        for name in MLMS:
             refs[f"logits_{name}"] = ms[name](input_ids=ids, attention_mask=mask).logits.contiguous()
             refs[f"loss_{name}"] = ms[name](input_ids=masked, attention_mask=mask, labels=labels).loss.reshape(1)
         refs["hidden_bert_base"] = ms["bert_base"](input_ids=ids, attention_mask=mask).last_hidden_state.contiguous()
