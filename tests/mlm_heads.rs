@@ -312,6 +312,17 @@ fn fill_mask_bad_input_is_one_line_and_exit_2() {
     std::fs::write(nomask.join("tokenizer_config.json"), tc.to_string()).unwrap();
     let err = fails(&["fill-mask", "--model", nomask.to_str().unwrap(), "--text", "a [MASK] story"]);
     assert!(err.contains("tokenizer_config.json") && err.contains("mask_token"), "{err}");
+    // A tokenizer of another model: an id beyond vocab_size.
+    let other = tmp.join("other_tok");
+    std::fs::create_dir_all(&other).unwrap();
+    for f in ["config.json", "model.safetensors", "tokenizer_config.json"] {
+        std::fs::copy(dir.join(f), other.join(f)).unwrap();
+    }
+    let mut tj: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("tokenizer.json")).unwrap()).unwrap();
+    tj["model"]["vocab"]["story"] = json!(999);
+    std::fs::write(other.join("tokenizer.json"), tj.to_string()).unwrap();
+    let err = fails(&["fill-mask", "--model", other.to_str().unwrap(), "--text", "a [MASK] story"]);
+    assert!(err.contains("999") && err.contains("vocab_size"), "{err}");
 }
 
 #[test]

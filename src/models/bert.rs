@@ -13,10 +13,11 @@
 //! Loading accepts checkpoints of the bare model (`BertModel`: keys without the `bert.`
 //! prefix) and of task models (`BertForMaskedLM`, `…ForSequenceClassification`, …), whose
 //! heads (`cls.*`, `classifier.*`, `pre_classifier.*`, `vocab_*`, `qa_outputs.*`) are skipped
-//! and logged at debug level (the classification heads live in [`super::heads`]). BERT's
-//! pooler (`bert.pooler.dense`) is part of the encoder when the checkpoint has one. Old TF-era
-//! `LayerNorm.gamma` / `.beta` names are read as `weight` / `bias`. [`Encoder::save_pretrained`]
-//! writes what `BertModel` / `DistilBertModel.save_pretrained` writes (keys without prefix).
+//! and logged at debug level (the classification heads live in [`super::heads`], the
+//! masked-LM heads in [`super::mlm`]). BERT's pooler (`bert.pooler.dense`) is part of the
+//! encoder when the checkpoint has one. Old TF-era `LayerNorm.gamma` / `.beta` names are read
+//! as `weight` / `bias`. [`Encoder::save_pretrained`] writes what `BertModel` /
+//! `DistilBertModel.save_pretrained` writes (keys without prefix).
 //!
 //! References: Devlin et al. 2019 (BERT), Sanh et al. 2019 (DistilBERT); transformers
 //! `modeling_bert.py`, `modeling_distilbert.py`.

@@ -250,6 +250,11 @@ impl MaskedLm {
         &mut self.encoder.vs
     }
 
+    /// The model's weights (HF's `num_parameters()`; the tied decoder counted once).
+    pub fn num_params(&self) -> i64 {
+        self.vs().variables().values().map(|t| t.numel() as i64).sum()
+    }
+
     pub fn vocab_size(&self) -> usize {
         self.encoder.cfg.vocab_size
     }

@@ -13,7 +13,8 @@
 //! - one mask gives a flat list, several a list per mask ([`FillResult`]).
 //!
 //! Unlike the pipeline, a `top_k` above the vocabulary gives the whole vocabulary (torch would
-//! raise), and a text longer than the position table is an error naming both lengths.
+//! raise), and a text longer than the position table, or a token id beyond the model's
+//! vocabulary (a tokenizer of another model), is an error naming both numbers.
 
 use std::path::Path;
 
@@ -105,6 +106,13 @@ impl FillMask {
         let masks: Vec<usize> = ids.iter().enumerate().filter(|(_, &id)| id == self.mask_id).map(|(i, _)| i).collect();
         if masks.is_empty() {
             return Err(Error::Input(format!("{what}: no mask token in the text: write {} where a token is to be predicted", self.mask_token)));
+        }
+        if let Some(&id) = ids.iter().find(|&&id| id as usize >= self.model.vocab_size()) {
+            return Err(Error::Input(format!(
+                "{what}: token id {id} is beyond the model's vocab_size {}: the tokenizer in {} does not belong to this model",
+                self.model.vocab_size(),
+                self.tokenizer.path.display()
+            )));
         }
         if ids.len() > self.model.max_positions() {
             return Err(Error::Input(format!("{what}: the text has {} tokens, the model reads at most {} (max_position_embeddings)", ids.len(), self.model.max_positions())));
