@@ -1,5 +1,5 @@
 //! The `rankforge` command line: `train`, `tokenizer train`, `generate`, `evaluate`,
-//! `predict`, `bench`.
+//! `predict`, `fill-mask`, `bench`.
 //!
 //! Exit codes: 0 success; 1 runtime failure (I/O, libtorch: a restart may help); 2 bad input
 //! (recipe, data, tokenizer, model files, arguments: fix the input, do not retry).
@@ -149,6 +149,33 @@ enum Command {
         #[arg(long, value_enum, default_value = "auto")]
         device: rankforge::config::DeviceChoice,
         /// Print JSON (--text: one list; --input always prints JSON lines).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Fill the mask tokens of a text as transformers' pipeline("fill-mask"): the top-k
+    /// {"score", "token", "token_str", "sequence"} of each mask (a list per mask for several).
+    FillMask {
+        /// A BERT / DistilBERT masked-LM directory (its tokenizer needs a mask token).
+        #[arg(long)]
+        model: PathBuf,
+        /// The text, with the tokenizer's mask token ([MASK], <mask>) where a token is missing.
+        #[arg(long, conflicts_with = "input", required_unless_present = "input")]
+        text: Option<String>,
+        /// Texts to fill: a text file (one per line) or JSON/JSONL/CSV/Parquet rows with
+        /// --text-field; prints one JSON result per line.
+        #[arg(long)]
+        input: Option<PathBuf>,
+        #[arg(long, default_value = "text")]
+        text_field: String,
+        /// Candidates per mask.
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+        top_k: u64,
+        /// A PEFT LoRA adapter to apply to --model.
+        #[arg(long)]
+        adapter: Option<PathBuf>,
+        #[arg(long, value_enum, default_value = "auto")]
+        device: rankforge::config::DeviceChoice,
+        /// Print JSON (--input always prints JSON lines).
         #[arg(long)]
         json: bool,
     },
@@ -362,6 +389,7 @@ fn run(command: Command) -> Result<()> {
         Command::Predict { model, text, text_pair, input, text_field, text_pair_field, top_k, max_length, batch_size, device, json } => {
             predict(model, text.map(|text| rankforge::classify::predict::TextInput { text, text_pair }), input, (text_field, text_pair_field), top_k, max_length, batch_size, device, json)
         }
+        Command::FillMask { model, text, input, text_field, top_k, adapter, device, json } => fill_mask(model, text, input, &text_field, top_k as usize, adapter, device, json),
         Command::Bench { what: Some(BenchCommand::Collective { bytes, iters, warmup, device }), .. } => {
             if iters == 0 {
                 return Err(Error::Input("--iters must be at least 1".into()));
@@ -425,6 +453,48 @@ fn predict(
     let inputs = rankforge::classify::data::read_texts(&[path], "--input", &text_field, &text_pair_field)?;
     for result in predict::predict(&clf, &encoder, &inputs, top_k, batch_size)? {
         println!("{}", serde_json::to_string(&result).map_err(|e| Error::Input(e.to_string()))?);
+    }
+    Ok(())
+}
+
+/// `rankforge fill-mask`: the pipeline's result for `--text`, or one JSON line per text of
+/// `--input`.
+#[allow(clippy::too_many_arguments)]
+fn fill_mask(
+    model: PathBuf,
+    text: Option<String>,
+    input: Option<PathBuf>,
+    text_field: &str,
+    top_k: usize,
+    adapter: Option<PathBuf>,
+    device: rankforge::config::DeviceChoice,
+    json: bool,
+) -> Result<()> {
+    use rankforge::models::mlm::fill;
+    let device = rankforge::device::select_as(device, "--device")?;
+    // Read the inputs first: a bad file fails before the model loads.
+    let texts = match (&input, text) {
+        (Some(path), _) => fill::read_inputs(path, text_field)?,
+        (None, Some(text)) => vec![("--text".to_string(), text)],
+        (None, None) => return Err(Error::Input("fill-mask needs --text or --input".into())),
+    };
+    let filler = fill::FillMask::load(&model, adapter.as_deref(), device)?;
+    let results = texts.iter().map(|(what, text)| filler.fill(text, top_k, what)).collect::<Result<Vec<_>>>()?;
+    let to_json = |r: &fill::FillResult| serde_json::to_string(r).map_err(|e| Error::Input(e.to_string()));
+    for result in &results {
+        if json || input.is_some() {
+            println!("{}", to_json(result)?);
+            continue;
+        }
+        let masks = result.per_mask();
+        for (i, candidates) in masks.iter().enumerate() {
+            if masks.len() > 1 {
+                println!("mask {} of {}:", i + 1, masks.len());
+            }
+            for c in candidates.iter() {
+                println!("{:.4}\t{}\t{}", c.score, c.token_str, c.sequence);
+            }
+        }
     }
     Ok(())
 }

@@ -17,6 +17,7 @@ mod hf_models;
 mod lora;
 mod metrics;
 mod mlm_data;
+mod mlm_heads;
 mod safety;
 mod sft;
 mod tokenizer;

@@ -13,10 +13,11 @@
 //! Loading accepts checkpoints of the bare model (`BertModel`: keys without the `bert.`
 //! prefix) and of task models (`BertForMaskedLM`, `…ForSequenceClassification`, …), whose
 //! heads (`cls.*`, `classifier.*`, `pre_classifier.*`, `vocab_*`, `qa_outputs.*`) are skipped
-//! and logged at debug level (the classification heads live in [`super::heads`]). BERT's
-//! pooler (`bert.pooler.dense`) is part of the encoder when the checkpoint has one. Old TF-era
-//! `LayerNorm.gamma` / `.beta` names are read as `weight` / `bias`. [`Encoder::save_pretrained`]
-//! writes what `BertModel` / `DistilBertModel.save_pretrained` writes (keys without prefix).
+//! and logged at debug level (the classification heads live in [`super::heads`], the
+//! masked-LM heads in [`super::mlm`]). BERT's pooler (`bert.pooler.dense`) is part of the
+//! encoder when the checkpoint has one. Old TF-era `LayerNorm.gamma` / `.beta` names are read
+//! as `weight` / `bias`. [`Encoder::save_pretrained`] writes what `BertModel` /
+//! `DistilBertModel.save_pretrained` writes (keys without prefix).
 //!
 //! References: Devlin et al. 2019 (BERT), Sanh et al. 2019 (DistilBERT); transformers
 //! `modeling_bert.py`, `modeling_distilbert.py`.
@@ -276,7 +277,7 @@ pub struct Encoder {
 }
 
 /// `p / "a" / "b"` for the dotted name `"a.b"` (VarStore path segments cannot contain dots).
-fn sub<'a>(p: &nn::Path<'a>, dotted: &str) -> nn::Path<'a> {
+pub(crate) fn sub<'a>(p: &nn::Path<'a>, dotted: &str) -> nn::Path<'a> {
     let mut parts = dotted.split('.');
     let first = parts.next().expect("split yields at least one segment");
     parts.fold(p / first, |p, s| p / s)
@@ -358,6 +359,11 @@ impl Encoder {
         self.word_embeddings.kind()
     }
 
+    /// `embeddings.word_embeddings.weight` `[vocab, H]`: the masked-LM decoders are tied to it.
+    pub fn word_embeddings(&self) -> &Tensor {
+        &self.word_embeddings
+    }
+
     /// `config.json` as it describes the model now: `architectures` = the bare model, dtype.
     pub fn config_json(&self) -> Value {
         let mut c = hf::with_dtype(&self.config, self.kind());
@@ -435,7 +441,9 @@ impl Encoder {
         layer.attn_out.forward_t(&y.transpose(1, 2).contiguous().view([b, t, c]), train)
     }
 
-    fn act(&self, x: &Tensor) -> Tensor {
+    /// The feed-forward activation of the config (`hidden_act` / `activation`), which the
+    /// masked-LM heads apply too.
+    pub fn act(&self, x: &Tensor) -> Tensor {
         match self.cfg.activation {
             Activation::Gelu => x.gelu("none"),
             Activation::GeluTanh => x.gelu("tanh"),

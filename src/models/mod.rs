@@ -6,6 +6,8 @@
 //! - [`bert`]: BERT and DistilBERT encoders (last hidden states, padding mask, LoRA, save);
 //! - [`heads`]: [`heads::SequenceClassifier`], the sequence-classification model of every
 //!   family (BERT/DistilBERT `classifier`, decoders' `score`), and transformers' classification loss;
+//! - [`mlm`]: [`mlm::MaskedLm`], `BertForMaskedLM` / `DistilBertForMaskedLM` (tied decoders), and
+//!   [`mlm::fill`], transformers' fill-mask pipeline;
 //! - [`hf`]: `config.json`, (sharded) safetensors, `save_pretrained`;
 //! - [`layers`], [`shared`]: Linear, LayerNorm, embeddings; RMSNorm, RoPE, KV cache, masks.
 
@@ -15,6 +17,7 @@ pub mod heads;
 pub mod hf;
 pub mod layers;
 pub mod llama;
+pub mod mlm;
 pub mod shared;
 
 use std::path::Path;
