@@ -271,6 +271,12 @@ fn fill_mask_json_equals_the_pipeline() {
     let inputs = reference().dir.join("inputs.txt");
     let ours = fill("bert_mlm", &["--input", inputs.to_str().unwrap()]);
     assert_same(&Value::Array(ours), &report["inputs"], "--input");
+    // The same texts as JSONL rows.
+    let texts = std::fs::read_to_string(&inputs).unwrap();
+    let jsonl = scratch("mlm-heads-jsonl").join("inputs.jsonl");
+    std::fs::write(&jsonl, texts.lines().map(|t| json!({"text": t}).to_string() + "\n").collect::<String>()).unwrap();
+    let ours = fill("bert_mlm", &["--input", jsonl.to_str().unwrap()]);
+    assert_same(&Value::Array(ours), &report["inputs"], "--input JSONL");
     // The keys in the pipeline's order.
     let raw = ok(&["fill-mask", "--model", model_dir("bert_mlm").to_str().unwrap(), "--text", "a [MASK] story .", "--json"]);
     let at = |k: &str| raw.find(&format!("\"{k}\":")).unwrap();
