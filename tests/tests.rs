@@ -18,6 +18,7 @@ mod lora;
 mod metrics;
 mod mlm_data;
 mod mlm_heads;
+mod mlm_train;
 mod safety;
 mod sft;
 mod tokenizer;

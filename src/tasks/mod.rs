@@ -1,9 +1,10 @@
 //! The training objectives on the engine ([`crate::engine`]): each is one file plus its data
 //! reader. [`run`] picks the task of a recipe: `task.kind = "causal_lm"` is pretraining
 //! ([`pretrain`], `model.kind = "gpt"`) or supervised fine-tuning ([`sft`], `"hf"`);
-//! `"classification"` is [`classification`].
+//! `"classification"` is [`classification`], `"masked_lm"` [`masked_lm`].
 
 pub mod classification;
+pub mod masked_lm;
 pub mod pretrain;
 pub mod sft;
 
@@ -17,6 +18,6 @@ pub fn run(recipe: Recipe, opts: &RunOptions) -> Result<()> {
         (TaskConfig::CausalLm, ModelKind::Gpt) => crate::engine::run::<pretrain::Pretrain>(recipe, opts),
         (TaskConfig::CausalLm, ModelKind::Hf) => crate::engine::run::<sft::Sft>(recipe, opts),
         (TaskConfig::Classification(_), _) => crate::engine::run::<classification::Classification>(recipe, opts),
-        (TaskConfig::MaskedLm(_), _) => Err(crate::error::Error::Input("task.kind = \"masked_lm\" is not yet a training task".into())),
+        (TaskConfig::MaskedLm(_), _) => crate::engine::run::<masked_lm::MaskedLmTask>(recipe, opts),
     }
 }

@@ -1,0 +1,237 @@
+//! Masked-language-model fine-tuning (`task.kind = "masked_lm"`) on the engine: a BERT or
+//! DistilBERT directory as `*ForMaskedLM` ([`MaskedLm`]: its MLM head, or a new one), in full or
+//! with LoRA, on text ([`crate::mlm::data`]).
+//!
+//! - Masking is transformers' `DataCollatorForLanguageModeling` ([`crate::mlm::mask`]) with a
+//!   seed that is a pure function of (run seed, epoch, example index): 1 and N ranks and a
+//!   resumed run see the same masks.
+//! - The loss is the cross-entropy over the masked tokens of the *global* batch (each rank
+//!   counts them from the data, as SFT counts label tokens): transformers' mean when the batch
+//!   is one micro-batch on one rank.
+//! - Evaluation (rank 0) uses one fixed validation mask (seeded by the example index alone):
+//!   masked-token loss, perplexity, top-1 and top-5 accuracy.
+//! - `final/`: an HF `*ForMaskedLM` directory (`AutoModelForMaskedLM`); under LoRA the PEFT
+//!   adapter and `final/merged/`.
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Map, Value};
+use tch::{Device, Kind, Tensor};
+
+use crate::checkpoint::TrainState;
+use crate::config::{MaskedLmDataConfig, MaskedLmTaskConfig, Recipe};
+use crate::data::ExampleOrder;
+use crate::engine::{Objective, SetupCtx, StepBatch, Task};
+use crate::error::{Error, Result};
+use crate::mlm::{self, MlmData};
+use crate::models::mlm::MaskedLm;
+use crate::recipe_loop;
+use crate::tasks::sft::{copy_named, model_dir, weight_kind};
+use crate::tokenizer::LoadedTokenizer;
+
+/// Salt of the validation mask's seeds (never a training epoch's).
+const VAL_SALT: u64 = 0x5EED_0F_7E57;
+
+/// One masked example: inputs and labels (-100 where not masked).
+type Masked = (Vec<i64>, Vec<i64>);
+
+/// A masked-LM run's task state.
+pub struct MaskedLmTask {
+    recipe: Recipe,
+    device: Device,
+    bf16: bool,
+    base: PathBuf,
+    tok: LoadedTokenizer,
+    model: MaskedLm,
+    masking: MaskedLmTaskConfig,
+    data: MlmData,
+    /// The fixed masks of the validation examples.
+    val: Vec<Masked>,
+    order: ExampleOrder,
+    pad_id: i64,
+}
+
+fn mlm_data(recipe: &Recipe) -> Result<&MaskedLmDataConfig> {
+    recipe.data.masked_lm().ok_or_else(|| Error::Input("[data] is not a masked_lm section".into()))
+}
+
+fn masked_count(m: &[Masked]) -> u64 {
+    m.iter().map(|(_, l)| l.iter().filter(|&&x| x != -100).count() as u64).sum()
+}
+
+impl MaskedLmTask {
+    /// `ids` masked with `seed`.
+    fn masked(&self, ids: &[i64], seed: u64) -> Masked {
+        mlm::mask(ids, &self.data.special, &self.masking, self.data.mask_id, self.data.vocab_size, seed)
+    }
+
+    /// Logits `(B, T, V)` and labels `(B, T)` of `batch`, collated on the device.
+    fn forward(&self, batch: &[Masked], bf16: bool, train: bool) -> (Tensor, Tensor) {
+        let (ids, mask, labels) = mlm::collate(batch, self.pad_id);
+        let (ids, mask) = (crate::device::to_device(&ids, self.device), crate::device::to_device(&mask, self.device));
+        let logits = crate::device::autocast(self.device, bf16, || self.model.forward(&ids, Some(&mask), None, train));
+        (logits, labels.to_device(self.device))
+    }
+}
+
+impl Objective for MaskedLmTask {
+    /// This micro-batch's masked examples and the masked tokens of the whole global batch.
+    type Micro = (Vec<Masked>, u64);
+
+    fn micro_loss(&self, (batch, masked): &Self::Micro, bf16: bool, train: bool) -> Result<Tensor> {
+        let (logits, labels) = self.forward(batch, bf16, train);
+        Ok(self.model.loss_sum(&logits, &labels) / (*masked).max(1) as f64)
+    }
+
+    fn zero_null_grads(&self) {
+        self.model.zero_null_grads();
+    }
+}
+
+impl Task for MaskedLmTask {
+    fn setup(ctx: &mut SetupCtx<'_>) -> Result<Self> {
+        let recipe = ctx.recipe;
+        let data_cfg = mlm_data(recipe)?;
+        let masking = recipe.task.masked_lm().cloned().unwrap_or_default();
+        let base = model_dir(recipe)?;
+        let tok = LoadedTokenizer::load(data_cfg.tokenizer.as_deref().unwrap_or(&base))?;
+        let data = mlm::data::load(data_cfg, &tok, recipe.train.seed)?;
+        if data.train.is_empty() {
+            return Err(Error::data(&data_cfg.train[0], "data.train: no training example"));
+        }
+        let kind = weight_kind(recipe.model.hf().and_then(|h| h.dtype), ctx.device, recipe.lora.is_some());
+        tch::manual_seed(recipe.train.seed as i64);
+        let mut model = MaskedLm::from_pretrained(&base, ctx.device, kind)?;
+        let n = model.max_positions();
+        if let Some(e) = data.train.iter().chain(&data.val).find(|e| e.len() > n) {
+            return Err(Error::Input(format!("an example has {} tokens, more than the model's {n} positions: set data.max_length <= {n}", e.len())));
+        }
+        if let Some(lora) = &recipe.lora {
+            let adapted = model.add_lora(lora, recipe.train.seed)?;
+            tracing::info!(layers = adapted.len(), r = lora.r, alpha = lora.alpha, "LoRA adapters attached; the base model is frozen");
+        }
+        let pad_id = data.pad_id;
+        let order = ExampleOrder::new(data.train.len(), recipe.train.seed);
+        let mut t = MaskedLmTask { recipe: recipe.clone(), device: ctx.device, bf16: ctx.bf16, base, tok, model, masking, data, val: Vec::new(), order, pad_id };
+        let seed = t.recipe.train.seed ^ VAL_SALT;
+        t.val = t.data.val.iter().enumerate().map(|(j, ids)| t.masked(ids, mlm::example_seed(seed, 0, j as u64))).collect();
+        Ok(t)
+    }
+
+    fn tokenizer(&self) -> &LoadedTokenizer {
+        &self.tok
+    }
+
+    fn trainable(&mut self) -> Vec<(String, Tensor)> {
+        if self.recipe.lora.is_some() {
+            self.model.lora_parameters()
+        } else {
+            self.model.named_parameters()
+        }
+    }
+
+    fn epoch_len(&self) -> u64 {
+        self.data.train.len() as u64
+    }
+
+    fn epoch_of(&self, samples: u64) -> f64 {
+        self.order.epoch_of(samples)
+    }
+
+    /// Masks the whole global batch (cheap, on the CPU) to count its masked tokens; keeps
+    /// this rank's slice in micro-batches.
+    fn batch(&mut self, step: u64, global: Range<u64>, mine: Range<u64>) -> Result<StepBatch<Self::Micro>> {
+        let (seed, mb) = (self.recipe.train.seed, self.recipe.train.micro_batch_size);
+        let n = self.data.train.len() as u64;
+        let first = global.start;
+        let all: Vec<Masked> = global
+            .map(|g| {
+                let i = self.order.index(g);
+                self.masked(&self.data.train[i], mlm::example_seed(seed, g / n, i as u64))
+            })
+            .collect();
+        let masked = masked_count(&all);
+        let tokens: u64 = all.iter().map(|(ids, _)| ids.len() as u64).sum();
+        let own = &all[(mine.start - first) as usize..(mine.end - first) as usize];
+        let micro = own
+            .chunks(mb)
+            .enumerate()
+            .map(|(k, chunk)| ((chunk.to_vec(), masked), recipe_loop::micro_seed(seed, step, mine.start + (k * mb) as u64)))
+            .collect();
+        let mut extra = Map::new();
+        extra.insert("masked_tokens".into(), json!(masked));
+        Ok(StepBatch { micro, tokens, extra })
+    }
+
+    fn has_eval(&self) -> bool {
+        !self.val.is_empty()
+    }
+
+    /// Masked-token loss, perplexity, top-1 and top-5 accuracy over the first
+    /// `eval.max_batches` validation micro-batches, always with the same masks.
+    fn evaluate(&mut self, step: u64) -> Result<Value> {
+        let (mut sum, mut count, mut top1, mut top5) = (0.0, 0i64, 0i64, 0i64);
+        for chunk in self.val.chunks(self.recipe.train.micro_batch_size).take(self.recipe.eval.max_batches) {
+            let (logits, labels) = self.forward(chunk, self.bf16, false);
+            let logits = logits.to_kind(Kind::Float);
+            sum += self.model.loss_sum(&logits, &labels).double_value(&[]);
+            let at = labels.ne(-100);
+            count += at.sum(Kind::Int64).int64_value(&[]);
+            let (_, best) = logits.topk(5.min(logits.size()[2]), -1, true, true); // (B, T, 5)
+            let hit = best.eq_tensor(&labels.unsqueeze(-1)); // (B, T, 5)
+            top1 += hit.select(-1, 0).logical_and(&at).sum(Kind::Int64).int64_value(&[]);
+            top5 += hit.any_dim(-1, false).logical_and(&at).sum(Kind::Int64).int64_value(&[]);
+        }
+        let c = count.max(1) as f64;
+        let val_loss = sum / c;
+        Ok(json!({"step": step, "val_loss": val_loss, "val_ppl": val_loss.exp(), "top1_accuracy": top1 as f64 / c, "top5_accuracy": top5 as f64 / c, "masked_tokens": count}))
+    }
+
+    fn write_weights(&mut self, dir: &Path, step: u64) -> Result<()> {
+        let trained = self.trainable();
+        recipe_loop::ensure_finite(trained.iter().map(|(n, w)| (n.as_str(), w)), "the model", step)?;
+        match &self.recipe.lora {
+            Some(lora) => self.model.save_adapter(dir, lora, Some(&self.base.display().to_string()))?,
+            None => self.model.save_pretrained(dir)?,
+        }
+        self.tok.save_pretrained(dir, Some(self.model.max_positions()))
+    }
+
+    fn restore_weights(&mut self, dir: &Path) -> Result<()> {
+        if self.recipe.lora.is_some() {
+            let path = dir.join(crate::lora::ADAPTER_WEIGHTS);
+            return copy_named(&self.trainable(), crate::st::load(&path)?, &path);
+        }
+        let saved = MaskedLm::from_pretrained(dir, Device::Cpu, self.model.kind())?;
+        copy_named(&self.model.named_parameters(), saved.named_parameters(), dir)
+    }
+
+    fn export_final(&mut self, state: &TrainState) -> Result<()> {
+        let run_dir = self.recipe.run.dir.clone();
+        let lora = self.recipe.lora.is_some();
+        let target = recipe_loop::write_staged_dir(&run_dir, "final", |staged| {
+            self.write_weights(staged, state.step)?;
+            if lora {
+                let merged = staged.join("merged");
+                self.model.merge_lora()?;
+                self.model.save_pretrained(&merged)?;
+                self.tok.save_pretrained(&merged, Some(self.model.max_positions()))?;
+            }
+            Ok(())
+        })?;
+        tracing::info!(path = %target.display(), "final model written (AutoModelForMaskedLM{})", if lora { "; PEFT adapter, merged model in final/merged" } else { "" });
+        Ok(())
+    }
+
+    fn describe(&mut self) -> Vec<(&'static str, String)> {
+        vec![
+            ("task", "masked_lm".into()),
+            ("model", self.base.display().to_string()),
+            ("model_type", self.model.model_type().to_string()),
+            ("train_examples", self.data.train.len().to_string()),
+            ("val_examples", self.data.val.len().to_string()),
+            ("mlm_probability", self.masking.mlm_probability.to_string()),
+        ]
+    }
+}

@@ -1,0 +1,117 @@
+//! Masked-LM fine-tuning as a training task (`[task] kind = "masked_lm"`) on a tiny random BERT
+//! without an MLM head (tests/py/classify_train_reference.py's `bert_base` and its texts):
+//! `final/` loads in transformers and `fill-mask --json` on it equals `pipeline("fill-mask")`;
+//! evaluation writes the masked-token loss and top-1/top-5 accuracy; 1 and 2 launched ranks
+//! train alike and 2 + 2 resumed steps equal 4 bit for bit; LoRA writes an adapter and a merged
+//! model transformers loads.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use crate::common::*;
+use serde_json::Value;
+
+fn dir() -> &'static PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let d = scratch("mlm-train");
+        let out = Command::new(python()).arg(root().join("tests/py/classify_train_reference.py")).args(["make", d.to_str().unwrap()]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        d
+    })
+}
+
+fn recipe(run: &Path, steps: u64, extra: &str) -> PathBuf {
+    let d = dir();
+    let p = |n: &str| format!("{:?}", d.join(n).display().to_string());
+    let text = format!(
+        "[run]\ndir = {:?}\n[task]\nkind = \"masked_lm\"\nmlm_probability = 0.3\n[model]\nkind = \"hf\"\npath = {}\n\
+         [data]\ntrain = {}\nval = {}\nmax_length = 32\n\
+         [train]\nmax_steps = {steps}\nlr_decay_steps = 4\nglobal_batch_size = 8\nmicro_batch_size = 4\nlr = 1e-3\nwarmup_steps = 1\n\
+         [eval]\nevery_steps = 2\n{extra}",
+        run.display().to_string(),
+        p("bert_base"),
+        p("train.jsonl"),
+        p("val.jsonl"),
+    );
+    let path = d.join(format!("{}-{steps}.toml", run.file_name().unwrap().to_string_lossy()));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// `pipeline("fill-mask")` on `model` for `text`, as JSON.
+fn pipeline(model: &Path, text: &str) -> Value {
+    let code = "import json, sys\nfrom transformers import pipeline\n\
+                p = pipeline('fill-mask', model=sys.argv[1], tokenizer=sys.argv[1], device='cpu')\n\
+                print(json.dumps(p(sys.argv[2], top_k=3)))";
+    let out = Command::new(python()).args(["-c", code, model.to_str().unwrap(), text]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_str(String::from_utf8(out.stdout).unwrap().lines().last().unwrap()).unwrap()
+}
+
+fn assert_fill_mask_equals_pipeline(model: &Path) {
+    let text = "the movie was [MASK] !";
+    let ours: Value = serde_json::from_str(&ok(&["fill-mask", "--model", model.to_str().unwrap(), "--text", text, "--top-k", "3", "--json"])).unwrap();
+    let theirs = pipeline(model, text);
+    let (a, b) = (ours.as_array().unwrap(), theirs.as_array().unwrap());
+    assert_eq!(a.len(), 3);
+    for (x, y) in a.iter().zip(b) {
+        assert_eq!((&x["token"], &x["token_str"], &x["sequence"]), (&y["token"], &y["token_str"], &y["sequence"]), "{ours} vs {theirs}");
+        assert!((x["score"].as_f64().unwrap() - y["score"].as_f64().unwrap()).abs() <= 1e-5, "{ours} vs {theirs}");
+    }
+}
+
+#[test]
+fn masked_lm_trains_evaluates_and_final_fills_masks_like_the_pipeline() {
+    let run = dir().join("run-full");
+    ok(&["train", "--config", recipe(&run, 4, "").to_str().unwrap()]);
+    let rows: Vec<Value> = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let steps: Vec<&Value> = rows.iter().filter(|r| r.get("loss").is_some()).collect();
+    assert_eq!(steps.len(), 4);
+    assert!(steps.iter().all(|r| r["loss"].as_f64().unwrap().is_finite() && r["masked_tokens"].as_u64().unwrap() > 0), "{steps:?}");
+    let evals: Vec<&Value> = rows.iter().filter(|r| r.get("val_loss").is_some()).collect();
+    assert_eq!(evals.len(), 2);
+    for key in ["val_loss", "val_ppl", "top1_accuracy", "top5_accuracy"] {
+        assert!(evals[1][key].as_f64().is_some_and(f64::is_finite), "{key} in {}", evals[1]);
+    }
+    assert!(evals[1]["top5_accuracy"].as_f64() >= evals[1]["top1_accuracy"].as_f64());
+    assert_eq!(evals[0]["masked_tokens"], evals[1]["masked_tokens"], "the validation mask is the same at every evaluation");
+    let config: Value = serde_json::from_str(&std::fs::read_to_string(run.join("final/config.json")).unwrap()).unwrap();
+    assert_eq!(config["architectures"], serde_json::json!(["BertForMaskedLM"]));
+    assert_fill_mask_equals_pipeline(&run.join("final"));
+}
+
+#[test]
+fn masked_lm_one_and_two_ranks_train_alike_and_resume_is_exact() {
+    let d = dir();
+    let (one, two, resumed) = (d.join("one"), d.join("two"), d.join("resumed"));
+    ok(&["train", "--config", recipe(&one, 4, "").to_str().unwrap()]);
+    let out = Command::new(bin().with_file_name("rankforge-launch"))
+        .env("RANKFORGE_LOG", "warn")
+        .env_remove("RANKFORGE_JOB_TOKEN")
+        .args(["--nproc-per-node", "2", "--config", recipe(&two, 4, "").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "2 ranks: {}", String::from_utf8_lossy(&out.stderr));
+    ok(&["train", "--config", recipe(&resumed, 2, "").to_str().unwrap()]);
+    ok(&["train", "--config", recipe(&resumed, 4, "").to_str().unwrap()]);
+    let (a, b, c) = (losses(&one), losses(&two), losses(&resumed));
+    assert_eq!(a.len(), 4);
+    assert_eq!(a, c, "2 + 2 resumed steps = 4 steps, bit for bit (the masks follow (seed, epoch, index))");
+    for (x, y) in a.iter().zip(&b) {
+        assert!((x - y).abs() <= 1e-5 * x.abs(), "1 vs 2 ranks: {a:?} vs {b:?}");
+    }
+}
+
+#[test]
+fn masked_lm_with_lora_writes_an_adapter_and_a_merged_model() {
+    let run = dir().join("run-lora");
+    let lora = "[lora]\nr = 4\nalpha = 8\ntarget_modules = [\"query\", \"value\"]\n";
+    ok(&["train", "--config", recipe(&run, 2, lora).to_str().unwrap()]);
+    let adapter: Value = serde_json::from_str(&std::fs::read_to_string(run.join("final/adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(adapter["target_modules"], serde_json::json!(["query", "value"]));
+    assert_fill_mask_equals_pipeline(&run.join("final/merged"));
+    let bad = fails(&["train", "--config", recipe(&dir().join("run-bad"), 2, "").to_str().unwrap(), "--set", "task.mlm_probability=0"]);
+    assert!(bad.contains("task.mlm_probability"), "{bad}");
+}
