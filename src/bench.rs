@@ -2,7 +2,8 @@
 //! no checkpoints), with the same step as `rankforge train` ([`crate::engine::step`]) and the
 //! same loss as its task: pretraining ([`crate::tasks::pretrain::micro_loss`]) for
 //! `model.kind = "gpt"`, fine-tuning ([`crate::tasks::sft::micro_loss`], LoRA or full) for
-//! `kind = "hf"`. `rankforge bench
+//! `kind = "hf"`, sequence classification ([`crate::tasks::classification::micro_loss`]) for
+//! `task.kind = "classification"`. `rankforge bench
 //! collective`: all-reduce bus bandwidth between the ranks of a launched job. Each prints JSON
 //! lines (rank 0 only) to compare with the PyTorch references in `bench/` (see BENCHMARKS.md).
 
@@ -17,8 +18,10 @@ use crate::dist::Dist;
 use crate::engine::step::{step, Objective};
 use crate::error::{Error, Result};
 use crate::models::gpt::Gpt;
+use crate::models::heads::{ProblemType, SequenceClassifier};
 use crate::models::CausalLm;
 use crate::optim::AdamW;
+use crate::tasks::classification::{self, ClsBatch};
 use crate::tasks::{pretrain, sft};
 use crate::tokenizer::LoadedTokenizer;
 
@@ -48,6 +51,19 @@ impl Objective for SftBench<'_> {
     }
 }
 
+/// Classification steps on random sequences: `(micro-batch, share of the global batch)`.
+struct ClsBench<'a>(&'a SequenceClassifier, ProblemType);
+
+impl Objective for ClsBench<'_> {
+    type Micro = (ClsBatch, f64);
+    fn micro_loss(&self, (batch, share): &Self::Micro, bf16: bool, train: bool) -> Result<Tensor> {
+        classification::micro_loss(self.0, batch, self.1, *share, bf16, train)
+    }
+    fn zero_null_grads(&self) {
+        self.0.zero_null_grads();
+    }
+}
+
 /// Runs one step and returns its result with its wall time in seconds (CUDA work included:
 /// the device is synchronised before the clock stops).
 fn timed<T>(device: Device, step: impl FnOnce() -> Result<T>) -> Result<(T, f64)> {
@@ -65,6 +81,9 @@ fn median(mut v: Vec<f64>) -> f64 {
 /// Data-parallel training steps; under the launcher each rank takes its slice of the global
 /// batch, exactly as in training. The reported time is rank 0's median step.
 pub fn run(recipe: &Recipe, steps: usize, warmup: usize) -> Result<Option<serde_json::Value>> {
+    if recipe.task.classification().is_some() {
+        return run_classification(recipe, steps, warmup);
+    }
     let Some(spec) = recipe.model.gpt() else { return run_finetune(recipe, steps, warmup) };
     let crate::recipe_loop::Joined { device, bf16, mut dist, .. } = crate::recipe_loop::join(recipe, false)?;
     // The tokenizer only supplies the vocabulary size when the recipe does not.
@@ -158,9 +177,7 @@ fn with(extra: serde_json::Value, mut row: serde_json::Value) -> serde_json::Val
 /// `[lora]`, `train.seed`), without tokenizer or data. Reported tokens/s count every input
 /// token (batch × length), as `bench/peft_llama.py` does.
 fn run_finetune(recipe: &Recipe, steps: usize, warmup: usize) -> Result<Option<serde_json::Value>> {
-    let t = recipe.data.max_length().ok_or_else(|| {
-        Error::Input("data.max_length is not set: bench times fine-tuning sequences of that many tokens (e.g. --set data.max_length=512)".into())
-    })? as i64;
+    let t = max_length(recipe)?;
     let crate::recipe_loop::Joined { device, bf16, mut dist, .. } = crate::recipe_loop::join(recipe, false)?;
     let kind = sft::weight_kind(recipe.model.hf().and_then(|h| h.dtype), device, recipe.lora.is_some());
     let mut model = CausalLm::from_pretrained(&sft::model_dir(recipe)?, device, kind)?;
@@ -204,6 +221,124 @@ fn run_finetune(recipe: &Recipe, steps: usize, warmup: usize) -> Result<Option<s
             "tokens_per_s": (b as i64 * t) as f64 / step,
             "params": model.num_params() + if lora.is_some() { n_trainable } else { 0 },
             "trainable_params": n_trainable,
+            "threads": tch::get_num_threads(),
+            "ranks": dist.world(),
+            "batch": b,
+            "micro_batch": mb,
+            "seq": t,
+            "targets": lora.map(|l| serde_json::to_value(&l.target_modules).unwrap_or_default()),
+            "lora_r": lora.map(|l| l.r),
+            "device": format!("{device:?}").to_lowercase(),
+            "dtype": if bf16 { "bf16" } else { "fp32" },
+            "weights": format!("{:?}", model.kind()).to_lowercase(),
+            "optimizer": "adamw",
+            "steps": steps,
+            "losses": losses,
+        }))
+    }))
+}
+
+/// `data.max_length`: the length of a fine-tuning bench's random sequences.
+fn max_length(recipe: &Recipe) -> Result<i64> {
+    let t = recipe.data.max_length().ok_or_else(|| {
+        Error::Input("data.max_length is not set: bench times fine-tuning sequences of that many tokens (e.g. --set data.max_length=512)".into())
+    })?;
+    Ok(t as i64)
+}
+
+/// Classification steps of a `task.kind = "classification"` recipe on
+/// `train.global_batch_size` random sequences of `data.max_length` tokens (segment 0, no
+/// padding: an all-ones attention mask, as `bench/hf_cls.py` passes) with random labels of the
+/// problem type, dropout on. The model and its head are loaded as `rankforge train` loads them
+/// (`task.labels`, `model.dtype`, `[lora]` with the head trained in full, `train.seed`), without
+/// tokenizer or data; a decoder without `pad_token_id` pools at its `eos_token_id` (else 0).
+/// Reported tokens/s count every input token (batch × length).
+fn run_classification(recipe: &Recipe, steps: usize, warmup: usize) -> Result<Option<serde_json::Value>> {
+    let t = max_length(recipe)?;
+    let crate::recipe_loop::Joined { device, bf16, mut dist, .. } = crate::recipe_loop::join(recipe, false)?;
+    let task = recipe.task.classification().cloned().unwrap_or_default();
+    let kind = sft::weight_kind(recipe.model.hf().and_then(|h| h.dtype), device, recipe.lora.is_some());
+    tch::manual_seed(recipe.train.seed as i64);
+    let mut model = SequenceClassifier::from_pretrained(&sft::model_dir(recipe)?, device, kind, task.labels.as_deref())?;
+    if let Some(n) = model.max_positions().filter(|&n| t as usize > n) {
+        return Err(Error::Input(format!("data.max_length = {t} is more than the model's {n} positions")));
+    }
+    let config = model.config_json();
+    if model.pad_token_id().is_none() {
+        model.set_pad_token_id(Some(config["eos_token_id"].as_i64().unwrap_or(0)));
+    }
+    let n_labels = model.num_labels() as i64;
+    let problem_type = task.problem_type.map(ProblemType::from).or(model.problem_type).unwrap_or(if n_labels == 1 {
+        ProblemType::Regression
+    } else {
+        ProblemType::SingleLabel
+    });
+    let n_base: i64 = model.named_parameters().iter().map(|(_, p)| p.numel() as i64).sum();
+    let trainable = match &recipe.lora {
+        Some(lora) => {
+            model.add_lora(lora, recipe.train.seed)?;
+            let head = model.head_parameter_names();
+            let mut out = model.lora_parameters();
+            out.extend(model.named_parameters().into_iter().filter(|(n, _)| head.contains(n)).map(|(n, p)| (n, p.set_requires_grad(true))));
+            out
+        }
+        None => model.named_parameters(),
+    };
+    let n_trainable: i64 = trainable.iter().map(|(_, p)| p.numel() as i64).sum();
+    let n_lora: i64 = model.lora_parameters().iter().map(|(_, p)| p.numel() as i64).sum();
+    let mut opt = AdamW::new(trainable, &recipe.train);
+    let (b, mb) = (recipe.train.global_batch_size, recipe.train.micro_batch_size);
+    let vocab = config["vocab_size"].as_i64().ok_or_else(|| Error::Input("the model's config.json has no vocab_size".into()))?;
+    tch::manual_seed(recipe.train.seed as i64);
+    let ids = Tensor::randint(vocab, [b as i64, t], (Kind::Int64, device)); // (B, T)
+    let labels = match problem_type {
+        ProblemType::SingleLabel => Tensor::randint(n_labels, [b as i64], (Kind::Int64, device)),
+        ProblemType::MultiLabel => Tensor::randint(2, [b as i64, n_labels], (Kind::Float, device)),
+        ProblemType::Regression if n_labels == 1 => Tensor::randn([b as i64], (Kind::Float, device)),
+        ProblemType::Regression => Tensor::randn([b as i64, n_labels], (Kind::Float, device)),
+    };
+    let range = rank_slice(0, b, dist.rank(), dist.world());
+    let (first, n) = (range.start as i64, (range.end - range.start) as i64);
+    let (ids, labels) = (ids.narrow(0, first, n), labels.narrow(0, first, n));
+    let (mut times, mut losses) = (Vec::with_capacity(steps), Vec::with_capacity(warmup + steps));
+    for i in 0..warmup + steps {
+        let micro_batches = ids.split(mb as i64, 0).into_iter().zip(labels.split(mb as i64, 0)).enumerate().map(|(k, (ids, labels))| {
+            let rows = ids.size()[0];
+            let batch = ClsBatch {
+                mask: Some(ids.ones_like()),
+                token_type_ids: model.is_encoder().then(|| ids.zeros_like()),
+                ids,
+                labels,
+            };
+            let seed = crate::recipe_loop::micro_seed(recipe.train.seed, i as u64, range.start + (k * mb) as u64);
+            ((batch, rows as f64 / b as f64), seed)
+        });
+        let obj = ClsBench(&model, problem_type);
+        let (loss, secs) = timed(device, || Ok(step(&obj, &mut opt, micro_batches, device, &recipe.train, recipe.train.lr, bf16, &mut dist)?.loss))?;
+        if i >= warmup {
+            times.push(secs);
+        }
+        losses.push(loss);
+        tracing::debug!(step = i, loss, "bench step");
+    }
+    let step = median(times);
+    dist.status.set_phase(rankforge_proto::Phase::Done);
+    let env = environment(device, bf16, &dist);
+    let lora = recipe.lora.as_ref();
+    Ok(dist.is_main().then(|| {
+        with(env, json!({
+            "impl": "rankforge",
+            "task": "classification",
+            "mode": if lora.is_some() { "lora" } else { "full" },
+            "model_type": model.model_type(),
+            "architecture": model.architecture(),
+            "step_ms": step * 1e3,
+            "tokens_per_s": (b as i64 * t) as f64 / step,
+            "examples_per_s": b as f64 / step,
+            "params": n_base + n_lora,
+            "trainable_params": n_trainable,
+            "num_labels": n_labels,
+            "problem_type": problem_type.as_str(),
             "threads": tch::get_num_threads(),
             "ranks": dist.world(),
             "batch": b,

@@ -213,3 +213,53 @@ fn bad_classification_input_is_one_error_line_with_exit_2() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.starts_with("error: invalid value '0' for '--top-k <TOP_K>'") && stderr.contains("1 or more"), "{stderr}");
 }
+
+/// `rankforge bench` on a classification recipe times the task's training step: the row
+/// bench/bench_cls.sh reads, finite losses, each problem type's labels, and under LoRA the
+/// adapters (`query`, `value`) plus the head as the trainable parameters.
+#[test]
+fn bench_times_the_classification_step() {
+    let dir = scratch("classify-bench");
+    let run = dir.join("run");
+    let recipe = |model: &str, lora: &str| {
+        let r = dir.join(format!("{model}{}.toml", if lora.is_empty() { "" } else { "-lora" }));
+        let body = format!(
+            "[run]\ndir = {:?}\n\n[task]\nkind = \"classification\"\n\n[model]\nkind = \"hf\"\npath = {:?}\n\n\
+             [data]\ntrain = \"unused.jsonl\"\nmax_length = 16\n\n\
+             [train]\nglobal_batch_size = 4\nmicro_batch_size = 2\nlr = 1e-3\nmin_lr = 0.0\ndevice = \"cpu\"\n{lora}",
+            run.to_str().unwrap(),
+            path(model)
+        );
+        std::fs::write(&r, body).unwrap();
+        r.to_str().unwrap().to_string()
+    };
+    let cfg: Value = serde_json::from_str(&std::fs::read_to_string(reference().dir.join("bert_cls/config.json")).unwrap()).unwrap();
+    let (h, layers) = (cfg["hidden_size"].as_i64().unwrap(), cfg["num_hidden_layers"].as_i64().unwrap());
+    let (r, labels) = (4, 3);
+    let lora_trainable = layers * 2 * r * (h + h) + h * labels + labels; // query, value; classifier
+    let cases = [
+        ("bert_cls", "", "full", "single_label_classification"),
+        ("bert_cls", "\n[lora]\nr = 4\nalpha = 8\ntarget_modules = [\"query\", \"value\"]\n", "lora", "single_label_classification"),
+        ("bert_multi", "", "full", "multi_label_classification"),
+        ("bert_reg", "", "full", "regression"),
+    ];
+    for (model, lora, mode, problem_type) in cases {
+        let out = ok(&["bench", "--config", &recipe(model, lora), "--steps", "2", "--warmup", "1"]);
+        let row = json_line(out.lines().last().unwrap());
+        let at = format!("{model} {mode}: {row}");
+        for key in ["impl", "mode", "step_ms", "tokens_per_s", "params", "trainable_params", "threads", "batch", "micro_batch", "seq", "device", "dtype", "losses"] {
+            assert!(row.get(key).is_some_and(|v| !v.is_null()), "{at}: no {key}");
+        }
+        assert_eq!((row["impl"].as_str(), row["mode"].as_str(), row["problem_type"].as_str()), (Some("rankforge"), Some(mode), Some(problem_type)), "{at}");
+        assert_eq!((row["batch"].as_u64(), row["micro_batch"].as_u64(), row["seq"].as_u64()), (Some(4), Some(2), Some(16)), "{at}");
+        assert!(row["step_ms"].as_f64().unwrap() > 0.0 && row["tokens_per_s"].as_f64().unwrap() > 0.0, "{at}");
+        let losses: Vec<f64> = row["losses"].as_array().unwrap().iter().map(|l| l.as_f64().unwrap()).collect();
+        assert!(losses.len() == 3 && losses.iter().all(|l| l.is_finite() && *l > 0.0), "{at}: warmup + 2 steps");
+        let (params, trainable) = (row["params"].as_i64().unwrap(), row["trainable_params"].as_i64().unwrap());
+        match mode {
+            "lora" => assert_eq!(trainable, lora_trainable, "{at}"),
+            _ => assert_eq!(trainable, params, "{at}"),
+        }
+    }
+    assert!(!run.exists(), "bench writes no run directory");
+}

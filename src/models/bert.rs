@@ -407,7 +407,8 @@ impl Encoder {
 
     /// Last hidden states `(B, T, H)` for ids `(B, T)`. `attention_mask` `(B, T)`: nonzero for
     /// real tokens, 0 for padding (padded keys are never attended to; padded positions still
-    /// get outputs, as in transformers). `token_type_ids` `(B, T)` default to 0 (BERT only).
+    /// get outputs, as in transformers; a mask without padding is dropped, as transformers 5
+    /// drops it). `token_type_ids` `(B, T)` default to 0 (BERT only).
     pub fn forward(&self, ids: &Tensor, attention_mask: Option<&Tensor>, token_type_ids: Option<&Tensor>, train: bool) -> Tensor {
         let (_b, t) = ids.size2().expect("token ids are (B, T)");
         let pos = Tensor::arange(t, (Kind::Int64, ids.device()));
@@ -420,7 +421,10 @@ impl Encoder {
             };
         }
         let mut x = self.emb_norm.forward(&x).dropout(self.cfg.hidden_dropout, train);
-        let mask = attention_mask.map(|m| m.ne(0).unsqueeze(1).unsqueeze(1)); // (B, 1, 1, T) bool
+        // A mask without padding masks nothing: dropped, as transformers 5 drops it for SDPA
+        // (`create_bidirectional_mask`), so SDPA adds no mask and may take its unmasked kernels.
+        let mask = attention_mask.map(|m| m.ne(0)).filter(|m| m.all().int64_value(&[]) == 0);
+        let mask = mask.map(|m| m.unsqueeze(1).unsqueeze(1)); // (B, 1, 1, T) bool
         for layer in &self.layers {
             let a = self.attn(layer, &x, mask.as_ref(), train).dropout(self.cfg.hidden_dropout, train);
             let h = layer.attn_norm.forward(&(&x + a));

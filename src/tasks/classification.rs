@@ -52,6 +52,23 @@ pub struct Classification {
     stats: cls::ClsStats,
 }
 
+/// A collated micro-batch on the device: ids, padding mask and segment ids `(B, T)` (segments
+/// for encoders only) and its labels.
+pub struct ClsBatch {
+    pub ids: Tensor,
+    pub mask: Option<Tensor>,
+    pub token_type_ids: Option<Tensor>,
+    pub labels: Tensor,
+}
+
+/// The loss of a micro-batch: the model's logits (under autocast when `bf16`), transformers'
+/// loss for `problem_type` (a mean over its examples), times `share`, its part of the global
+/// batch. `rankforge bench` times the training step with this same function.
+pub fn micro_loss(model: &SequenceClassifier, batch: &ClsBatch, problem_type: ProblemType, share: f64, bf16: bool, train: bool) -> Result<Tensor> {
+    let logits = crate::device::autocast(batch.ids.device(), bf16, || model.forward(&batch.ids, batch.mask.as_ref(), batch.token_type_ids.as_ref(), train))?;
+    Ok(crate::models::heads::classification_loss(&logits, &batch.labels, Some(problem_type)) * share)
+}
+
 /// `[data]` of a classification recipe.
 fn cls_data(recipe: &Recipe) -> Result<&ClassificationDataConfig> {
     recipe.data.classification().ok_or_else(|| Error::Input("[data] is not a classification section".into()))
@@ -69,10 +86,11 @@ impl Objective for Classification {
 
     fn micro_loss(&self, (idx, global): &Self::Micro, bf16: bool, train: bool) -> Result<Tensor> {
         let examples: Vec<&ClsExample> = idx.iter().map(|&i| &self.train[i]).collect();
-        let logits = self.logits(&examples, bf16, train)?;
-        let labels = cls::collate(&examples, self.pad_id).3.to_device(self.device);
+        let (ids, mask, types, labels) = cls::collate(&examples, self.pad_id);
+        let on = |t: &Tensor| crate::device::to_device(t, self.device);
+        let batch = ClsBatch { ids: on(&ids), mask: Some(on(&mask)), token_type_ids: self.model.is_encoder().then(|| on(&types)), labels: labels.to_device(self.device) };
         let share = examples.len() as f64 / *global as f64;
-        Ok(crate::models::heads::classification_loss(&logits, &labels, Some(self.problem_type)) * share)
+        micro_loss(&self.model, &batch, self.problem_type, share, bf16, train)
     }
 
     fn zero_null_grads(&self) {
