@@ -391,6 +391,30 @@ impl ExampleOrder {
     }
 }
 
+/// Holds out `round(n · fraction)` examples (at least one when the fraction is positive and
+/// two or more exist), chosen by `seed`; both parts keep the file order. Every example reader
+/// (fine-tuning, classification, masked LM) splits its validation set with it.
+pub fn split_val<T>(examples: Vec<T>, fraction: f64, seed: u64) -> (Vec<T>, Vec<T>) {
+    let n = examples.len();
+    if fraction <= 0.0 || n < 2 {
+        return (examples, Vec::new());
+    }
+    let n_val = ((n as f64 * fraction).round() as usize).clamp(1, n - 1);
+    let mut order: Vec<usize> = (0..n).collect();
+    order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
+    let mut is_val = vec![false; n];
+    order[..n_val].iter().for_each(|&i| is_val[i] = true);
+    let (mut train, mut val) = (Vec::with_capacity(n - n_val), Vec::with_capacity(n_val));
+    for (e, v) in examples.into_iter().zip(is_val) {
+        if v {
+            val.push(e)
+        } else {
+            train.push(e)
+        }
+    }
+    (train, val)
+}
+
 /// Validation batches: the first `max_batches × micro` non-overlapping windows, in order.
 pub fn val_batches(span: &TokenSpan, block_size: usize, micro: usize, max_batches: usize) -> Vec<Tensor> {
     let n_windows = (span.len - 1) / block_size;

@@ -29,15 +29,13 @@ pub mod read;
 
 use std::path::Path;
 
-use rand::seq::SliceRandom;
 use rayon::prelude::*;
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
 use serde_json::{Map, Value};
 use tch::Tensor;
 
 use crate::chat_template::ChatTemplate;
 use crate::config::{SftDataConfig, SftFormat};
+use crate::data::split_val;
 use crate::error::{Error, Result};
 use crate::tokenizer::LoadedTokenizer;
 use read::{field, kind, messages, messages_slice, opt_str, req_str, Row, RowError};
@@ -181,7 +179,7 @@ pub fn load(cfg: &SftDataConfig, tok: &LoadedTokenizer, seed: u64) -> Result<Sft
     train = drop_unlabelled(train, &mut stats);
     val = drop_unlabelled(val, &mut stats);
     if val_rows.is_none() {
-        (train, val) = split(train, cfg.effective_val_fraction(), seed);
+        (train, val) = split_val(train, cfg.effective_val_fraction(), seed);
     }
     if let (true, Some(max)) = (cfg.packing, cfg.max_length) {
         // As TRL: a packed sequence that happens to hold no trained token is kept.
@@ -456,25 +454,6 @@ fn drop_unlabelled(examples: Vec<Example>, stats: &mut SftStats) -> Vec<Example>
     kept
 }
 
-/// Holds out `round(n · fraction)` examples (at least one when the fraction is positive and
-/// two or more examples exist), chosen by `seed`; both parts keep the file order.
-fn split(examples: Vec<Example>, fraction: f64, seed: u64) -> (Vec<Example>, Vec<Example>) {
-    let n = examples.len();
-    if fraction <= 0.0 || n < 2 {
-        return (examples, Vec::new());
-    }
-    let n_val = ((n as f64 * fraction).round() as usize).clamp(1, n - 1);
-    let mut order: Vec<usize> = (0..n).collect();
-    order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
-    let mut is_val = vec![false; n];
-    order[..n_val].iter().for_each(|&i| is_val[i] = true);
-    let (mut train, mut val) = (Vec::with_capacity(n - n_val), Vec::with_capacity(n_val));
-    for (e, v) in examples.into_iter().zip(is_val) {
-        if v { val.push(e) } else { train.push(e) }
-    }
-    (train, val)
-}
-
 /// Concatenates examples and cuts the stream into `max`-token sequences (TRL's "wrapped"
 /// packing); the last holds the remainder.
 fn pack(examples: Vec<Example>, max: usize) -> Vec<Example> {
@@ -540,9 +519,9 @@ mod tests {
     #[test]
     fn split_pack_and_collate() {
         let all: Vec<Example> = (0..10u32).map(|i| ex(&[i, i], &[-100, i as i64])).collect();
-        let (t, v) = split(all.clone(), 0.2, 7);
+        let (t, v) = split_val(all.clone(), 0.2, 7);
         assert_eq!((t.len(), v.len()), (8, 2));
-        assert_eq!(split(all.clone(), 0.2, 7).1, v, "deterministic");
+        assert_eq!(split_val(all.clone(), 0.2, 7).1, v, "deterministic");
         let mut back: Vec<Example> = t.iter().chain(&v).cloned().collect();
         back.sort_by_key(|e| e.input_ids[0]);
         assert_eq!(back, all);

@@ -9,9 +9,6 @@
 
 use std::path::{Path, PathBuf};
 
-use rand::seq::SliceRandom;
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use serde_json::Value;
 use tch::{Kind, Tensor};
@@ -19,6 +16,7 @@ use tch::{Kind, Tensor};
 use super::config::{ClassificationDataConfig, ClassificationTaskConfig};
 use super::encode::TextEncoder;
 use super::labels::{self, ClsLabel, LabelSpace, RawLabel};
+use crate::data::split_val;
 use crate::error::{Error, IoContext, Result};
 use crate::models::heads::ProblemType;
 use crate::sft::read::{self, field, req_str, Row, RowError};
@@ -106,7 +104,7 @@ pub fn load(data: &ClassificationDataConfig, task: &ClassificationTaskConfig, to
         (Some(paths), _) if val.is_empty() => {
             return Err(Error::data(first(paths), format!("data.val: the validation data holds no example ({stats:?})")));
         }
-        (_, None) => (train, val) = split(train, data.val_fraction.unwrap_or(0.05), seed),
+        (_, None) => (train, val) = split_val(train, data.val_fraction.unwrap_or(0.05), seed),
         _ => {}
     }
     tracing::info!(train = train.len(), val = val.len(), labels = space.names.len(), problem_type = space.problem_type.as_str(),
@@ -316,25 +314,6 @@ fn examples(parsed: &[Parsed], space: &LabelSpace, encoder: &TextEncoder, stats:
             ClsExample { input_ids: e.input_ids, token_type_ids: e.token_type_ids, label }
         })
         .collect())
-}
-
-/// Holds out `round(n · fraction)` examples (at least one when the fraction is positive and
-/// two or more exist), chosen by `seed`; both parts keep the file order (as fine-tuning does).
-fn split(examples: Vec<ClsExample>, fraction: f64, seed: u64) -> (Vec<ClsExample>, Vec<ClsExample>) {
-    let n = examples.len();
-    if fraction <= 0.0 || n < 2 {
-        return (examples, Vec::new());
-    }
-    let n_val = ((n as f64 * fraction).round() as usize).clamp(1, n - 1);
-    let mut order: Vec<usize> = (0..n).collect();
-    order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
-    let mut is_val = vec![false; n];
-    order[..n_val].iter().for_each(|&i| is_val[i] = true);
-    let (mut train, mut val) = (Vec::with_capacity(n - n_val), Vec::with_capacity(n_val));
-    for (e, v) in examples.into_iter().zip(is_val) {
-        if v { val.push(e) } else { train.push(e) }
-    }
-    (train, val)
 }
 
 /// Right-pads to the longest example: `input_ids` (B, T) Int64 (`pad_id` on padding),

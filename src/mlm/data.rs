@@ -21,13 +21,11 @@
 
 use std::path::{Path, PathBuf};
 
-use rand::seq::SliceRandom;
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use serde_json::Value;
 
 use super::config::MaskedLmDataConfig;
+use crate::data::split_val;
 use crate::classify::encode::TextEncoder;
 use crate::error::{Error, IoContext, Result};
 use crate::sft::read::{self, req_str, RowError};
@@ -100,7 +98,7 @@ pub fn load(data: &MaskedLmDataConfig, tok: &LoadedTokenizer, seed: u64) -> Resu
         return Err(Error::data(first(paths), format!("data.val: the validation data holds no text ({stats:?})")));
     }
     if val_texts.is_none() {
-        (train, val) = split(train, data.val_fraction.unwrap_or(0.05), seed);
+        (train, val) = split_val(train, data.val_fraction.unwrap_or(0.05), seed);
     }
     if let (true, Some(block)) = (data.packing, data.max_length) {
         let n_train = train.iter().map(Vec::len).sum::<usize>();
@@ -285,25 +283,6 @@ fn pack(examples: Vec<Vec<i64>>, block: usize, stats: &mut MlmStats) -> Vec<Vec<
     blocks.map(<[i64]>::to_vec).collect()
 }
 
-/// Holds out `round(n · fraction)` examples (at least one when the fraction is positive and
-/// two or more exist), chosen by `seed`; both parts keep the file order (as the other readers).
-fn split(examples: Vec<Vec<i64>>, fraction: f64, seed: u64) -> (Vec<Vec<i64>>, Vec<Vec<i64>>) {
-    let n = examples.len();
-    if fraction <= 0.0 || n < 2 {
-        return (examples, Vec::new());
-    }
-    let n_val = ((n as f64 * fraction).round() as usize).clamp(1, n - 1);
-    let mut order: Vec<usize> = (0..n).collect();
-    order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
-    let mut is_val = vec![false; n];
-    order[..n_val].iter().for_each(|&i| is_val[i] = true);
-    let (mut train, mut val) = (Vec::with_capacity(n - n_val), Vec::with_capacity(n_val));
-    for (e, v) in examples.into_iter().zip(is_val) {
-        if v { val.push(e) } else { train.push(e) }
-    }
-    (train, val)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -322,11 +301,11 @@ mod tests {
     #[test]
     fn the_split_is_seeded_and_keeps_file_order() {
         let all: Vec<Vec<i64>> = (0..40).map(|i| vec![i]).collect();
-        let (t, v) = split(all.clone(), 0.1, 3);
+        let (t, v) = split_val(all.clone(), 0.1, 3);
         assert_eq!((t.len(), v.len()), (36, 4));
-        assert_eq!(split(all.clone(), 0.1, 3), (t.clone(), v.clone()));
-        assert_ne!(split(all.clone(), 0.1, 4).1, v);
+        assert_eq!(split_val(all.clone(), 0.1, 3), (t.clone(), v.clone()));
+        assert_ne!(split_val(all.clone(), 0.1, 4).1, v);
         assert!(t.windows(2).all(|w| w[0] < w[1]) && v.windows(2).all(|w| w[0] < w[1]));
-        assert_eq!(split(all.clone(), 0.0, 3), (all, Vec::new()));
+        assert_eq!(split_val(all.clone(), 0.0, 3), (all, Vec::new()));
     }
 }
