@@ -16,7 +16,10 @@ use super::*;
 const WORDS: [&str; 12] = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "a", "b", "c", "d", "e", "f", "g", "h"];
 
 fn bert_tokenizer(pairs: bool) -> LoadedTokenizer {
-    let vocab = dir(&format!("vocab-{pairs}")).join("vocab.txt");
+    // A directory per call: tests run in parallel, and `dir` empties the one it names.
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let vocab = dir(&format!("vocab-{pairs}-{n}")).join("vocab.txt");
     std::fs::write(&vocab, WORDS.join("\n")).unwrap();
     let wp = WordPiece::from_file(vocab.to_str().unwrap()).unk_token("[UNK]".into()).build().unwrap();
     let mut t = Tokenizer::new(wp);
