@@ -335,6 +335,12 @@ impl Recipe {
         if let ModelConfig::Gpt(g) = &self.model {
             g.validate()?;
         }
+        if self.model.hf().is_some_and(|h| h.from_scratch) && self.task.kind() != TaskKind::MaskedLm {
+            return Err((
+                "model.from_scratch",
+                format!("only task.kind = \"masked_lm\" builds a model from its config.json; this recipe has task.kind = {:?} (pretrain a GPT with model.kind = \"gpt\")", self.task.kind().as_str()),
+            ));
+        }
         self.data.validate()?;
         for (key, v) in [("train.global_batch_size", self.train.global_batch_size), ("train.micro_batch_size", self.train.micro_batch_size)] {
             if v == 0 {

@@ -8,21 +8,29 @@
 //! (applied as transformers 5 does, so BOS is never added twice) and the chat template
 //! ([`crate::chat_template`]), which `save_pretrained` writes back as `chat_template.jinja`.
 //!
-//! Two kinds:
+//! Three kinds:
 //! - `bpe`: byte-level BPE as in GPT-2 (every byte is in the alphabet: any text round-trips);
 //! - `unigram`: SentencePiece-style Unigram with the `▁` metaspace. Every character seen in
 //!   training is in the vocabulary, so training-like text round-trips; a character never seen
-//!   decodes as `<unk>`.
+//!   decodes as `<unk>`;
+//! - `wordpiece`: BERT's (bert-base-uncased's pipeline: `BertNormalizer` lowercasing,
+//!   `BertPreTokenizer`, WordPiece with `##` continuations, `[CLS] … [SEP]` added around each
+//!   text), with `[PAD] [UNK] [CLS] [SEP] [MASK]` as ids 0–4: what masked-LM encoders read.
 
 use std::path::{Path, PathBuf};
 
 use serde_json::json;
 use tokenizers::decoders::metaspace::Metaspace as MetaspaceDecoder;
+use tokenizers::decoders::wordpiece::WordPiece as WordPieceDecoder;
 use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
 use tokenizers::models::unigram::{Unigram, UnigramTrainerBuilder};
+use tokenizers::models::wordpiece::{WordPiece, WordPieceTrainerBuilder};
 use tokenizers::models::TrainerWrapper;
+use tokenizers::normalizers::bert::BertNormalizer;
+use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::metaspace::{Metaspace, PrependScheme};
+use tokenizers::processors::template::TemplateProcessing;
 use tokenizers::{AddedToken, Tokenizer};
 
 use crate::chat_template::{ChatMessage, ChatTemplate};
@@ -38,7 +46,12 @@ pub enum TokenizerKind {
     Bpe,
     /// SentencePiece-style Unigram (T5, ALBERT, XLNet).
     Unigram,
+    /// BERT's lowercasing WordPiece with `[CLS]`/`[SEP]`/`[MASK]` (BERT, DistilBERT).
+    Wordpiece,
 }
+
+/// BERT's special tokens, in id order (bert-base-uncased has the same, at other ids).
+pub const BERT_SPECIALS: [&str; 5] = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"];
 
 /// Options of `rankforge tokenizer train`.
 #[derive(Debug, Clone)]
@@ -47,8 +60,8 @@ pub struct TrainOptions {
     pub vocab_size: usize,
     pub kind: TokenizerKind,
     pub output: PathBuf,
-    /// Special tokens, in id order from 0. Empty: `<|endoftext|>` (bpe) or `<unk>`,
-    /// `<|endoftext|>` (unigram).
+    /// Special tokens, in id order from 0. Empty: `<|endoftext|>` (bpe), `<unk>`,
+    /// `<|endoftext|>` (unigram), [`BERT_SPECIALS`] (wordpiece).
     pub special_tokens: Vec<String>,
     pub min_frequency: u64,
     pub show_progress: bool,
@@ -85,6 +98,14 @@ pub fn train(opts: &TrainOptions) -> Result<usize> {
                 .with_decoder(Some(MetaspaceDecoder::new('▁', PrependScheme::First, true)));
             t
         }
+        TokenizerKind::Wordpiece => {
+            let model = WordPiece::builder().unk_token("[UNK]".into()).build().map_err(|e| Error::Input(format!("wordpiece: {e}")))?;
+            let mut t = Tokenizer::new(model);
+            t.with_normalizer(Some(BertNormalizer::default()))
+                .with_pre_tokenizer(Some(BertPreTokenizer))
+                .with_decoder(Some(WordPieceDecoder::default()));
+            t
+        }
     };
     let mut trainer = match opts.kind {
         TokenizerKind::Bpe => TrainerWrapper::BpeTrainer(
@@ -105,6 +126,14 @@ pub fn train(opts: &TrainOptions) -> Result<usize> {
                 .build()
                 .map_err(|e| Error::Input(format!("unigram trainer: {e}")))?,
         ),
+        TokenizerKind::Wordpiece => TrainerWrapper::WordPieceTrainer(
+            WordPieceTrainerBuilder::new()
+                .show_progress(opts.show_progress)
+                .vocab_size(opts.vocab_size)
+                .min_frequency(opts.min_frequency)
+                .special_tokens(added)
+                .build(),
+        ),
     };
     let names: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
     let bytes: u64 = files.iter().filter_map(|f| std::fs::metadata(f).ok()).map(|m| m.len()).sum();
@@ -118,6 +147,10 @@ pub fn train(opts: &TrainOptions) -> Result<usize> {
     tokenizer
         .train_from_files(&mut trainer, names)
         .map_err(|e| Error::Tokenizer { path: files[0].clone(), msg: format!("training failed: {e}") })?;
+    if opts.kind == TokenizerKind::Wordpiece {
+        let template = bert_template(&tokenizer)?;
+        tokenizer.with_post_processor(Some(template));
+    }
     std::fs::create_dir_all(&opts.output).at(&opts.output)?;
     let json_path = opts.output.join("tokenizer.json");
     crate::fsutil::write_atomic(&json_path, tokenizer.to_string(true).map_err(|e| tok_err(&json_path, e))?.as_bytes())?;
@@ -145,6 +178,7 @@ fn special_tokens(opts: &TrainOptions) -> Vec<String> {
         match opts.kind {
             TokenizerKind::Bpe => vec![END_OF_TEXT.to_string()],
             TokenizerKind::Unigram => vec!["<unk>".to_string(), END_OF_TEXT.to_string()],
+            TokenizerKind::Wordpiece => BERT_SPECIALS.iter().map(|s| s.to_string()).collect(),
         }
     } else {
         opts.special_tokens.clone()
@@ -153,7 +187,28 @@ fn special_tokens(opts: &TrainOptions) -> Vec<String> {
     if opts.kind == TokenizerKind::Unigram && !specials.iter().any(|s| s == "<unk>") {
         specials.insert(0, "<unk>".to_string());
     }
+    // WordPiece needs its unknown token, and BERT its [CLS]/[SEP] (the template uses them).
+    if opts.kind == TokenizerKind::Wordpiece {
+        for t in ["[UNK]", "[CLS]", "[SEP]"] {
+            if !specials.iter().any(|s| s == t) {
+                specials.push(t.to_string());
+            }
+        }
+    }
     specials
+}
+
+/// BERT's post-processor: `[CLS] A [SEP]`, pairs `[CLS] A [SEP] B [SEP]` with type ids 0/1.
+fn bert_template(tokenizer: &Tokenizer) -> Result<TemplateProcessing> {
+    let id = |t: &str| tokenizer.token_to_id(t).ok_or_else(|| Error::Input(format!("--special-tokens: a wordpiece tokenizer needs {t}")));
+    let (cls, sep) = (id("[CLS]")?, id("[SEP]")?);
+    TemplateProcessing::builder()
+        .try_single("[CLS] $A [SEP]")
+        .and_then(|b| b.try_pair("[CLS] $A [SEP] $B:1 [SEP]:1"))
+        .map_err(|e| Error::Input(format!("wordpiece template: {e}")))?
+        .special_tokens(vec![("[CLS]".to_string(), cls), ("[SEP]".to_string(), sep)])
+        .build()
+        .map_err(|e| Error::Input(format!("wordpiece template: {e}")))
 }
 
 fn tok_err(path: &Path, e: impl std::fmt::Display) -> Error {
@@ -422,8 +477,8 @@ fn tokenizer_config(tokenizer: &Tokenizer, model_max_length: Option<usize>) -> s
     let has = |t: &str| tokenizer.token_to_id(t).is_some();
     let eos = [END_OF_TEXT, "</s>", "<eos>"].into_iter().find(|t| has(t));
     let bos = ["<s>", "<bos>"].into_iter().find(|t| has(t)).or(eos);
-    let unk = if has("<unk>") { Some("<unk>") } else { eos };
-    let pad = ["<pad>"].into_iter().find(|t| has(t));
+    let unk = ["<unk>", "[UNK]"].into_iter().find(|t| has(t)).or(eos);
+    let pad = ["<pad>", "[PAD]"].into_iter().find(|t| has(t));
     let mut decoder = serde_json::Map::new();
     for (id, tok) in tokenizer.get_added_tokens_decoder() {
         decoder.insert(
@@ -442,6 +497,12 @@ fn tokenizer_config(tokenizer: &Tokenizer, model_max_length: Option<usize>) -> s
         "add_prefix_space": false,
         "added_tokens_decoder": decoder,
     });
+    // BERT's tokens (a wordpiece tokenizer): what BertTokenizer names them.
+    for (key, t) in [("cls_token", "[CLS]"), ("sep_token", "[SEP]"), ("mask_token", "[MASK]")] {
+        if has(t) {
+            config[key] = json!(t);
+        }
+    }
     if let Some(n) = model_max_length {
         config["model_max_length"] = json!(n);
     }

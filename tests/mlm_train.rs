@@ -115,3 +115,109 @@ fn masked_lm_with_lora_writes_an_adapter_and_a_merged_model() {
     let bad = fails(&["train", "--config", recipe(&dir().join("run-bad"), 2, "").to_str().unwrap(), "--set", "task.mlm_probability=0"]);
     assert!(bad.contains("task.mlm_probability"), "{bad}");
 }
+
+/// The bundled recipe (configs/kjv_mlm_cpu.toml): a BERT built from its config.json alone
+/// (`model.from_scratch`, transformers' initialisation) with a WordPiece tokenizer trained on
+/// the bundled corpus, a few steps, then fill-mask on a verse equals the pipeline on `final/`.
+#[test]
+fn bundled_kjv_recipe_trains_from_scratch_and_fills_a_verse_like_the_pipeline() {
+    let d = scratch("mlm-kjv");
+    let tok = d.join("tok");
+    ok(&["tokenizer", "train", "--input", root().join("data/kjv.txt").to_str().unwrap(), "--vocab-size", "8192", "--kind", "wordpiece", "--output", tok.to_str().unwrap()]);
+    let run = d.join("run");
+    let sets = [
+        format!("run.dir={:?}", run.display().to_string()),
+        format!("model.path={:?}", root().join("configs/bert_kjv_mini").display().to_string()),
+        format!("data.tokenizer={:?}", tok.display().to_string()),
+        "train.max_steps=3".into(),
+        "train.global_batch_size=8".into(),
+        "train.micro_batch_size=8".into(),
+        "train.warmup_steps=1".into(),
+        "train.device=\"cpu\"".into(),
+        "eval.every_steps=3".into(),
+        "eval.max_batches=1".into(),
+        "checkpoint.every_steps=3".into(),
+    ];
+    let mut args = vec!["train".to_string(), "--config".into(), root().join("configs/kjv_mlm_cpu.toml").display().to_string()];
+    for s in &sets {
+        args.extend(["--set".to_string(), s.clone()]);
+    }
+    ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let l = losses(&run);
+    assert_eq!(l.len(), 3);
+    // Fresh weights of std 0.02 predict nearly uniformly: the first loss is about ln(8192).
+    assert!((l[0] - 8192f64.ln()).abs() < 0.3, "first loss {} vs ln(8192) = {}", l[0], 8192f64.ln());
+    let config: Value = serde_json::from_str(&std::fs::read_to_string(run.join("final/config.json")).unwrap()).unwrap();
+    assert_eq!((&config["architectures"], &config["vocab_size"]), (&serde_json::json!(["BertForMaskedLM"]), &serde_json::json!(8192)));
+    let text = "In the beginning God created the heaven and the [MASK].";
+    let model = run.join("final");
+    let ours: Value = serde_json::from_str(&ok(&["fill-mask", "--model", model.to_str().unwrap(), "--text", text, "--top-k", "3", "--json"])).unwrap();
+    let theirs = pipeline(&model, text);
+    for (x, y) in ours.as_array().unwrap().iter().zip(theirs.as_array().unwrap()) {
+        assert_eq!((&x["token"], &x["token_str"], &x["sequence"]), (&y["token"], &y["token_str"], &y["sequence"]), "{ours} vs {theirs}");
+        assert!((x["score"].as_f64().unwrap() - y["score"].as_f64().unwrap()).abs() <= 1e-5, "{ours} vs {theirs}");
+    }
+}
+
+/// The GPU recipes (BERT on IMDB in full, DistilBERT + LoRA) run on CPU with the tiny models,
+/// packed into blocks as the recipes say.
+#[test]
+fn shipped_mlm_gpu_recipes_run_on_tiny_models() {
+    let d = dir();
+    for (name, model, arch) in [("bert_imdb_mlm_gpu", "bert_base", "BertForMaskedLM"), ("distilbert_lora_imdb_mlm_gpu", "distilbert_base", "DistilBertForMaskedLM")] {
+        let run = d.join(format!("recipe-{name}"));
+        let sets = [
+            format!("model.path={:?}", d.join(model).display().to_string()),
+            format!("data.train={:?}", d.join("train.jsonl").display().to_string()),
+            format!("data.val={:?}", d.join("val.jsonl").display().to_string()),
+            format!("run.dir={:?}", run.display().to_string()),
+            "train.epochs=0.05".into(), // a few dozen blocks of 16 tokens, 4 per step: 1 step
+            "train.device=\"cpu\"".into(),
+            "train.global_batch_size=4".into(),
+            "train.micro_batch_size=2".into(),
+            "data.max_length=16".into(),
+            "eval.max_batches=1".into(),
+        ];
+        let mut args = vec!["train".to_string(), "--config".into(), root().join(format!("configs/{name}.toml")).display().to_string()];
+        for s in &sets {
+            args.extend(["--set".to_string(), s.clone()]);
+        }
+        ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        assert_eq!(losses(&run).len(), 1, "{name}");
+        let lora = name.contains("lora");
+        let file = if lora { "final/merged/config.json" } else { "final/config.json" };
+        let config: Value = serde_json::from_str(&std::fs::read_to_string(run.join(file)).unwrap()).unwrap();
+        assert_eq!(config["architectures"], serde_json::json!([arch]), "{name}");
+        assert_eq!(run.join("final/adapter_config.json").exists(), lora, "{name}");
+    }
+}
+
+/// Bad input: a causal-only model under masked_lm, model.from_scratch under another task, a
+/// tokenizer larger than the model's vocabulary: one line, exit 2, no run directory.
+#[test]
+fn masked_lm_bad_models_are_one_line_and_exit_2() {
+    let d = dir();
+    let gpt2 = d.join("causal-gpt2");
+    std::fs::create_dir_all(&gpt2).unwrap();
+    std::fs::write(gpt2.join("config.json"), r#"{"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "vocab_size": 200, "n_embd": 32, "n_layer": 2, "n_head": 4, "n_positions": 64}"#).unwrap();
+    let run = d.join("run-bad-model");
+    let r = recipe(&run, 2, "");
+    let r = r.to_str().unwrap();
+    let tok = format!("data.tokenizer={:?}", d.join("bert_base").display().to_string());
+    let e = fails(&["train", "--config", r, "--set", &format!("model.path={:?}", gpt2.display().to_string()), "--set", &tok]);
+    assert!(e.contains("config.json") && e.contains("gpt2") && e.contains("not a masked language model"), "{e}");
+    let sft = d.join("from-scratch-sft.toml");
+    let text = format!("[run]\ndir = {:?}\n[model]\nkind = \"hf\"\npath = {:?}\nfrom_scratch = true\n[data]\ntrain = {:?}\n[train]\nmax_steps = 1\n",
+        run.display().to_string(), d.join("bert_base").display().to_string(), d.join("train.jsonl").display().to_string());
+    std::fs::write(&sft, text).unwrap();
+    let e = fails(&["train", "--config", sft.to_str().unwrap()]);
+    assert!(e.contains("model.from_scratch") && e.contains("masked_lm"), "{e}");
+    let small = d.join("small-vocab");
+    std::fs::create_dir_all(&small).unwrap();
+    let mut config: Value = serde_json::from_str(&std::fs::read_to_string(d.join("bert_base/config.json")).unwrap()).unwrap();
+    config["vocab_size"] = serde_json::json!(8);
+    std::fs::write(small.join("config.json"), config.to_string()).unwrap();
+    let e = fails(&["train", "--config", r, "--set", &format!("model.path={:?}", small.display().to_string()), "--set", "model.from_scratch=true", "--set", &tok]);
+    assert!(e.contains("config.json") && e.contains("vocab_size 8"), "{e}");
+    assert!(!run.exists(), "no bad input creates the run directory");
+}

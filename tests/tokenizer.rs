@@ -68,3 +68,31 @@ fn custom_special_tokens_take_the_first_ids() {
     assert_eq!(cfg["pad_token"], "<pad>");
     assert_eq!(cfg["tokenizer_class"], "PreTrainedTokenizerFast");
 }
+
+/// `--kind wordpiece` is BERT's tokenizer: transformers' AutoTokenizer loads it with its
+/// `[CLS]`/`[SEP]`/`[MASK]`/`[PAD]` tokens and encodes (with the `[CLS] … [SEP]` template) and
+/// decodes as rankforge does; what masked-LM training and fill-mask read.
+#[test]
+fn wordpiece_is_berts_tokenizer_and_loads_in_transformers() {
+    let f = fixture();
+    let out = scratch("wordpiece").join("tok");
+    ok(&["tokenizer", "train", "--input", f.corpus.to_str().unwrap(), "--vocab-size", "800", "--kind", "wordpiece", "--output", out.to_str().unwrap()]);
+    let tok = LoadedTokenizer::load(&out).unwrap();
+    for (i, t) in ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"].iter().enumerate() {
+        assert_eq!(tok.tokenizer.token_to_id(t), Some(i as u32), "{t}");
+    }
+    assert_eq!(tok.special("mask_token"), Some("[MASK]"));
+    let text = "In the beginning God created the heaven and the earth. And the earth was without form";
+    let ours = tok.encode_with_special(text).unwrap();
+    assert_eq!((ours[0], *ours.last().unwrap()), (2, 3), "[CLS] … [SEP]: {ours:?}");
+    assert!(!ours.contains(&1), "no [UNK] in training-like text: {ours:?}");
+    let code = "import json, sys\nfrom transformers import AutoTokenizer\nt = AutoTokenizer.from_pretrained(sys.argv[1])\n\
+                ids = t(sys.argv[2])['input_ids']\n\
+                print(json.dumps({'ids': ids, 'decoded': t.decode(ids, skip_special_tokens=True), 'mask': t.mask_token, 'cls': t.cls_token, 'sep': t.sep_token, 'pad': t.pad_token_id}))";
+    let py = Command::new(python()).args(["-c", code, out.to_str().unwrap(), text]).output().unwrap();
+    assert!(py.status.success(), "python: {}", String::from_utf8_lossy(&py.stderr));
+    let v: serde_json::Value = serde_json::from_slice(py.stdout.trim_ascii_end().rsplit(|&b| b == b'\n').next().unwrap()).unwrap();
+    assert_eq!(serde_json::from_value::<Vec<u32>>(v["ids"].clone()).unwrap(), ours, "transformers encodes differently");
+    assert_eq!(v["decoded"], text.to_lowercase(), "uncased, and decodes back");
+    assert_eq!((&v["mask"], &v["cls"], &v["sep"], &v["pad"]), (&"[MASK]".into(), &"[CLS]".into(), &"[SEP]".into(), &0.into()));
+}

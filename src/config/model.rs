@@ -111,6 +111,13 @@ pub struct HfModelConfig {
     /// "fp32" or "bf16". LoRA adapters and optimizer moments are fp32 regardless.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dtype: Option<ModelDtype>,
+    /// Build the model from `path`'s `config.json` with transformers' initialisation instead
+    /// of loading weights (transformers' `AutoModelForMaskedLM.from_config`, run_mlm.py's
+    /// `--config_name` without `--model_name_or_path`): masked-LM pretraining from scratch.
+    /// Only for `task.kind = "masked_lm"`; the tokenizer comes from `data.tokenizer` (or
+    /// `path`) and must fit the config's `vocab_size`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub from_scratch: bool,
 }
 
 impl GptSpec {

@@ -194,6 +194,31 @@ impl MaskedLm {
         Ok(model)
     }
 
+    /// A masked LM built from `dir`'s `config.json` alone, as transformers'
+    /// `AutoModelForMaskedLM.from_config` initialises it (linear and embedding weights
+    /// N(0, `initializer_range`), biases 0, norms 1/0, the `pad_token_id` row of the word
+    /// embeddings 0), in dtype `kind`: masked-LM pretraining from scratch. Weights in `dir`
+    /// are not read.
+    pub fn from_config(dir: &Path, device: Device, kind: Kind) -> Result<MaskedLm> {
+        let (path, config) = hf::read_config(dir)?;
+        let model_type = hf::model_type(&path, &config)?;
+        if !matches!(model_type, "bert" | "distilbert") {
+            return Err(Error::model(&path, format!("model_type {model_type:?} is not a masked language model (bert, distilbert)")));
+        }
+        let cfg = EncoderConfig::from_hf_json(&path, &config)?;
+        hf::check_model_fits(&path, device, cfg.num_params(), cfg.vocab_size, ("hidden_size", cfg.hidden_size))?;
+        let pad = config["pad_token_id"].as_i64().filter(|&p| p >= 0 && (p as usize) < cfg.vocab_size);
+        let mut model = MaskedLm::build(&cfg, config, device);
+        if let Some(p) = pad {
+            tch::no_grad(|| {
+                let _ = model.encoder.word_embeddings().get(p).zero_();
+            });
+        }
+        model.encoder.vs.set_kind(kind);
+        tracing::info!(path = %path.display(), params = model.num_params(), "model built from config.json (model.from_scratch): fresh weights");
+        Ok(model)
+    }
+
     /// A masked LM with fresh weights: the encoder as [`Encoder::new`], the head as
     /// transformers initialises it. `config` is written back by [`Self::save_pretrained`].
     pub fn build(cfg: &EncoderConfig, config: Value, device: Device) -> MaskedLm {

@@ -102,7 +102,14 @@ impl Task for MaskedLmTask {
         }
         let kind = weight_kind(recipe.model.hf().and_then(|h| h.dtype), ctx.device, recipe.lora.is_some());
         tch::manual_seed(recipe.train.seed as i64);
-        let mut model = MaskedLm::from_pretrained(&base, ctx.device, kind)?;
+        let from_scratch = recipe.model.hf().is_some_and(|h| h.from_scratch);
+        let mut model = if from_scratch { MaskedLm::from_config(&base, ctx.device, kind)? } else { MaskedLm::from_pretrained(&base, ctx.device, kind)? };
+        if data.vocab_size > model.vocab_size() {
+            return Err(Error::model(
+                &base.join("config.json"),
+                format!("vocab_size {} is smaller than the tokenizer's {} tokens (data.tokenizer or the model's tokenizer files)", model.vocab_size(), data.vocab_size),
+            ));
+        }
         let n = model.max_positions();
         if let Some(e) = data.train.iter().chain(&data.val).find(|e| e.len() > n) {
             return Err(Error::Input(format!("an example has {} tokens, more than the model's {n} positions: set data.max_length <= {n}", e.len())));
