@@ -92,6 +92,12 @@ pub trait Task: Objective + Sized {
 
     /// Fields for the "ready" log line (model, sizes).
     fn describe(&mut self) -> Vec<(&'static str, String)>;
+
+    /// Metrics of a step from its global sums ([`StepOutcome::sums`]), added to its row.
+    /// Default: none.
+    fn step_metrics(&self, _sums: &[f64]) -> Map<String, Value> {
+        Map::new()
+    }
 }
 
 /// Runs (or resumes) `recipe` with task `T`; `opts` say where to resume from and whether a run
@@ -209,6 +215,7 @@ impl<T: Task> Engine<T> {
                 "elapsed_s": self.state.elapsed_s, "epoch": self.state.epoch,
             });
             row.as_object_mut().expect("a JSON object").extend(extra);
+            row.as_object_mut().expect("a JSON object").extend(self.task.step_metrics(&out.sums));
             metrics.write(&row)?;
             progress.step(step + 1, out.loss, lr, tokens_per_s);
             let done = step + 1 == max_steps;

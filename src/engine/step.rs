@@ -20,6 +20,14 @@ pub trait Objective {
     /// the batch is split.
     fn micro_loss(&self, m: &Self::Micro, bf16: bool, train: bool) -> Result<Tensor>;
 
+    /// [`Objective::micro_loss`] with further sums of the micro-batch beside it (an
+    /// objective's metrics, e.g. DPO's rewards: always the same number of them), which the
+    /// step adds over micro-batches and ranks with the loss ([`StepOutcome::sums`]). Default:
+    /// none.
+    fn micro_loss_sums(&self, m: &Self::Micro, bf16: bool, train: bool) -> Result<(Tensor, Vec<f64>)> {
+        Ok((self.micro_loss(m, bf16, train)?, Vec::new()))
+    }
+
     /// Gradients of trainable tensors the loss did not reach (e.g. an unused embedding) are
     /// `None`; they are zeroed so that every rank all-reduces the same tensors.
     fn zero_null_grads(&self) {}
@@ -31,6 +39,8 @@ pub struct StepOutcome {
     pub loss: f64,
     /// Global gradient norm before clipping.
     pub grad_norm: f64,
+    /// The objective's further sums ([`Objective::micro_loss_sums`]) over the global batch.
+    pub sums: Vec<f64>,
     /// Some rank was asked (by the coordinator's CHECKPOINT command) to checkpoint: every rank
     /// learns it in the same step, through the gradient all-reduce.
     pub checkpoint_requested: bool,
@@ -55,15 +65,19 @@ pub fn step<O: Objective>(
 ) -> Result<StepOutcome> {
     opt.zero_grad();
     let mut total = Tensor::zeros([], (Kind::Float, device));
+    let mut extra: Vec<f64> = Vec::new();
     for (m, seed) in micro_batches {
         tch::manual_seed(seed);
-        let loss = obj.micro_loss(&m, bf16, true)?;
+        let (loss, more) = obj.micro_loss_sums(&m, bf16, true)?;
         loss.backward();
         total += loss.detach().to_kind(Kind::Float);
+        extra.resize(more.len().max(extra.len()), 0.0);
+        extra.iter_mut().zip(more).for_each(|(a, b)| *a += b);
     }
     obj.zero_null_grads();
     let [checkpoint, stop] = recipe_loop::take_flags(dist);
-    let mut sums = [total.double_value(&[]), checkpoint, stop];
+    let mut sums = vec![total.double_value(&[]), checkpoint, stop];
+    sums.extend(&extra);
     dist.status.set_phase(rankforge_proto::Phase::Collective);
     dist.reduce_grads(opt.params(), &mut sums)?;
     dist.status.set_phase(rankforge_proto::Phase::Compute);
@@ -72,5 +86,5 @@ pub fn step<O: Objective>(
     if loss.is_finite() && grad_norm.is_finite() {
         opt.step(lr);
     }
-    Ok(StepOutcome { loss, grad_norm, checkpoint_requested: sums[1] > 0.0, stop_requested: sums[2] > 0.0 })
+    Ok(StepOutcome { loss, grad_norm, sums: sums.split_off(3), checkpoint_requested: sums[1] > 0.0, stop_requested: sums[2] > 0.0 })
 }

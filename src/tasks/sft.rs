@@ -24,7 +24,7 @@
 //! - export ([`export`]): `final/` = PEFT adapter directory + `final/merged/` (LoRA), or an HF
 //!   model directory (full), staged and renamed into place.
 
-mod export;
+pub mod export;
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -101,7 +101,7 @@ pub(crate) fn model_dir(recipe: &Recipe) -> Result<PathBuf> {
 }
 
 /// Loads the base model, grows its vocabulary to the tokenizer's when needed, attaches LoRA.
-fn load_model(recipe: &Recipe, base: &Path, tok: &LoadedTokenizer, device: Device) -> Result<CausalLm> {
+pub(crate) fn load_model(recipe: &Recipe, base: &Path, tok: &LoadedTokenizer, device: Device) -> Result<CausalLm> {
     let kind = weight_kind(recipe.model.hf().and_then(|h| h.dtype), device, recipe.lora.is_some());
     let mut model = CausalLm::from_pretrained(base, device, kind)?;
     let (tv, mv) = (tok.vocab_size(), model.vocab_size());
@@ -120,7 +120,7 @@ fn load_model(recipe: &Recipe, base: &Path, tok: &LoadedTokenizer, device: Devic
 
 /// The tensors that train, under their names: the adapters (PEFT names) under LoRA, else every
 /// parameter (HF names).
-fn trainable(model: &mut CausalLm, lora: bool) -> Vec<(String, Tensor)> {
+pub(crate) fn trainable(model: &mut CausalLm, lora: bool) -> Vec<(String, Tensor)> {
     if lora {
         model.lora_parameters()
     } else {
@@ -260,7 +260,7 @@ impl Task for Sft {
 
     /// The trainable weights (a PEFT adapter, or the whole HF model) and the tokenizer.
     fn write_weights(&mut self, dir: &Path, step: u64) -> Result<()> {
-        export::write_weights(self, dir, step)?;
+        export::write_weights(&mut self.exported(), dir, step)?;
         self.tok.save_pretrained(dir, self.model.max_positions())
     }
 
@@ -274,7 +274,7 @@ impl Task for Sft {
     }
 
     fn export_final(&mut self, state: &TrainState) -> Result<()> {
-        export::export_final(self, state)
+        export::export_final(&mut self.exported(), state)
     }
 
     fn describe(&mut self) -> Vec<(&'static str, String)> {
@@ -292,6 +292,10 @@ impl Task for Sft {
 }
 
 impl Sft {
+    fn exported(&mut self) -> export::Exported<'_> {
+        export::Exported { recipe: &self.recipe, base: &self.base, tok: &self.tok, model: &mut self.model, method: "sft" }
+    }
+
     /// `{prompt, completion}` for the first `eval.samples` held-out examples with a prompt:
     /// the tokens before the first label, continued greedily.
     fn samples(&self) -> Result<Vec<serde_json::Value>> {

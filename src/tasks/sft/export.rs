@@ -1,5 +1,5 @@
-//! What a fine-tuning run writes (the export step): the trainable weights of a checkpoint and
-//! `<run.dir>/final/`.
+//! What a causal-LM fine-tuning run (SFT, DPO) writes (the export step): the trainable weights
+//! of a checkpoint and `<run.dir>/final/`.
 //!
 //! - LoRA: `final/` is a PEFT adapter directory (`adapter_config.json` with
 //!   `base_model_name_or_path` = the absolute `model.path` and `task_type` `CAUSAL_LM`,
@@ -12,15 +12,27 @@
 
 use std::path::Path;
 
-use super::Sft;
 use crate::checkpoint::TrainState;
+use crate::config::Recipe;
 use crate::error::Result;
+use crate::models::CausalLm;
 use crate::recipe_loop;
+use crate::tokenizer::LoadedTokenizer;
+
+/// What a causal-LM fine-tuning run exports: its recipe, base model directory, tokenizer and
+/// the model being trained; `method` names the training in the model card ("sft", "dpo").
+pub struct Exported<'a> {
+    pub recipe: &'a Recipe,
+    pub base: &'a Path,
+    pub tok: &'a LoadedTokenizer,
+    pub model: &'a mut CausalLm,
+    pub method: &'static str,
+}
 
 /// The trainable weights into `dir`: the PEFT adapter under LoRA, else the HF model files;
 /// never non-finite ones.
-pub(super) fn write_weights(t: &mut Sft, dir: &Path, step: u64) -> Result<()> {
-    let trained = super::trainable(&mut t.model, t.recipe.lora.is_some());
+pub fn write_weights(t: &mut Exported<'_>, dir: &Path, step: u64) -> Result<()> {
+    let trained = super::trainable(t.model, t.recipe.lora.is_some());
     recipe_loop::ensure_finite(trained.iter().map(|(n, w)| (n.as_str(), w)), "the model", step)?;
     match &t.recipe.lora {
         Some(lora) => {
@@ -33,7 +45,7 @@ pub(super) fn write_weights(t: &mut Sft, dir: &Path, step: u64) -> Result<()> {
 
 /// Writes `<run.dir>/final/` (and, under LoRA, `final/merged/`). Merging folds the adapters
 /// into the model held in memory: call it last.
-pub(super) fn export_final(t: &mut Sft, state: &TrainState) -> Result<()> {
+pub fn export_final(t: &mut Exported<'_>, state: &TrainState) -> Result<()> {
     let run_dir = t.recipe.run.dir.clone();
     let lora = t.recipe.lora.is_some();
     let max_len = t.model.max_positions();
@@ -70,7 +82,7 @@ fn targets(t: &crate::lora::TargetModules) -> String {
 }
 
 /// `README.md`: YAML front matter as the Hub reads it, what was trained, how to load it.
-fn model_card(t: &Sft, state: &TrainState) -> String {
+fn model_card(t: &Exported<'_>, state: &TrainState) -> String {
     let base = t.base.display().to_string();
     let (library, method, load) = match &t.recipe.lora {
         Some(l) => (
@@ -94,10 +106,14 @@ fn model_card(t: &Sft, state: &TrainState) -> String {
         ),
     };
     let lora_tag = if t.recipe.lora.is_some() { "- lora\n" } else { "" };
+    let (tag, what) = match t.method {
+        "dpo" => ("dpo", "Direct preference optimisation (DPO)"),
+        _ => ("sft", "Supervised fine-tuning"),
+    };
     format!(
-        "---\nlibrary_name: {library}\nbase_model: {base:?}\npipeline_tag: text-generation\ntags:\n- rankforge\n- sft\n{lora_tag}- text-generation\n---\n\n\
+        "---\nlibrary_name: {library}\nbase_model: {base:?}\npipeline_tag: text-generation\ntags:\n- rankforge\n- {tag}\n{lora_tag}- text-generation\n---\n\n\
          # {} fine-tuned with rankforge\n\n\
-         Supervised fine-tuning of `{base}` ({}), {method}, for {} steps on {} tokens.\n\n\
+         {what} of `{base}` ({}), {method}, for {} steps on {} tokens.\n\n\
          ```python\n{load}\n```\n\n## Recipe\n\n```toml\n{}```\n",
         t.model.model_type(),
         t.model.model_type(),
