@@ -221,6 +221,11 @@ impl Gpt {
         self.vs.trainable_variables().iter().map(|t| t.numel() as i64).sum()
     }
 
+    /// The token embeddings `wte` `[V, C]`, also the tied LM head.
+    pub fn wte(&self) -> &Tensor {
+        &self.wte
+    }
+
     /// Logits `(B, T, V)` for token ids `(B, T)`; with a cache, `T` new positions after the
     /// cached ones (prefill when the cache is empty, else one token at a time).
     pub fn forward(&self, idx: &Tensor, train: bool, cache: Option<&mut KvCache>) -> Tensor {

@@ -315,9 +315,14 @@ impl Llama {
     /// mask) and give pad labels -100.
     pub fn forward(&self, ids: &Tensor, train: bool, mut cache: Option<&mut KvCache>) -> Tensor {
         let x = self.forward_hidden(ids, None, train, cache.as_deref_mut());
+        self.lm_head(&x, train)
+    }
+
+    /// Logits `(…, V)` of hidden states `(…, H)`: `lm_head`, or the tied token embeddings.
+    pub fn lm_head(&self, x: &Tensor, train: bool) -> Tensor {
         match &self.lm_head {
-            Some(head) => head.forward_t(&x, train),
-            None => x.linear::<Tensor>(&self.embed_tokens, None), // tied: (B, T, V)
+            Some(head) => head.forward_t(x, train),
+            None => x.linear::<Tensor>(&self.embed_tokens, None), // tied
         }
     }
 

@@ -80,6 +80,24 @@ impl CausalLm {
         }
     }
 
+    /// The final normed hidden states `(B, T, H)` (no padding mask: pad on the right); with
+    /// [`CausalLm::lm_head`], [`CausalLm::forward`] without a cache.
+    pub fn hidden(&self, ids: &Tensor, train: bool) -> Tensor {
+        match &self.arch {
+            CausalArch::Gpt2(m) => m.forward_hidden(ids, None, None, train, None),
+            CausalArch::Llama(m) => m.forward_hidden(ids, None, train, None),
+        }
+    }
+
+    /// The LM head on hidden states `(…, H)` → logits `(…, V)`: tied to the token embeddings,
+    /// or Llama's own `lm_head` (with its adapter when LoRA targets it).
+    pub fn lm_head(&self, x: &Tensor, train: bool) -> Tensor {
+        match &self.arch {
+            CausalArch::Gpt2(m) => x.linear::<Tensor>(m.wte(), None),
+            CausalArch::Llama(m) => m.lm_head(x, train),
+        }
+    }
+
     /// The parameters (trainable handles) under their HF names, sorted by name. GPT-2's
     /// Conv1D weights are `[out, in]` here; only files hold them transposed.
     pub fn named_parameters(&self) -> Vec<(String, Tensor)> {
