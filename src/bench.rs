@@ -1,31 +1,195 @@
-//! `rankforge bench`: times training steps of a recipe's model on random tokens (no data,
-//! no checkpoints), with the same step as `rankforge train` ([`crate::engine::step`]) and the
-//! same loss as its task: pretraining ([`crate::tasks::pretrain::micro_loss`]) for
-//! `model.kind = "gpt"`, fine-tuning ([`crate::tasks::sft::micro_loss`], LoRA or full) for
-//! `kind = "hf"`, sequence classification ([`crate::tasks::classification::micro_loss`]) for
-//! `task.kind = "classification"`. `rankforge bench
-//! collective`: all-reduce bus bandwidth between the ranks of a launched job. Each prints JSON
-//! lines (rank 0 only) to compare with the PyTorch references in `bench/` (see BENCHMARKS.md).
+//! `rankforge bench`: times training steps of a recipe's model on random tokens (no data
+//! files, no checkpoints), with the step `rankforge train` runs ([`crate::engine::step`]):
+//!
+//! - `task.kind = "classification"` and `"masked_lm"`: the training task itself ([`BenchTask`]:
+//!   the task's model, head, `[lora]` and dtype as `rankforge train` loads them, on synthetic
+//!   examples), each step the engine's: [`Task::batch`] (this rank's slice, its micro-batches
+//!   and seeds; for masked LM the collator's masking of the step's examples) then [`step`];
+//! - `model.kind = "gpt"`: pretraining ([`crate::tasks::pretrain::micro_loss`]) on random
+//!   windows; `kind = "hf"` causal LMs: fine-tuning ([`crate::tasks::sft::micro_loss`], LoRA or
+//!   full) on random sequences, every position labelled. These two load no tokenizer (the bench
+//!   model directories have none), so they time the task's loss function rather than the task.
+//!
+//! `rankforge bench collective`: all-reduce bus bandwidth between the ranks of a launched job.
+//! Each prints JSON lines (rank 0 only) to compare with the PyTorch references in `bench/` (see
+//! BENCHMARKS.md).
 
 use std::time::Instant;
 
-use serde_json::json;
+use serde_json::{json, Map, Value};
 use tch::{Device, Kind, Tensor};
 
-use crate::config::{DeviceChoice, Recipe};
+use crate::config::{DeviceChoice, ModelKind, Recipe, TaskConfig};
 use crate::data::rank_slice;
 use crate::dist::Dist;
 use crate::engine::step::{step, Objective};
+use crate::engine::{SetupCtx, Task};
 use crate::error::{Error, Result};
 use crate::models::gpt::Gpt;
-use crate::models::heads::{ProblemType, SequenceClassifier};
 use crate::models::CausalLm;
 use crate::optim::AdamW;
-use crate::tasks::classification::{self, ClsBatch};
+use crate::recipe_loop::{join, micro_seed, Joined};
+use crate::tasks::classification::Classification;
+use crate::tasks::masked_lm::MaskedLmTask;
 use crate::tasks::{pretrain, sft};
 use crate::tokenizer::LoadedTokenizer;
 
-/// Pretraining steps on random windows: `(windows, share of the global batch)`.
+/// A training task `rankforge bench` runs as it trains, on synthetic examples.
+pub trait BenchTask: Task {
+    /// The task as [`Task::setup`] builds it (tokenizer, model, head, `[lora]`, dtype, seed),
+    /// but with `train.global_batch_size` synthetic training examples of `len` tokens instead of
+    /// the recipe's data (which is not read), and no validation data.
+    fn synthetic(ctx: &mut SetupCtx<'_>, len: usize) -> Result<Self>;
+
+    /// The task's fields of the bench row (at least `task`, `params`, `weights`).
+    fn bench_fields(&mut self) -> Map<String, Value>;
+}
+
+/// Data-parallel training steps; under the launcher each rank takes its slice of the global
+/// batch, exactly as in training. The reported time is rank 0's median step.
+pub fn run(recipe: &Recipe, steps: usize, warmup: usize) -> Result<Option<Value>> {
+    match (&recipe.task, recipe.model.kind()) {
+        (TaskConfig::Classification(_), _) => run_task::<Classification>(recipe, steps, warmup),
+        (TaskConfig::MaskedLm(_), _) => run_task::<MaskedLmTask>(recipe, steps, warmup),
+        (TaskConfig::CausalLm, ModelKind::Gpt) => run_pretrain(recipe, steps, warmup),
+        (TaskConfig::CausalLm, ModelKind::Hf) => run_finetune(recipe, steps, warmup),
+    }
+}
+
+/// Runs `warmup` then `steps` timed optimizer steps, `one(i)` returning step `i`'s loss; returns
+/// the median timed step in seconds (CUDA work included: the device is synchronised before the
+/// clock stops) and every step's loss.
+fn time_steps(device: Device, steps: usize, warmup: usize, mut one: impl FnMut(u64) -> Result<f64>) -> Result<(f64, Vec<f64>)> {
+    let (mut times, mut losses) = (Vec::with_capacity(steps), Vec::with_capacity(warmup + steps));
+    for i in 0..warmup + steps {
+        let t0 = Instant::now();
+        let loss = one(i as u64)?;
+        crate::device::synchronize(device);
+        if i >= warmup {
+            times.push(t0.elapsed().as_secs_f64());
+        }
+        losses.push(loss);
+        tracing::debug!(step = i, loss, "bench step");
+    }
+    times.sort_by(f64::total_cmp);
+    Ok((times.get(times.len() / 2).copied().unwrap_or(f64::NAN), losses))
+}
+
+/// Steps of a training task `T` (see [`BenchTask`]). Step `i`'s global batch is the samples
+/// `i·B .. (i+1)·B` of the `B` synthetic examples, i.e. epoch `i` of them (a masked-LM step
+/// draws new masks each step, as the collator does); each step is timed whole, [`Task::batch`]
+/// included, as `rankforge train` runs it. Reported tokens/s count every input token
+/// (batch × length); the task's per-step metrics (`masked_tokens`) come as lists.
+fn run_task<T: BenchTask>(recipe: &Recipe, steps: usize, warmup: usize) -> Result<Option<Value>> {
+    let t = max_length(recipe)?;
+    let Joined { device, bf16, mut dist, .. } = join(recipe, false)?;
+    let mut task = T::synthetic(&mut SetupCtx { recipe, device, bf16, dist: &mut dist }, t as usize)?;
+    let trainable = task.trainable();
+    let n_trainable: i64 = trainable.iter().map(|(_, p)| p.numel() as i64).sum();
+    let mut opt = AdamW::new(trainable, &recipe.train);
+    let (b, mb) = (recipe.train.global_batch_size, recipe.train.micro_batch_size);
+    let (rank, world) = (dist.rank(), dist.world());
+    let mut extras: Map<String, Value> = Map::new();
+    let (secs, losses) = time_steps(device, steps, warmup, |i| {
+        let first = i * b as u64;
+        let batch = task.batch(i, first..first + b as u64, rank_slice(first, b, rank, world))?;
+        for (k, v) in batch.extra {
+            if let Value::Array(a) = extras.entry(k).or_insert_with(|| json!([])) {
+                a.push(v);
+            }
+        }
+        Ok(step(&task, &mut opt, batch.micro, device, &recipe.train, recipe.train.lr, bf16, &mut dist)?.loss)
+    })?;
+    let lora = recipe.lora.as_ref();
+    let mut row = json!({
+        "impl": "rankforge",
+        "mode": if lora.is_some() { "lora" } else { "full" },
+        "step_ms": secs * 1e3,
+        "tokens_per_s": (b as i64 * t) as f64 / secs,
+        "examples_per_s": b as f64 / secs,
+        "trainable_params": n_trainable,
+        "batch": b,
+        "micro_batch": mb,
+        "seq": t,
+        "targets": lora.map(|l| serde_json::to_value(&l.target_modules).unwrap_or_default()),
+        "lora_r": lora.map(|l| l.r),
+        "steps": steps,
+        "losses": losses,
+    });
+    let fields = task.bench_fields();
+    if let Some(r) = row.as_object_mut() {
+        r.extend(fields);
+        r.extend(extras);
+    }
+    Ok(finish(&mut dist, device, bf16, row))
+}
+
+/// The row's fields every bench has (threads, ranks, device, dtype, optimizer and the
+/// environment), rank 0 only; the job is marked done (the last collective is behind us).
+fn finish(dist: &mut Dist, device: Device, bf16: bool, mut row: Value) -> Option<Value> {
+    dist.status.set_phase(rankforge_proto::Phase::Done);
+    let common = json!({
+        "threads": tch::get_num_threads(),
+        "ranks": dist.world(),
+        "device": format!("{device:?}").to_lowercase(),
+        "dtype": if bf16 { "bf16" } else { "fp32" },
+        "optimizer": "adamw",
+    });
+    for extra in [common, environment(device, bf16, dist)] {
+        if let (Some(r), Value::Object(e)) = (row.as_object_mut(), extra) {
+            r.extend(e);
+        }
+    }
+    dist.is_main().then_some(row)
+}
+
+/// Pretraining steps of a `model.kind = "gpt"` recipe on `train.global_batch_size` random
+/// windows of `model.block_size + 1` tokens (the same every step), the model drawn from
+/// `train.seed`; the tokenizer only supplies the vocabulary size when the recipe does not.
+fn run_pretrain(recipe: &Recipe, steps: usize, warmup: usize) -> Result<Option<Value>> {
+    let spec = recipe.model.gpt().ok_or_else(|| Error::Input("model.kind = \"gpt\" has no [model] settings".into()))?;
+    let Joined { device, bf16, mut dist, .. } = join(recipe, false)?;
+    let tok = match (spec.vocab_size, recipe.data.text()) {
+        (None, Some(d)) => Some(LoadedTokenizer::load(d.pretraining_tokenizer()?)?),
+        _ => None,
+    };
+    let cfg = pretrain::model_config(recipe, tok.as_ref().map(|t| (t.vocab_size(), t.path.as_path())))?;
+    tch::manual_seed(recipe.train.seed as i64);
+    let model = Gpt::new(&cfg, device);
+    let mut opt = AdamW::new(model.named_parameters(), &recipe.train);
+    let (b, t) = (recipe.train.global_batch_size, spec.block_size as i64);
+    let windows = Tensor::randint(cfg.vocab_size as i64, [b as i64, t + 1], (Kind::Int64, device));
+    let range = rank_slice(0, b, dist.rank(), dist.world());
+    let mine = windows.narrow(0, range.start as i64, (range.end - range.start) as i64);
+    let obj = GptBench(&model);
+    let (secs, losses) = time_steps(device, steps, warmup, |i| {
+        let mut first = range.start;
+        let micro: Vec<_> = mine
+            .split(recipe.train.micro_batch_size as i64, 0)
+            .into_iter()
+            .map(|chunk| {
+                let n = chunk.size()[0] as u64;
+                let seed = micro_seed(recipe.train.seed, i, first);
+                first += n;
+                ((chunk, n as f64 / b as f64), seed)
+            })
+            .collect();
+        Ok(step(&obj, &mut opt, micro, device, &recipe.train, recipe.train.lr, bf16, &mut dist)?.loss)
+    })?;
+    let row = json!({
+        "impl": "rankforge",
+        "tokens_per_s": (b as i64 * t) as f64 / secs,
+        "step_ms": secs * 1e3,
+        "params": model.num_params(),
+        "batch": b,
+        "block_size": t,
+        "steps": steps,
+        "losses": losses,
+    });
+    Ok(finish(&mut dist, device, bf16, row))
+}
+
+/// Pretraining's loss on random windows: `(windows, share of the global batch)`.
 struct GptBench<'a>(&'a Gpt);
 
 impl Objective for GptBench<'_> {
@@ -38,7 +202,59 @@ impl Objective for GptBench<'_> {
     }
 }
 
-/// Fine-tuning steps on random sequences: `(ids, labels)` over `label_tokens`.
+/// Fine-tuning steps of a `model.kind = "hf"` causal-LM recipe (LoRA with `[lora]`, else full)
+/// on `train.global_batch_size` random sequences of `data.max_length` tokens (the same every
+/// step), every position labelled; the model is loaded and adapted as `rankforge train` does it
+/// (`model.dtype`, `[lora]`, `train.seed`), without tokenizer or data. Reported tokens/s count
+/// every input token (batch × length), as `bench/peft_llama.py` does.
+fn run_finetune(recipe: &Recipe, steps: usize, warmup: usize) -> Result<Option<Value>> {
+    let t = max_length(recipe)?;
+    let Joined { device, bf16, mut dist, .. } = join(recipe, false)?;
+    let kind = sft::weight_kind(recipe.model.hf().and_then(|h| h.dtype), device, recipe.lora.is_some());
+    let mut model = CausalLm::from_pretrained(&sft::model_dir(recipe)?, device, kind)?;
+    let trainable = match &recipe.lora {
+        Some(lora) => {
+            model.add_lora(lora, recipe.train.seed)?;
+            model.lora_parameters()
+        }
+        None => model.named_parameters(),
+    };
+    let n_trainable: i64 = trainable.iter().map(|(_, p)| p.numel() as i64).sum();
+    let mut opt = AdamW::new(trainable, &recipe.train);
+    let (b, mb) = (recipe.train.global_batch_size, recipe.train.micro_batch_size);
+    tch::manual_seed(recipe.train.seed as i64);
+    let ids = Tensor::randint(model.vocab_size() as i64, [b as i64, t], (Kind::Int64, device)); // (B, T)
+    let label_tokens = (b as i64 * (t - 1)) as u64; // every position but the first is a target
+    let range = rank_slice(0, b, dist.rank(), dist.world());
+    let mine = ids.narrow(0, range.start as i64, (range.end - range.start) as i64);
+    let obj = SftBench(&model, label_tokens);
+    let (secs, losses) = time_steps(device, steps, warmup, |i| {
+        let micro = mine.split(mb as i64, 0).into_iter().enumerate().map(|(k, chunk)| {
+            ((chunk.shallow_clone(), chunk), micro_seed(recipe.train.seed, i, range.start + (k * mb) as u64))
+        });
+        Ok(step(&obj, &mut opt, micro, device, &recipe.train, recipe.train.lr, bf16, &mut dist)?.loss)
+    })?;
+    let lora = recipe.lora.as_ref();
+    let row = json!({
+        "impl": "rankforge",
+        "mode": if lora.is_some() { "lora" } else { "full" },
+        "step_ms": secs * 1e3,
+        "tokens_per_s": (b as i64 * t) as f64 / secs,
+        "params": model.num_params() + if lora.is_some() { n_trainable } else { 0 },
+        "trainable_params": n_trainable,
+        "batch": b,
+        "micro_batch": mb,
+        "seq": t,
+        "targets": lora.map(|l| serde_json::to_value(&l.target_modules).unwrap_or_default()),
+        "lora_r": lora.map(|l| l.r),
+        "weights": format!("{:?}", model.kind()).to_lowercase(),
+        "steps": steps,
+        "losses": losses,
+    });
+    Ok(finish(&mut dist, device, bf16, row))
+}
+
+/// Fine-tuning's loss on random sequences: `(ids, labels)` over `label_tokens`.
 struct SftBench<'a>(&'a CausalLm, u64);
 
 impl Objective for SftBench<'_> {
@@ -49,97 +265,6 @@ impl Objective for SftBench<'_> {
     fn zero_null_grads(&self) {
         self.0.zero_null_grads();
     }
-}
-
-/// Classification steps on random sequences: `(micro-batch, share of the global batch)`.
-struct ClsBench<'a>(&'a SequenceClassifier, ProblemType);
-
-impl Objective for ClsBench<'_> {
-    type Micro = (ClsBatch, f64);
-    fn micro_loss(&self, (batch, share): &Self::Micro, bf16: bool, train: bool) -> Result<Tensor> {
-        classification::micro_loss(self.0, batch, self.1, *share, bf16, train)
-    }
-    fn zero_null_grads(&self) {
-        self.0.zero_null_grads();
-    }
-}
-
-/// Runs one step and returns its result with its wall time in seconds (CUDA work included:
-/// the device is synchronised before the clock stops).
-fn timed<T>(device: Device, step: impl FnOnce() -> Result<T>) -> Result<(T, f64)> {
-    let t0 = Instant::now();
-    let out = step()?;
-    crate::device::synchronize(device);
-    Ok((out, t0.elapsed().as_secs_f64()))
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-/// Data-parallel training steps; under the launcher each rank takes its slice of the global
-/// batch, exactly as in training. The reported time is rank 0's median step.
-pub fn run(recipe: &Recipe, steps: usize, warmup: usize) -> Result<Option<serde_json::Value>> {
-    if recipe.task.classification().is_some() {
-        return run_classification(recipe, steps, warmup);
-    }
-    let Some(spec) = recipe.model.gpt() else { return run_finetune(recipe, steps, warmup) };
-    let crate::recipe_loop::Joined { device, bf16, mut dist, .. } = crate::recipe_loop::join(recipe, false)?;
-    // The tokenizer only supplies the vocabulary size when the recipe does not.
-    let tok = match (spec.vocab_size, recipe.data.text()) {
-        (None, Some(d)) => Some(LoadedTokenizer::load(d.pretraining_tokenizer()?)?),
-        _ => None,
-    };
-    let cfg = pretrain::model_config(recipe, tok.as_ref().map(|t| (t.vocab_size(), t.path.as_path())))?;
-    tch::manual_seed(recipe.train.seed as i64);
-    let model = Gpt::new(&cfg, device);
-    let mut opt = AdamW::new(model.named_parameters(), &recipe.train);
-    let (b, t) = (recipe.train.global_batch_size, spec.block_size as i64);
-    let windows = Tensor::randint(cfg.vocab_size as i64, [b as i64, t + 1], (Kind::Int64, device));
-    let (mut times, mut losses) = (Vec::with_capacity(steps), Vec::with_capacity(warmup + steps));
-    for i in 0..warmup + steps {
-        let range = rank_slice(0, b, dist.rank(), dist.world());
-        let mine = windows.narrow(0, range.start as i64, (range.end - range.start) as i64);
-        let mut first = range.start;
-        let micro: Vec<_> = mine
-            .split(recipe.train.micro_batch_size as i64, 0)
-            .into_iter()
-            .map(|chunk| {
-                let n = chunk.size()[0] as u64;
-                let seed = crate::recipe_loop::micro_seed(recipe.train.seed, i as u64, first);
-                first += n;
-                ((chunk, n as f64 / b as f64), seed)
-            })
-            .collect();
-        let obj = GptBench(&model);
-        let (loss, secs) = timed(device, || Ok(step(&obj, &mut opt, micro, device, &recipe.train, recipe.train.lr, bf16, &mut dist)?.loss))?;
-        if i >= warmup {
-            times.push(secs);
-        }
-        losses.push(loss);
-        tracing::debug!(step = i, loss, "bench step");
-    }
-    let step = median(times);
-    dist.status.set_phase(rankforge_proto::Phase::Done); // the last collective is behind us
-    let env = environment(device, bf16, &dist);
-    Ok(dist.is_main().then(|| {
-        with(env, json!({
-            "impl": "rankforge",
-            "tokens_per_s": (b as i64 * t) as f64 / step,
-            "step_ms": step * 1e3,
-            "params": model.num_params(),
-            "threads": tch::get_num_threads(),
-            "ranks": dist.world(),
-            "batch": b,
-            "block_size": t,
-            "device": format!("{device:?}").to_lowercase(),
-            "dtype": if bf16 { "bf16" } else { "fp32" },
-            "optimizer": "adamw",
-            "steps": steps,
-            "losses": losses,
-        }))
-    }))
 }
 
 /// What the GPU check reports about a bench's environment: the dtype a forward pass sees
@@ -163,81 +288,6 @@ fn peak_rss_mb() -> Option<f64> {
     Some(kb / 1024.0)
 }
 
-/// `extra`'s keys added to the object `row`.
-fn with(extra: serde_json::Value, mut row: serde_json::Value) -> serde_json::Value {
-    if let (Some(r), serde_json::Value::Object(e)) = (row.as_object_mut(), extra) {
-        r.extend(e);
-    }
-    row
-}
-
-/// Fine-tuning steps of a `model.kind = "hf"` recipe (LoRA with `[lora]`, else full) on
-/// `train.global_batch_size` random sequences of `data.max_length` tokens, every position
-/// labelled; the model is loaded and adapted as `rankforge train` does it (`model.dtype`,
-/// `[lora]`, `train.seed`), without tokenizer or data. Reported tokens/s count every input
-/// token (batch × length), as `bench/peft_llama.py` does.
-fn run_finetune(recipe: &Recipe, steps: usize, warmup: usize) -> Result<Option<serde_json::Value>> {
-    let t = max_length(recipe)?;
-    let crate::recipe_loop::Joined { device, bf16, mut dist, .. } = crate::recipe_loop::join(recipe, false)?;
-    let kind = sft::weight_kind(recipe.model.hf().and_then(|h| h.dtype), device, recipe.lora.is_some());
-    let mut model = CausalLm::from_pretrained(&sft::model_dir(recipe)?, device, kind)?;
-    let trainable = match &recipe.lora {
-        Some(lora) => {
-            model.add_lora(lora, recipe.train.seed)?;
-            model.lora_parameters()
-        }
-        None => model.named_parameters(),
-    };
-    let n_trainable: i64 = trainable.iter().map(|(_, p)| p.numel() as i64).sum();
-    let mut opt = AdamW::new(trainable, &recipe.train);
-    let (b, mb) = (recipe.train.global_batch_size, recipe.train.micro_batch_size);
-    tch::manual_seed(recipe.train.seed as i64);
-    let ids = Tensor::randint(model.vocab_size() as i64, [b as i64, t], (Kind::Int64, device)); // (B, T)
-    let label_tokens = (b as i64 * (t - 1)) as u64; // every position but the first is a target
-    let range = rank_slice(0, b, dist.rank(), dist.world());
-    let mine = ids.narrow(0, range.start as i64, (range.end - range.start) as i64);
-    let (mut times, mut losses) = (Vec::with_capacity(steps), Vec::with_capacity(warmup + steps));
-    for i in 0..warmup + steps {
-        let micro_batches = mine.split(mb as i64, 0).into_iter().enumerate().map(|(k, chunk)| {
-            ((chunk.shallow_clone(), chunk), crate::recipe_loop::micro_seed(recipe.train.seed, i as u64, range.start + (k * mb) as u64))
-        });
-        let obj = SftBench(&model, label_tokens);
-        let (loss, secs) = timed(device, || Ok(step(&obj, &mut opt, micro_batches, device, &recipe.train, recipe.train.lr, bf16, &mut dist)?.loss))?;
-        if i >= warmup {
-            times.push(secs);
-        }
-        losses.push(loss);
-        tracing::debug!(step = i, loss, "bench step");
-    }
-    let step = median(times);
-    dist.status.set_phase(rankforge_proto::Phase::Done);
-    let env = environment(device, bf16, &dist);
-    let lora = recipe.lora.as_ref();
-    Ok(dist.is_main().then(|| {
-        with(env, json!({
-            "impl": "rankforge",
-            "mode": if lora.is_some() { "lora" } else { "full" },
-            "step_ms": step * 1e3,
-            "tokens_per_s": (b as i64 * t) as f64 / step,
-            "params": model.num_params() + if lora.is_some() { n_trainable } else { 0 },
-            "trainable_params": n_trainable,
-            "threads": tch::get_num_threads(),
-            "ranks": dist.world(),
-            "batch": b,
-            "micro_batch": mb,
-            "seq": t,
-            "targets": lora.map(|l| serde_json::to_value(&l.target_modules).unwrap_or_default()),
-            "lora_r": lora.map(|l| l.r),
-            "device": format!("{device:?}").to_lowercase(),
-            "dtype": if bf16 { "bf16" } else { "fp32" },
-            "weights": format!("{:?}", model.kind()).to_lowercase(),
-            "optimizer": "adamw",
-            "steps": steps,
-            "losses": losses,
-        }))
-    }))
-}
-
 /// `data.max_length`: the length of a fine-tuning bench's random sequences.
 fn max_length(recipe: &Recipe) -> Result<i64> {
     let t = recipe.data.max_length().ok_or_else(|| {
@@ -246,114 +296,9 @@ fn max_length(recipe: &Recipe) -> Result<i64> {
     Ok(t as i64)
 }
 
-/// Classification steps of a `task.kind = "classification"` recipe on
-/// `train.global_batch_size` random sequences of `data.max_length` tokens (segment 0, no
-/// padding: an all-ones attention mask, as `bench/hf_cls.py` passes) with random labels of the
-/// problem type, dropout on. The model and its head are loaded as `rankforge train` loads them
-/// (`task.labels`, `model.dtype`, `[lora]` with the head trained in full, `train.seed`), without
-/// tokenizer or data; a decoder without `pad_token_id` pools at its `eos_token_id` (else 0).
-/// Reported tokens/s count every input token (batch × length).
-fn run_classification(recipe: &Recipe, steps: usize, warmup: usize) -> Result<Option<serde_json::Value>> {
-    let t = max_length(recipe)?;
-    let crate::recipe_loop::Joined { device, bf16, mut dist, .. } = crate::recipe_loop::join(recipe, false)?;
-    let task = recipe.task.classification().cloned().unwrap_or_default();
-    let kind = sft::weight_kind(recipe.model.hf().and_then(|h| h.dtype), device, recipe.lora.is_some());
-    tch::manual_seed(recipe.train.seed as i64);
-    let mut model = SequenceClassifier::from_pretrained(&sft::model_dir(recipe)?, device, kind, task.labels.as_deref())?;
-    if let Some(n) = model.max_positions().filter(|&n| t as usize > n) {
-        return Err(Error::Input(format!("data.max_length = {t} is more than the model's {n} positions")));
-    }
-    let config = model.config_json();
-    if model.pad_token_id().is_none() {
-        model.set_pad_token_id(Some(config["eos_token_id"].as_i64().unwrap_or(0)));
-    }
-    let n_labels = model.num_labels() as i64;
-    let problem_type = task.problem_type.map(ProblemType::from).or(model.problem_type).unwrap_or(if n_labels == 1 {
-        ProblemType::Regression
-    } else {
-        ProblemType::SingleLabel
-    });
-    let n_base: i64 = model.named_parameters().iter().map(|(_, p)| p.numel() as i64).sum();
-    let trainable = match &recipe.lora {
-        Some(lora) => {
-            model.add_lora(lora, recipe.train.seed)?;
-            let head = model.head_parameter_names();
-            let mut out = model.lora_parameters();
-            out.extend(model.named_parameters().into_iter().filter(|(n, _)| head.contains(n)).map(|(n, p)| (n, p.set_requires_grad(true))));
-            out
-        }
-        None => model.named_parameters(),
-    };
-    let n_trainable: i64 = trainable.iter().map(|(_, p)| p.numel() as i64).sum();
-    let n_lora: i64 = model.lora_parameters().iter().map(|(_, p)| p.numel() as i64).sum();
-    let mut opt = AdamW::new(trainable, &recipe.train);
-    let (b, mb) = (recipe.train.global_batch_size, recipe.train.micro_batch_size);
-    let vocab = config["vocab_size"].as_i64().ok_or_else(|| Error::Input("the model's config.json has no vocab_size".into()))?;
-    tch::manual_seed(recipe.train.seed as i64);
-    let ids = Tensor::randint(vocab, [b as i64, t], (Kind::Int64, device)); // (B, T)
-    let labels = match problem_type {
-        ProblemType::SingleLabel => Tensor::randint(n_labels, [b as i64], (Kind::Int64, device)),
-        ProblemType::MultiLabel => Tensor::randint(2, [b as i64, n_labels], (Kind::Float, device)),
-        ProblemType::Regression if n_labels == 1 => Tensor::randn([b as i64], (Kind::Float, device)),
-        ProblemType::Regression => Tensor::randn([b as i64, n_labels], (Kind::Float, device)),
-    };
-    let range = rank_slice(0, b, dist.rank(), dist.world());
-    let (first, n) = (range.start as i64, (range.end - range.start) as i64);
-    let (ids, labels) = (ids.narrow(0, first, n), labels.narrow(0, first, n));
-    let (mut times, mut losses) = (Vec::with_capacity(steps), Vec::with_capacity(warmup + steps));
-    for i in 0..warmup + steps {
-        let micro_batches = ids.split(mb as i64, 0).into_iter().zip(labels.split(mb as i64, 0)).enumerate().map(|(k, (ids, labels))| {
-            let rows = ids.size()[0];
-            let batch = ClsBatch {
-                mask: Some(ids.ones_like()),
-                token_type_ids: model.is_encoder().then(|| ids.zeros_like()),
-                ids,
-                labels,
-            };
-            let seed = crate::recipe_loop::micro_seed(recipe.train.seed, i as u64, range.start + (k * mb) as u64);
-            ((batch, rows as f64 / b as f64), seed)
-        });
-        let obj = ClsBench(&model, problem_type);
-        let (loss, secs) = timed(device, || Ok(step(&obj, &mut opt, micro_batches, device, &recipe.train, recipe.train.lr, bf16, &mut dist)?.loss))?;
-        if i >= warmup {
-            times.push(secs);
-        }
-        losses.push(loss);
-        tracing::debug!(step = i, loss, "bench step");
-    }
-    let step = median(times);
-    dist.status.set_phase(rankforge_proto::Phase::Done);
-    let env = environment(device, bf16, &dist);
-    let lora = recipe.lora.as_ref();
-    Ok(dist.is_main().then(|| {
-        with(env, json!({
-            "impl": "rankforge",
-            "task": "classification",
-            "mode": if lora.is_some() { "lora" } else { "full" },
-            "model_type": model.model_type(),
-            "architecture": model.architecture(),
-            "step_ms": step * 1e3,
-            "tokens_per_s": (b as i64 * t) as f64 / step,
-            "examples_per_s": b as f64 / step,
-            "params": n_base + n_lora,
-            "trainable_params": n_trainable,
-            "num_labels": n_labels,
-            "problem_type": problem_type.as_str(),
-            "threads": tch::get_num_threads(),
-            "ranks": dist.world(),
-            "batch": b,
-            "micro_batch": mb,
-            "seq": t,
-            "targets": lora.map(|l| serde_json::to_value(&l.target_modules).unwrap_or_default()),
-            "lora_r": lora.map(|l| l.r),
-            "device": format!("{device:?}").to_lowercase(),
-            "dtype": if bf16 { "bf16" } else { "fp32" },
-            "weights": format!("{:?}", model.kind()).to_lowercase(),
-            "optimizer": "adamw",
-            "steps": steps,
-            "losses": losses,
-        }))
-    }))
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }
 
 /// Parses `1048576`, `64K`, `16M`, `1G` (powers of 1024).

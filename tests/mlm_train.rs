@@ -220,4 +220,91 @@ fn masked_lm_bad_models_are_one_line_and_exit_2() {
     let e = fails(&["train", "--config", r, "--set", &format!("model.path={:?}", small.display().to_string()), "--set", "model.from_scratch=true", "--set", &tok]);
     assert!(e.contains("config.json") && e.contains("vocab_size 8"), "{e}");
     assert!(!run.exists(), "no bad input creates the run directory");
+
+/// A bench row's per-step `masked_tokens`.
+fn masked_counts(row: &Value) -> Vec<u64> {
+    row["masked_tokens"].as_array().unwrap_or_else(|| panic!("no masked_tokens list: {row}")).iter().map(|m| m.as_u64().unwrap()).collect()
+}
+
+/// `rankforge bench` on a masked-LM recipe times the task's training step (bench/bench_mlm.sh
+/// reads its row): finite losses, fresh masks each step at the recipe's rate (8 rows × 32
+/// non-special tokens at 0.3), every weight trained in full and the adapters alone under LoRA;
+/// a sequence longer than the model's positions is one error line, exit 2; no run directory.
+#[test]
+fn bench_times_the_masked_lm_step() {
+    let run = dir().join("bench");
+    let cfg: Value = serde_json::from_str(&std::fs::read_to_string(dir().join("bert_base/config.json")).unwrap()).unwrap();
+    let (h, layers) = (cfg["hidden_size"].as_i64().unwrap(), cfg["num_hidden_layers"].as_i64().unwrap());
+    let lora = "[lora]\nr = 4\nalpha = 8\ntarget_modules = [\"query\", \"value\"]\n";
+    for (extra, mode) in [("", "full"), (lora, "lora")] {
+        let out = ok(&["bench", "--config", recipe(&run, 1, extra).to_str().unwrap(), "--steps", "2", "--warmup", "1"]);
+        let row: Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+        for key in ["step_ms", "tokens_per_s", "examples_per_s", "params", "trainable_params", "threads", "device", "dtype", "weights"] {
+            assert!(row.get(key).is_some_and(|v| !v.is_null()), "{mode}: no {key} in {row}");
+        }
+        assert_eq!((row["impl"].as_str(), row["task"].as_str(), row["mode"].as_str()), (Some("rankforge"), Some("masked_lm"), Some(mode)), "{row}");
+        assert_eq!((row["batch"].as_u64(), row["micro_batch"].as_u64(), row["seq"].as_u64()), (Some(8), Some(4), Some(32)), "{row}");
+        assert_eq!(row["architecture"], "BertForMaskedLM", "{row}");
+        assert!(row["step_ms"].as_f64().unwrap() > 0.0 && row["tokens_per_s"].as_f64().unwrap() > 0.0, "{row}");
+        let losses: Vec<f64> = row["losses"].as_array().unwrap().iter().map(|l| l.as_f64().unwrap()).collect();
+        assert!(losses.len() == 3 && losses.iter().all(|l| l.is_finite() && *l > 0.0), "warmup + 2 steps: {row}");
+        let masked = masked_counts(&row);
+        assert_eq!(masked.len(), 3, "{row}");
+        assert!(masked.iter().all(|&m| (40..=115).contains(&m)), "0.3 of 256 tokens is 77 ± 7: {masked:?}");
+        assert!(masked.windows(2).any(|w| w[0] != w[1]), "each step draws its own masks: {masked:?}");
+        let (params, trainable) = (row["params"].as_i64().unwrap(), row["trainable_params"].as_i64().unwrap());
+        match mode {
+            "lora" => assert_eq!(trainable, layers * 2 * 4 * (h + h), "query and value adapters, r = 4: {row}"),
+            _ => assert_eq!(trainable, params, "{row}"),
+        }
+    }
+    let r = recipe(&run, 1, "");
+    let out = rankforge(&["bench", "--config", r.to_str().unwrap(), "--set", "data.max_length=100000"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.starts_with("error: ") && err.contains("100000 tokens, more than the model's"), "{err}");
+    assert!(!run.exists(), "bench writes no run directory");
+}
+
+/// The masked-LM benchmark's pieces on a tiny model: bench/make_bert_mlm.py writes a
+/// `BertForMaskedLM` with a mask token, `rankforge bench` runs bench/mlm_bert_base.toml on it
+/// and bench/hf_mlm.py (transformers' collator + AdamW) the same batch; both rows carry what
+/// bench/bench_mlm.sh reads, count the same parameters and mask at the same rate.
+#[test]
+fn mlm_bench_recipe_and_reference_run_on_a_tiny_model() {
+    let d = scratch("mlm-bench-tiny");
+    let model = d.join("bert-mlm");
+    let py = |args: &[&str]| {
+        let out = Command::new(python()).args(args).current_dir(root()).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_str::<Value>(String::from_utf8(out.stdout).unwrap().lines().last().unwrap()).unwrap()
+    };
+    let m = model.to_str().unwrap();
+    py(&["bench/make_bert_mlm.py", m, "--layers", "2", "--hidden", "32", "--heads", "2", "--intermediate", "64"]);
+    let recipe = root().join("bench/mlm_bert_base.toml");
+    let sets = [
+        format!("model.path={m}"),
+        format!("data.train={m}/unused.txt"),
+        format!("run.dir={}", d.join("run").display()),
+        "data.max_length=64".into(),
+        "train.threads=1".into(),
+    ];
+    let mut args = vec!["bench", "--config", recipe.to_str().unwrap(), "--steps", "2", "--warmup", "0"];
+    for s in &sets {
+        args.extend(["--set", s.as_str()]);
+    }
+    let ours: Value = serde_json::from_str(ok(&args).lines().last().unwrap()).unwrap();
+    let theirs = py(&["bench/hf_mlm.py", "--model", m, "--batch", "8", "--seq", "64", "--steps", "2", "--warmup", "0", "--threads", "1"]);
+    for row in [&ours, &theirs] {
+        for key in ["impl", "step_ms", "threads", "batch", "seq", "params", "masked_tokens"] {
+            assert!(row.get(key).is_some_and(|v| !v.is_null()), "no {key} in {row}");
+        }
+        assert_eq!((row["batch"].as_u64(), row["seq"].as_u64(), row["threads"].as_u64()), (Some(8), Some(64), Some(1)), "{row}");
+        let masked = masked_counts(row);
+        assert!(masked.len() == 2 && masked.iter().all(|&n| (40..=115).contains(&n)), "0.15 of 512 tokens is 77 ± 8: {row}");
+    }
+    assert_eq!(ours["params"], theirs["params"], "the same model: {ours} vs {theirs}");
+    assert_eq!(ours["trainable_params"], theirs["trainable_params"], "{ours} vs {theirs}");
+    assert_eq!((ours["impl"].as_str(), theirs["impl"].as_str()), (Some("rankforge"), Some("pytorch")));
+    assert!(!d.join("run").exists(), "bench writes no run directory");
 }

@@ -19,6 +19,8 @@
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 use serde_json::{json, Map, Value};
 use tch::{Device, Kind, Tensor};
 
@@ -27,6 +29,7 @@ use crate::classify::data::{self as cls, ClsExample};
 use crate::classify::ClsLabel;
 use crate::config::{ClassificationDataConfig, Recipe};
 use crate::data::ExampleOrder;
+use crate::bench::BenchTask;
 use crate::engine::{Objective, SetupCtx, StepBatch, Task};
 use crate::error::{Error, Result};
 use crate::eval::classification::ClassificationReport;
@@ -79,47 +82,27 @@ fn adapter_key(name: &str) -> String {
     format!("base_model.model.{name}")
 }
 
-impl Objective for Classification {
-    /// The examples of one micro-batch (indices into the training set) and the global batch's
-    /// size, the loss denominator.
-    type Micro = (Vec<usize>, u64);
-
-    fn micro_loss(&self, (idx, global): &Self::Micro, bf16: bool, train: bool) -> Result<Tensor> {
-        let examples: Vec<&ClsExample> = idx.iter().map(|&i| &self.train[i]).collect();
-        let (ids, mask, types, labels) = cls::collate(&examples, self.pad_id);
-        let on = |t: &Tensor| crate::device::to_device(t, self.device);
-        let batch = ClsBatch { ids: on(&ids), mask: Some(on(&mask)), token_type_ids: self.model.is_encoder().then(|| on(&types)), labels: labels.to_device(self.device) };
-        let share = examples.len() as f64 / *global as f64;
-        micro_loss(&self.model, &batch, self.problem_type, share, bf16, train)
-    }
-
-    fn zero_null_grads(&self) {
-        self.model.zero_null_grads();
-    }
+/// `model.path` (absolute) and the tokenizer: `data.tokenizer`, else the model directory's.
+fn base_and_tokenizer(recipe: &Recipe, data_cfg: &ClassificationDataConfig) -> Result<(PathBuf, LoadedTokenizer)> {
+    let base = model_dir(recipe)?;
+    let tok = LoadedTokenizer::load(data_cfg.tokenizer.as_deref().unwrap_or(&base))?;
+    Ok((base, tok))
 }
 
-impl Task for Classification {
-    fn setup(ctx: &mut SetupCtx<'_>) -> Result<Self> {
+/// The model with its head for `labels` (None: the directory's own), in `model.dtype`, a new
+/// head drawn from `train.seed`.
+fn load_model(ctx: &SetupCtx<'_>, base: &Path, labels: Option<&[String]>) -> Result<SequenceClassifier> {
+    let recipe = ctx.recipe;
+    let kind = weight_kind(recipe.model.hf().and_then(|h| h.dtype), ctx.device, recipe.lora.is_some());
+    tch::manual_seed(recipe.train.seed as i64);
+    SequenceClassifier::from_pretrained(base, ctx.device, kind, labels)
+}
+
+impl Classification {
+    /// The task on `data` with `model` (its labels and problem type set): the pad token, the
+    /// examples' lengths checked against the model's positions, LoRA attached (the head trains).
+    fn build(ctx: &mut SetupCtx<'_>, base: PathBuf, tok: LoadedTokenizer, mut model: SequenceClassifier, data: cls::ClsData) -> Result<Self> {
         let recipe = ctx.recipe;
-        let data_cfg = cls_data(recipe)?;
-        let task_cfg = recipe.task.classification().cloned().unwrap_or_default();
-        let base = model_dir(recipe)?;
-        let tok = LoadedTokenizer::load(data_cfg.tokenizer.as_deref().unwrap_or(&base))?;
-        let data = cls::load(data_cfg, &task_cfg, &tok, recipe.train.seed)?;
-        if data.train.is_empty() {
-            return Err(Error::data(&data_cfg.train[0], "data.train: no training example"));
-        }
-        if recipe.train.global_batch_size < ctx.dist.world() {
-            return Err(Error::Input(format!(
-                "train.global_batch_size = {} is smaller than the {} ranks: every rank needs at least one example per step",
-                recipe.train.global_batch_size,
-                ctx.dist.world()
-            )));
-        }
-        let kind = weight_kind(recipe.model.hf().and_then(|h| h.dtype), ctx.device, recipe.lora.is_some());
-        tch::manual_seed(recipe.train.seed as i64);
-        let mut model = SequenceClassifier::from_pretrained(&base, ctx.device, kind, Some(&data.labels))?;
-        model.problem_type = Some(data.problem_type);
         let pad_id = match (model.pad_token_id(), tok.pad_or_eos_id()) {
             (Some(p), _) => p,
             (None, Some(p)) => {
@@ -150,6 +133,107 @@ impl Task for Classification {
         let order = ExampleOrder::new(data.train.len(), recipe.train.seed);
         let cls::ClsData { train, val, problem_type, stats, .. } = data;
         Ok(Classification { recipe: recipe.clone(), device: ctx.device, bf16: ctx.bf16, base, tok, model, train, val, problem_type, order, pad_id, stats })
+    }
+}
+
+impl BenchTask for Classification {
+    /// `train.global_batch_size` rows of `len` token ids drawn uniformly from the model's
+    /// vocabulary (seeded by `train.seed`), segment 0, no padding (an all-ones attention mask,
+    /// as bench/hf_cls.py passes), each with a random label of the problem type (`task.problem_type`,
+    /// else the model's, else regression for one label and single-label otherwise); the head
+    /// is the directory's, or one for `task.labels`.
+    fn synthetic(ctx: &mut SetupCtx<'_>, len: usize) -> Result<Self> {
+        let recipe = ctx.recipe;
+        let data_cfg = cls_data(recipe)?;
+        let task_cfg = recipe.task.classification().cloned().unwrap_or_default();
+        let (base, tok) = base_and_tokenizer(recipe, data_cfg)?;
+        let mut model = load_model(ctx, &base, task_cfg.labels.as_deref())?;
+        let n_labels = model.num_labels();
+        let problem_type = task_cfg.problem_type.map(ProblemType::from).or(model.problem_type).unwrap_or(if n_labels == 1 {
+            ProblemType::Regression
+        } else {
+            ProblemType::SingleLabel
+        });
+        if problem_type == ProblemType::Regression && n_labels != 1 {
+            return Err(Error::Input(format!("the model has {n_labels} labels: a regression head needs one (num_labels = 1)")));
+        }
+        model.problem_type = Some(problem_type);
+        let vocab = model.config_json()["vocab_size"].as_i64().ok_or_else(|| Error::model(&base, "config.json has no vocab_size"))?;
+        let mut rng = ChaCha8Rng::seed_from_u64(recipe.train.seed);
+        let train = (0..recipe.train.global_batch_size)
+            .map(|_| ClsExample {
+                input_ids: (0..len).map(|_| rng.random_range(0..vocab)).collect(),
+                token_type_ids: vec![0; len],
+                label: match problem_type {
+                    ProblemType::SingleLabel => ClsLabel::Class(rng.random_range(0..n_labels)),
+                    ProblemType::MultiLabel => ClsLabel::Multi((0..n_labels).map(|_| rng.random::<bool>()).collect()),
+                    ProblemType::Regression => ClsLabel::Value(rng.random::<f64>() * 2.0 - 1.0),
+                },
+            })
+            .collect();
+        let labels = model.id2label.clone();
+        let data = cls::ClsData { train, val: Vec::new(), labels, problem_type, stats: Default::default() };
+        Self::build(ctx, base, tok, model, data)
+    }
+
+    fn bench_fields(&mut self) -> Map<String, Value> {
+        let lora: i64 = self.model.lora_parameters().iter().map(|(_, p)| p.numel() as i64).sum();
+        let base: i64 = self.model.named_parameters().iter().map(|(_, p)| p.numel() as i64).sum();
+        let fields = json!({
+            "task": "classification",
+            "model_type": self.model.model_type(),
+            "architecture": self.model.architecture(),
+            "params": base + lora,
+            "num_labels": self.model.num_labels(),
+            "problem_type": self.problem_type.as_str(),
+            "weights": format!("{:?}", self.model.kind()).to_lowercase(),
+        });
+        match fields {
+            Value::Object(map) => map,
+            _ => Map::new(),
+        }
+    }
+}
+
+impl Objective for Classification {
+    /// The examples of one micro-batch (indices into the training set) and the global batch's
+    /// size, the loss denominator.
+    type Micro = (Vec<usize>, u64);
+
+    fn micro_loss(&self, (idx, global): &Self::Micro, bf16: bool, train: bool) -> Result<Tensor> {
+        let examples: Vec<&ClsExample> = idx.iter().map(|&i| &self.train[i]).collect();
+        let (ids, mask, types, labels) = cls::collate(&examples, self.pad_id);
+        let on = |t: &Tensor| crate::device::to_device(t, self.device);
+        let batch = ClsBatch { ids: on(&ids), mask: Some(on(&mask)), token_type_ids: self.model.is_encoder().then(|| on(&types)), labels: labels.to_device(self.device) };
+        let share = examples.len() as f64 / *global as f64;
+        micro_loss(&self.model, &batch, self.problem_type, share, bf16, train)
+    }
+
+    fn zero_null_grads(&self) {
+        self.model.zero_null_grads();
+    }
+}
+
+impl Task for Classification {
+    fn setup(ctx: &mut SetupCtx<'_>) -> Result<Self> {
+        let recipe = ctx.recipe;
+        let data_cfg = cls_data(recipe)?;
+        let task_cfg = recipe.task.classification().cloned().unwrap_or_default();
+        let (base, tok) = base_and_tokenizer(recipe, data_cfg)?;
+        let data = cls::load(data_cfg, &task_cfg, &tok, recipe.train.seed)?;
+        if data.train.is_empty() {
+            return Err(Error::data(&data_cfg.train[0], "data.train: no training example"));
+        }
+        if recipe.train.global_batch_size < ctx.dist.world() {
+            return Err(Error::Input(format!(
+                "train.global_batch_size = {} is smaller than the {} ranks: every rank needs at least one example per step",
+                recipe.train.global_batch_size,
+                ctx.dist.world()
+            )));
+        }
+        let mut model = load_model(ctx, &base, Some(&data.labels))?;
+        model.problem_type = Some(data.problem_type);
+        Self::build(ctx, base, tok, model, data)
     }
 
     fn tokenizer(&self) -> &LoadedTokenizer {

@@ -16,12 +16,15 @@
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 use serde_json::{json, Map, Value};
 use tch::{Device, Kind, Tensor};
 
 use crate::checkpoint::TrainState;
 use crate::config::{MaskedLmDataConfig, MaskedLmTaskConfig, Recipe};
 use crate::data::ExampleOrder;
+use crate::bench::BenchTask;
 use crate::engine::{Objective, SetupCtx, StepBatch, Task};
 use crate::error::{Error, Result};
 use crate::mlm::{self, MlmData};
@@ -75,31 +78,20 @@ impl MaskedLmTask {
     }
 }
 
-impl Objective for MaskedLmTask {
-    /// This micro-batch's masked examples and the masked tokens of the whole global batch.
-    type Micro = (Vec<Masked>, u64);
-
-    fn micro_loss(&self, (batch, masked): &Self::Micro, bf16: bool, train: bool) -> Result<Tensor> {
-        let (logits, labels) = self.forward(batch, bf16, train);
-        Ok(self.model.loss_sum(&logits, &labels) / (*masked).max(1) as f64)
-    }
-
-    fn zero_null_grads(&self) {
-        self.model.zero_null_grads();
-    }
+/// `model.path` (absolute) and the tokenizer: `data.tokenizer`, else the model directory's.
+fn base_and_tokenizer(recipe: &Recipe, data_cfg: &MaskedLmDataConfig) -> Result<(PathBuf, LoadedTokenizer)> {
+    let base = model_dir(recipe)?;
+    let tok = LoadedTokenizer::load(data_cfg.tokenizer.as_deref().unwrap_or(&base))?;
+    Ok((base, tok))
 }
 
-impl Task for MaskedLmTask {
-    fn setup(ctx: &mut SetupCtx<'_>) -> Result<Self> {
+impl MaskedLmTask {
+    /// The task on `data`: the model as `*ForMaskedLM` (its head, or a new one drawn from
+    /// `train.seed`), checked against the examples' lengths, LoRA attached; the fixed
+    /// validation masks.
+    fn build(ctx: &mut SetupCtx<'_>, base: PathBuf, tok: LoadedTokenizer, data: MlmData) -> Result<Self> {
         let recipe = ctx.recipe;
-        let data_cfg = mlm_data(recipe)?;
         let masking = recipe.task.masked_lm().cloned().unwrap_or_default();
-        let base = model_dir(recipe)?;
-        let tok = LoadedTokenizer::load(data_cfg.tokenizer.as_deref().unwrap_or(&base))?;
-        let data = mlm::data::load(data_cfg, &tok, recipe.train.seed)?;
-        if data.train.is_empty() {
-            return Err(Error::data(&data_cfg.train[0], "data.train: no training example"));
-        }
         let kind = weight_kind(recipe.model.hf().and_then(|h| h.dtype), ctx.device, recipe.lora.is_some());
         tch::manual_seed(recipe.train.seed as i64);
         let from_scratch = recipe.model.hf().is_some_and(|h| h.from_scratch);
@@ -124,6 +116,74 @@ impl Task for MaskedLmTask {
         let seed = t.recipe.train.seed ^ VAL_SALT;
         t.val = t.data.val.iter().enumerate().map(|(j, ids)| t.masked(ids, mlm::example_seed(seed, 0, j as u64))).collect();
         Ok(t)
+    }
+}
+
+impl BenchTask for MaskedLmTask {
+    /// `train.global_batch_size` rows of `len` token ids drawn uniformly (seeded by
+    /// `train.seed`) from the tokenizer's non-special ids: no `[CLS]`/`[SEP]`, no padding (an
+    /// all-ones attention mask), so every token may be chosen for masking — what
+    /// bench/hf_mlm.py feeds transformers' collator.
+    fn synthetic(ctx: &mut SetupCtx<'_>, len: usize) -> Result<Self> {
+        let data_cfg = mlm_data(ctx.recipe)?;
+        data_cfg.validate().map_err(|(key, msg)| Error::Input(format!("{key}: {msg}")))?;
+        let (base, tok) = base_and_tokenizer(ctx.recipe, data_cfg)?;
+        let (mask_id, vocab_size) = (mlm::data::mask_id(&tok)?, tok.vocab_size());
+        let special = mlm::data::special_table(&tok, vocab_size)?;
+        let plain: Vec<i64> = (0..vocab_size as i64).filter(|&i| !special[i as usize]).collect();
+        if plain.is_empty() {
+            return Err(Error::Tokenizer { path: tok.path.clone(), msg: "has only special tokens: no token to mask".into() });
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(ctx.recipe.train.seed);
+        let train = (0..ctx.recipe.train.global_batch_size).map(|_| (0..len).map(|_| plain[rng.random_range(0..plain.len())]).collect()).collect();
+        let pad_id = tok.pad_id.map_or(0, i64::from);
+        let data = MlmData { train, val: Vec::new(), special, mask_id, pad_id, vocab_size, stats: Default::default() };
+        Self::build(ctx, base, tok, data)
+    }
+
+    fn bench_fields(&mut self) -> Map<String, Value> {
+        let lora: i64 = self.model.lora_parameters().iter().map(|(_, p)| p.numel() as i64).sum();
+        let m = &self.masking;
+        let fields = json!({
+            "task": "masked_lm",
+            "model_type": self.model.model_type(),
+            "architecture": self.model.architecture(),
+            "params": self.model.num_params() + lora,
+            "weights": format!("{:?}", self.model.kind()).to_lowercase(),
+            "mlm_probability": m.mlm_probability,
+            "mask_replace_prob": m.mask_replace_prob,
+            "random_replace_prob": m.random_replace_prob,
+        });
+        match fields {
+            Value::Object(map) => map,
+            _ => Map::new(),
+        }
+    }
+}
+
+impl Objective for MaskedLmTask {
+    /// This micro-batch's masked examples and the masked tokens of the whole global batch.
+    type Micro = (Vec<Masked>, u64);
+
+    fn micro_loss(&self, (batch, masked): &Self::Micro, bf16: bool, train: bool) -> Result<Tensor> {
+        let (logits, labels) = self.forward(batch, bf16, train);
+        Ok(self.model.loss_sum(&logits, &labels) / (*masked).max(1) as f64)
+    }
+
+    fn zero_null_grads(&self) {
+        self.model.zero_null_grads();
+    }
+}
+
+impl Task for MaskedLmTask {
+    fn setup(ctx: &mut SetupCtx<'_>) -> Result<Self> {
+        let data_cfg = mlm_data(ctx.recipe)?;
+        let (base, tok) = base_and_tokenizer(ctx.recipe, data_cfg)?;
+        let data = mlm::data::load(data_cfg, &tok, ctx.recipe.train.seed)?;
+        if data.train.is_empty() {
+            return Err(Error::data(&data_cfg.train[0], "data.train: no training example"));
+        }
+        Self::build(ctx, base, tok, data)
     }
 
     fn tokenizer(&self) -> &LoadedTokenizer {
