@@ -28,6 +28,7 @@ pub mod cuda;
 pub mod data;
 pub mod dist;
 pub mod device;
+pub mod dpo;
 pub mod engine;
 pub mod error;
 pub mod eval;

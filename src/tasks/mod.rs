@@ -1,7 +1,8 @@
 //! The training objectives on the engine ([`crate::engine`]): each is one file plus its data
 //! reader. [`run`] picks the task of a recipe: `task.kind = "causal_lm"` is pretraining
 //! ([`pretrain`], `model.kind = "gpt"`) or supervised fine-tuning ([`sft`], `"hf"`);
-//! `"classification"` is [`classification`], `"masked_lm"` [`masked_lm`].
+//! `"classification"` is [`classification`], `"masked_lm"` [`masked_lm`]. `"dpo"` reads and
+//! validates its recipe and data ([`crate::dpo`]) but has no training task yet.
 
 pub mod classification;
 pub mod masked_lm;
@@ -9,7 +10,7 @@ pub mod pretrain;
 pub mod sft;
 
 use crate::config::{ModelKind, Recipe, TaskConfig};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::recipe_loop::RunOptions;
 
 /// `rankforge train`: runs (or resumes) `recipe` with its task.
@@ -19,5 +20,6 @@ pub fn run(recipe: Recipe, opts: &RunOptions) -> Result<()> {
         (TaskConfig::CausalLm, ModelKind::Hf) => crate::engine::run::<sft::Sft>(recipe, opts),
         (TaskConfig::Classification(_), _) => crate::engine::run::<classification::Classification>(recipe, opts),
         (TaskConfig::MaskedLm(_), _) => crate::engine::run::<masked_lm::MaskedLmTask>(recipe, opts),
+        (TaskConfig::Dpo(_), _) => Err(Error::Input("task.kind = \"dpo\": training is not built yet".into())),
     }
 }
