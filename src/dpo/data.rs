@@ -384,6 +384,8 @@ mod tests {
         // Characters, not bytes.
         assert_eq!(texts("Zähle: eins", "Zähle: zwei"), own("Zähle:", " eins", " zwei"));
         assert_eq!(texts("x", "y"), own("", "x", "y"));
+        // TRL looks at chosen[-1] here (and would make "x" the prompt); nothing is shared.
+        assert_eq!(texts("x ", "y"), own("", "x ", "y"));
         assert_eq!(texts("", "y"), own("", "", "y"));
 
         let m = |role: &str, content: &str| serde_json::json!({"role": role, "content": content});

@@ -134,6 +134,8 @@ CONVERSATIONAL = [
 IMPLICIT = [
     {"chosen": "Human: What color is the sky? Assistant: It is blue.", "rejected": "Human: What color is the sky? Assistant: It is green."},
     {"chosen": "Human: Say hi Assistant: hello", "rejected": "Human: Say hi Assistant: hello there"},
+    {"chosen": "Human: Translate to German: good morning. Assistant: Guten Morgen!" + LONG,
+     "rejected": "Human: Translate to German: good morning. Assistant: no"},
     {"chosen": "Human: Fill:" + LONG + " Assistant: yes", "rejected": "Human: Fill:" + LONG + " Assistant: no"},
 ]
 IMPLICIT_CONV = [
@@ -141,6 +143,10 @@ IMPLICIT_CONV = [
      "rejected": [{"role": "user", "content": "What color is the sky?"}, {"role": "assistant", "content": "It is green."}]},
     {"chosen": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hi"}, {"role": "assistant", "content": "hello"}],
      "rejected": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hi"}, {"role": "assistant", "content": "go away!"}]},
+    {"chosen": [{"role": "user", "content": "Translate to German: good morning."}, {"role": "assistant", "content": "Guten Morgen!" + LONG}],
+     "rejected": [{"role": "user", "content": "Translate to German: good morning."}, {"role": "assistant", "content": "no"}]},
+    {"chosen": [{"role": "user", "content": "Fill:" + LONG}, {"role": "assistant", "content": "yes"}],
+     "rejected": [{"role": "user", "content": "Fill:" + LONG}, {"role": "assistant", "content": "no"}]},
 ]
 TEST = [
     {"prompt": "The sky is", "chosen": " blue.", "rejected": " green."},
