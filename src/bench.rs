@@ -1,7 +1,7 @@
 //! `rankforge bench`: times training steps of a recipe's model on random tokens (no data
 //! files, no checkpoints), with the step `rankforge train` runs ([`crate::engine::step`]):
 //!
-//! - `task.kind = "classification"` and `"masked_lm"`: the training task itself ([`BenchTask`]:
+//! - `task.kind = "classification"`, `"masked_lm"` and `"dpo"`: the training task itself ([`BenchTask`]:
 //!   the task's model, head, `[lora]` and dtype as `rankforge train` loads them, on synthetic
 //!   examples), each step the engine's: [`Task::batch`] (this rank's slice, its micro-batches
 //!   and seeds; for masked LM the collator's masking of the step's examples) then [`step`];
@@ -51,6 +51,7 @@ pub fn run(recipe: &Recipe, steps: usize, warmup: usize) -> Result<Option<Value>
     match (&recipe.task, recipe.model.kind()) {
         (TaskConfig::Classification(_), _) => run_task::<Classification>(recipe, steps, warmup),
         (TaskConfig::MaskedLm(_), _) => run_task::<MaskedLmTask>(recipe, steps, warmup),
+        (TaskConfig::Dpo(_), _) => run_task::<crate::tasks::dpo::Dpo>(recipe, steps, warmup),
         (TaskConfig::CausalLm, ModelKind::Gpt) => run_pretrain(recipe, steps, warmup),
         (TaskConfig::CausalLm, ModelKind::Hf) => run_finetune(recipe, steps, warmup),
     }

@@ -20,9 +20,9 @@ mod data;
 mod model;
 mod sections;
 mod task;
-pub use data::{ClassificationDataConfig, DataConfig, MaskedLmDataConfig, SftDataConfig, SftFormat, Sources, TextDataConfig};
+pub use data::{ClassificationDataConfig, DataConfig, DpoDataConfig, MaskedLmDataConfig, SftDataConfig, SftFormat, Sources, TextDataConfig};
 pub use model::{GptSpec, HfModelConfig, ModelConfig, ModelDtype, ModelKind};
-pub use task::{ClassificationTaskConfig, MaskedLmTaskConfig, ProblemTypeName, TaskConfig, TaskKind};
+pub use task::{ClassificationTaskConfig, DpoLossType, DpoTaskConfig, MaskedLmTaskConfig, ProblemTypeName, TaskConfig, TaskKind};
 
 use sections::{has_key, parse, take_kind, take_section, variant, KeyError, Other};
 
@@ -298,14 +298,20 @@ impl Recipe {
     fn task(t: &mut toml::Table) -> std::result::Result<TaskConfig, KeyError> {
         const CLS: Other = ("task.kind = \"classification\"", has_key::<ClassificationTaskConfig>);
         const MLM: Other = ("task.kind = \"masked_lm\"", has_key::<MaskedLmTaskConfig>);
+        const DPO: Other = ("task.kind = \"dpo\"", has_key::<DpoTaskConfig>);
         let kind = take_kind(t, "task", Some("causal_lm"))?;
         match kind.as_str() {
-            "causal_lm" => variant::<task::CausalLmKeys>(t, "task", "task.kind = \"causal_lm\"", &[CLS, MLM]).map(|_| TaskConfig::CausalLm),
-            "classification" => variant(t, "task", "task.kind = \"classification\"", &[MLM]).map(TaskConfig::Classification),
+            "causal_lm" => variant::<task::CausalLmKeys>(t, "task", "task.kind = \"causal_lm\"", &[CLS, MLM, DPO]).map(|_| TaskConfig::CausalLm),
+            "classification" => variant(t, "task", "task.kind = \"classification\"", &[MLM, DPO]).map(TaskConfig::Classification),
             "masked_lm" => {
-                let m: MaskedLmTaskConfig = variant(t, "task", "task.kind = \"masked_lm\"", &[CLS])?;
+                let m: MaskedLmTaskConfig = variant(t, "task", "task.kind = \"masked_lm\"", &[CLS, DPO])?;
                 m.validate().map_err(|(k, msg)| (k.to_string(), msg))?;
                 Ok(TaskConfig::MaskedLm(m))
+            }
+            "dpo" => {
+                let d: DpoTaskConfig = variant(t, "task", "task.kind = \"dpo\"", &[CLS, MLM])?;
+                d.validate().map_err(|(k, msg)| (k.to_string(), msg))?;
+                Ok(TaskConfig::Dpo(d))
             }
             other => {
                 let known: Vec<String> = TaskKind::ALL.iter().map(|k| format!("`{}`", k.as_str())).collect();
@@ -319,12 +325,14 @@ impl Recipe {
         const SFT: Other = ("fine-tuning a causal LM (model.kind = \"hf\")", has_key::<SftDataConfig>);
         const CLS: Other = ("task.kind = \"classification\"", has_key::<ClassificationDataConfig>);
         const MLM: Other = ("task.kind = \"masked_lm\"", has_key::<MaskedLmDataConfig>);
+        const DPO: Other = ("task.kind = \"dpo\"", has_key::<DpoDataConfig>);
         match (task, model) {
-            (TaskKind::CausalLm, ModelKind::Gpt) => variant(t, "data", "pretraining (model.kind = \"gpt\")", &[SFT, CLS, MLM]).map(DataConfig::Text),
-            (TaskKind::CausalLm, ModelKind::Hf) => variant(t, "data", "fine-tuning (model.kind = \"hf\")", &[TEXT, CLS, MLM]).map(DataConfig::Sft),
-            (TaskKind::Classification, ModelKind::Hf) => variant(t, "data", "task.kind = \"classification\"", &[TEXT, SFT, MLM]).map(DataConfig::Classification),
-            (TaskKind::MaskedLm, ModelKind::Hf) => variant(t, "data", "task.kind = \"masked_lm\"", &[TEXT, SFT, CLS]).map(DataConfig::MaskedLm),
-            (TaskKind::Classification | TaskKind::MaskedLm, ModelKind::Gpt) => Err((
+            (TaskKind::CausalLm, ModelKind::Gpt) => variant(t, "data", "pretraining (model.kind = \"gpt\")", &[SFT, CLS, MLM, DPO]).map(DataConfig::Text),
+            (TaskKind::CausalLm, ModelKind::Hf) => variant(t, "data", "fine-tuning (model.kind = \"hf\")", &[TEXT, CLS, MLM, DPO]).map(DataConfig::Sft),
+            (TaskKind::Classification, ModelKind::Hf) => variant(t, "data", "task.kind = \"classification\"", &[TEXT, SFT, MLM, DPO]).map(DataConfig::Classification),
+            (TaskKind::MaskedLm, ModelKind::Hf) => variant(t, "data", "task.kind = \"masked_lm\"", &[TEXT, SFT, CLS, DPO]).map(DataConfig::MaskedLm),
+            (TaskKind::Dpo, ModelKind::Hf) => variant(t, "data", "task.kind = \"dpo\"", &[TEXT, SFT, CLS, MLM]).map(DataConfig::Dpo),
+            (TaskKind::Classification | TaskKind::MaskedLm | TaskKind::Dpo, ModelKind::Gpt) => Err((
                 "task.kind".into(),
                 format!("{} fine-tunes a pretrained model: use model.kind = \"hf\" with model.path", task.as_str()),
             )),

@@ -8,6 +8,7 @@ mod classify;
 mod classify_train;
 mod common;
 mod dist;
+mod dpo_data;
 mod dpo_loss;
 mod encoders;
 mod finetune;

@@ -2,7 +2,8 @@
 //! is one struct per reader, chosen by the task and the model kind ([`DataConfig`]), each with
 //! `deny_unknown_fields`: pretraining reads plain text ([`TextDataConfig`]), causal-LM
 //! fine-tuning reads SFT rows ([`SftDataConfig`]), classification reads text + label rows
-//! ([`ClassificationDataConfig`]). A key of another reader is an error that names the task it
+//! ([`ClassificationDataConfig`]), masked LM reads texts ([`MaskedLmDataConfig`]), DPO reads
+//! preference rows ([`DpoDataConfig`]). A key of another reader is an error that names the task it
 //! belongs to.
 
 use std::path::{Path, PathBuf};
@@ -10,6 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use crate::classify::config::ClassificationDataConfig;
+pub use crate::dpo::config::DpoDataConfig;
 pub use crate::mlm::config::MaskedLmDataConfig;
 use crate::error::{Error, Result};
 
@@ -25,6 +27,8 @@ pub enum DataConfig {
     Classification(ClassificationDataConfig),
     /// `task.kind = "masked_lm"`.
     MaskedLm(MaskedLmDataConfig),
+    /// `task.kind = "dpo"`.
+    Dpo(DpoDataConfig),
 }
 
 /// The keys every reader has: where the data is and how validation is split off.
@@ -53,6 +57,7 @@ impl DataConfig {
             DataConfig::Sft(d) => (&d.train, &d.val, d.val_fraction, &d.tokenizer),
             DataConfig::Classification(d) => (&d.train, &d.val, d.val_fraction, &d.tokenizer),
             DataConfig::MaskedLm(d) => (&d.train, &d.val, d.val_fraction, &d.tokenizer),
+            DataConfig::Dpo(d) => (&d.train, &d.val, d.val_fraction, &d.tokenizer),
         };
         Sources { train, val: val.as_deref(), val_fraction, tokenizer: tokenizer.as_deref() }
     }
@@ -64,6 +69,7 @@ impl DataConfig {
             DataConfig::Sft(d) => d.max_length,
             DataConfig::Classification(d) => d.max_length,
             DataConfig::MaskedLm(d) => d.max_length,
+            DataConfig::Dpo(d) => Some(d.max_length),
         }
     }
 
@@ -84,6 +90,13 @@ impl DataConfig {
     pub fn masked_lm(&self) -> Option<&MaskedLmDataConfig> {
         match self {
             DataConfig::MaskedLm(d) => Some(d),
+            _ => None,
+        }
+    }
+
+    pub fn dpo(&self) -> Option<&DpoDataConfig> {
+        match self {
+            DataConfig::Dpo(d) => Some(d),
             _ => None,
         }
     }
@@ -117,6 +130,9 @@ impl DataConfig {
             }
         }
         if let DataConfig::MaskedLm(d) = self {
+            d.validate()?;
+        }
+        if let DataConfig::Dpo(d) = self {
             d.validate()?;
         }
         Ok(())

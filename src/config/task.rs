@@ -1,11 +1,12 @@
 //! `[task]`: the training objective. `kind` selects it; each kind's keys are its own struct
 //! (`deny_unknown_fields`), so a key of another task is an error naming the task it belongs to.
-//! Kinds: `causal_lm`, `classification`, `masked_lm`. Absent, the task is `causal_lm`: pretraining for `model.kind = "gpt"`, supervised
+//! Kinds: `causal_lm`, `classification`, `masked_lm`, `dpo`. Absent, the task is `causal_lm`: pretraining for `model.kind = "gpt"`, supervised
 //! fine-tuning for `"hf"`.
 
 use serde::{Deserialize, Serialize};
 
 pub use crate::classify::config::{ClassificationTaskConfig, ProblemTypeName};
+pub use crate::dpo::config::{DpoLossType, DpoTaskConfig};
 pub use crate::mlm::config::MaskedLmTaskConfig;
 
 /// `[task]`, by `kind`.
@@ -19,6 +20,8 @@ pub enum TaskConfig {
     Classification(ClassificationTaskConfig),
     /// Masked-language-model fine-tuning of an encoder (`*ForMaskedLM`).
     MaskedLm(MaskedLmTaskConfig),
+    /// Direct preference optimisation of a causal LM on chosen/rejected pairs.
+    Dpo(DpoTaskConfig),
 }
 
 /// The task of a recipe, without its keys.
@@ -28,6 +31,7 @@ pub enum TaskKind {
     CausalLm,
     Classification,
     MaskedLm,
+    Dpo,
 }
 
 impl TaskKind {
@@ -36,10 +40,11 @@ impl TaskKind {
             TaskKind::CausalLm => "causal_lm",
             TaskKind::Classification => "classification",
             TaskKind::MaskedLm => "masked_lm",
+            TaskKind::Dpo => "dpo",
         }
     }
 
-    pub const ALL: [TaskKind; 3] = [TaskKind::CausalLm, TaskKind::Classification, TaskKind::MaskedLm];
+    pub const ALL: [TaskKind; 4] = [TaskKind::CausalLm, TaskKind::Classification, TaskKind::MaskedLm, TaskKind::Dpo];
 }
 
 impl TaskConfig {
@@ -48,6 +53,7 @@ impl TaskConfig {
             TaskConfig::CausalLm => TaskKind::CausalLm,
             TaskConfig::Classification(_) => TaskKind::Classification,
             TaskConfig::MaskedLm(_) => TaskKind::MaskedLm,
+            TaskConfig::Dpo(_) => TaskKind::Dpo,
         }
     }
 
@@ -67,6 +73,13 @@ impl TaskConfig {
     pub fn masked_lm(&self) -> Option<&MaskedLmTaskConfig> {
         match self {
             TaskConfig::MaskedLm(c) => Some(c),
+            _ => None,
+        }
+    }
+
+    pub fn dpo(&self) -> Option<&DpoTaskConfig> {
+        match self {
+            TaskConfig::Dpo(c) => Some(c),
             _ => None,
         }
     }

@@ -97,8 +97,8 @@ fn task_section() {
     assert_eq!((d.label_field.as_deref(), d.text_pair_field.as_deref()), (Some("stars"), Some("b")));
     assert!(r.to_toml().contains("[task]\nkind = \"classification\""), "{}", r.to_toml());
     assert_eq!(Recipe::from_toml(&r.to_toml(), Path::new("x"), &[]).unwrap(), r, "round-trips");
-    let e = load(HF, &["task.kind=dpo"]).unwrap_err().to_string();
-    assert!(e.contains("r.toml: task.kind: unknown variant `dpo`, expected one of `causal_lm`, `classification`, `masked_lm`"), "{e}");
+    let e = load(HF, &["task.kind=kto"]).unwrap_err().to_string();
+    assert!(e.contains("r.toml: task.kind: unknown variant `kto`, expected one of `causal_lm`, `classification`, `masked_lm`, `dpo`"), "{e}");
     let r = load(HF, &["task.kind=masked_lm", "task.mlm_probability=0.2", "data.packing=true", "data.max_length=64"]).unwrap();
     assert_eq!(r.task.masked_lm().unwrap().mlm_probability, 0.2);
     assert_eq!(Recipe::from_toml(&r.to_toml(), Path::new("x"), &[]).unwrap(), r, "round-trips");
@@ -118,6 +118,43 @@ fn task_section() {
     assert!(e.contains("task.kind: classification fine-tunes a pretrained model"), "{e}");
     let e = load(HF, &["task.kind=classification", "task.problem_type=ranking"]).unwrap_err().to_string();
     assert!(e.contains("task.problem_type: unknown variant `ranking`"), "{e}");
+}
+
+#[test]
+fn dpo_task_and_data_sections() {
+    let r = load(HF, &["task.kind=dpo", "task.beta=0.25", "task.loss_type=ipo", "data.chosen_field=good", "data.max_length=256"]).unwrap();
+    let t = r.task.dpo().unwrap();
+    assert_eq!((r.task.kind(), t.beta, t.loss_type, t.disable_dropout), (TaskKind::Dpo, 0.25, DpoLossType::Ipo, true));
+    let d = r.data.dpo().unwrap();
+    assert_eq!((d.chosen_field(), d.rejected_field(), d.max_length), ("good", "rejected", 256));
+    assert_eq!(r.data.max_length(), Some(256));
+    assert!(r.to_toml().contains("[task]\nkind = \"dpo\""), "{}", r.to_toml());
+    assert_eq!(Recipe::from_toml(&r.to_toml(), Path::new("x"), &[]).unwrap(), r, "round-trips");
+    assert_eq!(load(HF, &["task.kind=dpo"]).unwrap().data.max_length(), Some(1024), "TRL's default");
+    for (sets, want) in [
+        (&["task.beta=0"][..], "r.toml: task.beta: must be a finite number > 0, got 0"),
+        (&["task.beta=-1"][..], "r.toml: task.beta: must be a finite number > 0, got -1"),
+        (&["task.loss_type=kto"][..], "r.toml: task.loss_type: unknown variant `kto`, expected one of `sigmoid`, `ipo`, `hinge`, `robust`"),
+        (&["task.loss_type=robust", "task.label_smoothing=0.5"][..], "r.toml: task.label_smoothing: 0.5 is not in [0, 0.5)"),
+        (&["task.label_smoothing=0.1"][..], "r.toml: task.label_smoothing: only the robust loss uses it"),
+        (&["data.max_length=0"][..], "r.toml: data.max_length: must be at least 1"),
+        (&["data.val_fraction=0.7"][..], "r.toml: data.val_fraction: 0.7 is not in [0, 0.5)"),
+        (&["task.labels=[\"a\"]"][..], "r.toml: task.labels: only for task.kind = \"classification\"; this recipe has task.kind = \"dpo\""),
+        (&["data.format=text"][..], "r.toml: data.format: only for fine-tuning a causal LM (model.kind = \"hf\"); this recipe has task.kind = \"dpo\""),
+        (&["data.text_field=t"][..], "r.toml: data.text_field: only for fine-tuning a causal LM"),
+    ] {
+        let sets: Vec<&str> = ["task.kind=dpo"].iter().chain(sets).copied().collect();
+        let e = load(HF, &sets).unwrap_err().to_string();
+        assert!(e.contains(want), "{sets:?}: {e}");
+    }
+    let e = load(HF, &["task.beta=0.1"]).unwrap_err().to_string();
+    assert!(e.contains("task.beta: only for task.kind = \"dpo\"; this recipe has task.kind = \"causal_lm\""), "{e}");
+    let e = load(HF, &["task.kind=classification", "task.loss_type=ipo"]).unwrap_err().to_string();
+    assert!(e.contains("task.loss_type: only for task.kind = \"dpo\""), "{e}");
+    let e = load(HF, &["data.chosen_field=c"]).unwrap_err().to_string();
+    assert!(e.contains("data.chosen_field: only for task.kind = \"dpo\"; this recipe has fine-tuning (model.kind = \"hf\")"), "{e}");
+    let e = load(MINI, &["task.kind=dpo"]).unwrap_err().to_string();
+    assert!(e.contains("task.kind: dpo fine-tunes a pretrained model: use model.kind = \"hf\""), "{e}");
 }
 
 #[test]
