@@ -125,18 +125,25 @@ pub struct MaskedLm {
     config: Value,
 }
 
+/// `dir`'s config.json, checked to be a masked LM's (BERT, DistilBERT) that fits `device`:
+/// its path, JSON and encoder config.
+fn read_config(dir: &Path, device: Device) -> Result<(std::path::PathBuf, Value, EncoderConfig)> {
+    let (path, config) = hf::read_config(dir)?;
+    let model_type = hf::model_type(&path, &config)?;
+    if !matches!(model_type, "bert" | "distilbert") {
+        return Err(Error::model(&path, format!("model_type {model_type:?} is not a masked language model (bert, distilbert)")));
+    }
+    let cfg = EncoderConfig::from_hf_json(&path, &config)?;
+    hf::check_model_fits(&path, device, cfg.num_params(), cfg.vocab_size, ("hidden_size", cfg.hidden_size))?;
+    Ok((path, config, cfg))
+}
+
 impl MaskedLm {
     /// Loads a BERT or DistilBERT directory as a masked LM (dtype `kind`): with its head when
     /// the files have it, else with a new one (logged); see the module docs. Any other
     /// `model_type` is an [`Error::Model`] naming `config.json` and the type.
     pub fn from_pretrained(dir: &Path, device: Device, kind: Kind) -> Result<MaskedLm> {
-        let (path, config) = hf::read_config(dir)?;
-        let model_type = hf::model_type(&path, &config)?;
-        if !matches!(model_type, "bert" | "distilbert") {
-            return Err(Error::model(&path, format!("model_type {model_type:?} is not a masked language model (bert, distilbert)")));
-        }
-        let cfg = EncoderConfig::from_hf_json(&path, &config)?;
-        hf::check_model_fits(&path, device, cfg.num_params(), cfg.vocab_size, ("hidden_size", cfg.hidden_size))?;
+        let (_path, config, cfg) = read_config(dir, device)?;
         let (_, files) = hf::weight_files(dir)?;
         let in_file: BTreeSet<String> = hf::tensor_shapes(&files)?.into_iter().map(|(n, _)| modern(&n)).collect();
         let mut model = MaskedLm::build(&cfg, config, device);
@@ -200,13 +207,7 @@ impl MaskedLm {
     /// embeddings 0), in dtype `kind`: masked-LM pretraining from scratch. Weights in `dir`
     /// are not read.
     pub fn from_config(dir: &Path, device: Device, kind: Kind) -> Result<MaskedLm> {
-        let (path, config) = hf::read_config(dir)?;
-        let model_type = hf::model_type(&path, &config)?;
-        if !matches!(model_type, "bert" | "distilbert") {
-            return Err(Error::model(&path, format!("model_type {model_type:?} is not a masked language model (bert, distilbert)")));
-        }
-        let cfg = EncoderConfig::from_hf_json(&path, &config)?;
-        hf::check_model_fits(&path, device, cfg.num_params(), cfg.vocab_size, ("hidden_size", cfg.hidden_size))?;
+        let (path, config, cfg) = read_config(dir, device)?;
         let pad = config["pad_token_id"].as_i64().filter(|&p| p >= 0 && (p as usize) < cfg.vocab_size);
         let mut model = MaskedLm::build(&cfg, config, device);
         if let Some(p) = pad {

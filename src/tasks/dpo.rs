@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{json, Map, Value};
 use tch::{Device, Kind, Tensor};
 
-use super::sft::{self, copy_named, export, model_dir};
+use super::sft::{self, export, model_dir};
 use crate::checkpoint::TrainState;
 use crate::config::{DpoDataConfig, DpoTaskConfig, Recipe};
 use crate::data::ExampleOrder;
@@ -315,17 +315,11 @@ impl Task for Dpo {
     }
 
     fn write_weights(&mut self, dir: &Path, step: u64) -> Result<()> {
-        export::write_weights(&mut self.exported(), dir, step)?;
-        self.tok.save_pretrained(dir, self.model.max_positions())
+        self.exported().write_checkpoint(dir, step)
     }
 
     fn restore_weights(&mut self, dir: &Path) -> Result<()> {
-        if self.recipe.lora.is_some() {
-            let path = dir.join(crate::lora::ADAPTER_WEIGHTS);
-            copy_named(&self.model.lora_parameters(), crate::st::load(&path)?, &path)
-        } else {
-            self.model.load_weights(dir)
-        }
+        self.exported().restore(dir)
     }
 
     fn export_final(&mut self, state: &TrainState) -> Result<()> {

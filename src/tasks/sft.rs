@@ -260,17 +260,11 @@ impl Task for Sft {
 
     /// The trainable weights (a PEFT adapter, or the whole HF model) and the tokenizer.
     fn write_weights(&mut self, dir: &Path, step: u64) -> Result<()> {
-        export::write_weights(&mut self.exported(), dir, step)?;
-        self.tok.save_pretrained(dir, self.model.max_positions())
+        self.exported().write_checkpoint(dir, step)
     }
 
     fn restore_weights(&mut self, dir: &Path) -> Result<()> {
-        if self.recipe.lora.is_some() {
-            let path = dir.join(crate::lora::ADAPTER_WEIGHTS);
-            copy_named(&self.model.lora_parameters(), crate::st::load(&path)?, &path)
-        } else {
-            self.model.load_weights(dir)
-        }
+        self.exported().restore(dir)
     }
 
     fn export_final(&mut self, state: &TrainState) -> Result<()> {

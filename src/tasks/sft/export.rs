@@ -43,6 +43,24 @@ pub fn write_weights(t: &mut Exported<'_>, dir: &Path, step: u64) -> Result<()> 
     }
 }
 
+impl Exported<'_> {
+    /// A checkpoint's weights ([`write_weights`]) and the tokenizer, into `dir`.
+    pub fn write_checkpoint(&mut self, dir: &Path, step: u64) -> Result<()> {
+        write_weights(self, dir, step)?;
+        self.tok.save_pretrained(dir, self.model.max_positions())
+    }
+
+    /// Loads the trained weights of checkpoint `dir`: the adapter under LoRA, else the model.
+    pub fn restore(&mut self, dir: &Path) -> Result<()> {
+        if self.recipe.lora.is_some() {
+            let path = dir.join(crate::lora::ADAPTER_WEIGHTS);
+            super::copy_named(&self.model.lora_parameters(), crate::st::load(&path)?, &path)
+        } else {
+            self.model.load_weights(dir)
+        }
+    }
+}
+
 /// Writes `<run.dir>/final/` (and, under LoRA, `final/merged/`). Merging folds the adapters
 /// into the model held in memory: call it last.
 pub fn export_final(t: &mut Exported<'_>, state: &TrainState) -> Result<()> {
