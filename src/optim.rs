@@ -189,7 +189,9 @@ impl AdamW {
         out
     }
 
-    /// Restores moments saved by [`AdamW::state_tensors`]; every slot must be present.
+    /// Restores moments saved by [`AdamW::state_tensors`]; every slot must be present. `steps`
+    /// (train_state.json's `optimizer_steps`) becomes [`AdamW::steps`], the step number both
+    /// implementations' bias corrections use from the next update on.
     pub fn load_state(&mut self, tensors: Vec<(String, Tensor)>, steps: u64, path: &std::path::Path) -> Result<()> {
         let mut map: std::collections::HashMap<String, Tensor> = tensors.into_iter().collect();
         for s in &mut self.slots {
@@ -415,6 +417,7 @@ mod tests {
             assert_eq!(fused.len(), 4 * 3);
             for ((name, f), (_, l)) in fused.iter().zip(&looped) {
                 let rel = (f - l).abs().max().double_value(&[]) / l.abs().max().double_value(&[]);
+                println!("weight_decay {wd}: {name}: fused vs loop {rel:e} relative");
                 assert!(rel <= 1e-6, "weight_decay {wd}: {name} differs by {rel:e} relative");
             }
         }
