@@ -5,17 +5,25 @@
 //! drops `libtorch_cuda.so` because no symbol of it is referenced directly: CUDA then looks
 //! absent at run time. We receive torch-sys's library directory as `DEP_TCH_LIBTORCH_LIB`
 //! (its `links = "tch"` key) and fix both for every target of this package (bin, tests).
+//!
+//! It also compiles rankforge's native extension, `csrc/fused_optim.cpp` (the fused AdamW
+//! kernel, see src/optim/fused.rs), against the headers of the same libtorch with the flags
+//! torch-sys uses for its own C++ (C++17, the wheel's C++11 ABI), and sets `cfg(rankforge_fused)`
+//! when it built. A compile failure is a warning, not an error: rankforge then uses its
+//! per-tensor AdamW loop. The launcher crate is not built from here and links no libtorch.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rustc-check-cfg=cfg(rankforge_fused)");
     let Some(lib) = std::env::var_os("DEP_TCH_LIBTORCH_LIB").map(PathBuf::from) else {
         println!("cargo:warning=DEP_TCH_LIBTORCH_LIB unset: torch-sys did not report libtorch; no rpath added");
         return;
     };
     // Resolve symlinks (.libtorch -> the cached venv) so the rpath survives a re-linked checkout.
     let lib = lib.canonicalize().unwrap_or(lib);
+    build_extension(&lib);
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
     for cuda_lib in ["torch_cuda", "torch_cuda_cu", "torch_cuda_cpp"] {
         if lib.join(format!("lib{cuda_lib}.so")).exists() {
@@ -25,5 +33,32 @@ fn main() {
             println!("cargo:rustc-link-arg=-l{cuda_lib}");
             println!("cargo:rustc-link-arg=-Wl,--as-needed");
         }
+    }
+}
+
+/// Compiles csrc/ into a static library linked into rankforge (its symbols resolve against the
+/// libtorch that torch-sys links).
+fn build_extension(lib: &Path) {
+    println!("cargo:rerun-if-changed=csrc/fused_optim.cpp");
+    println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
+    // `<torch>/lib` beside `<torch>/include` (the wheel and the libtorch zip alike).
+    let include = lib.join("../include");
+    // torch-sys's rule for a LIBTORCH directory: LIBTORCH_CXX11_ABI, else 1 (every torch 2.x
+    // wheel since 2.7 uses the C++11 ABI).
+    let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".to_owned());
+    let built = cc::Build::new()
+        .cpp(true)
+        .pic(true)
+        .warnings(false)
+        .include(&include)
+        .include(include.join("torch/csrc/api/include"))
+        .flag("-std=c++17")
+        .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
+        .flag("-DGLOG_USE_GLOG_EXPORT")
+        .file("csrc/fused_optim.cpp")
+        .try_compile("rankforge_csrc");
+    match built {
+        Ok(()) => println!("cargo:rustc-cfg=rankforge_fused"),
+        Err(e) => println!("cargo:warning=csrc/fused_optim.cpp did not compile ({e}); AdamW falls back to its per-tensor loop"),
     }
 }

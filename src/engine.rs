@@ -154,6 +154,7 @@ impl<T: Task> Engine<T> {
         let mut task = T::setup(&mut SetupCtx { recipe: &recipe, device, bf16, dist: &mut dist })?;
         let tok_hash = recipe_loop::tokenizer_hash(task.tokenizer())?;
         let mut opt = AdamW::new(task.trainable(), &recipe.train);
+        tracing::debug!(implementation = ?opt.implementation(), "AdamW");
         // Rank 0 picks the resume point and restores it; the others receive its state below.
         let resume = recipe_loop::resume_point(opts, main, &recipe.run.dir)?;
         let state = match &resume {

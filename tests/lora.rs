@@ -104,7 +104,7 @@ fn rankforge_adapter_loads_in_peft_and_merged_model_in_transformers() {
         let loss = model.loss(&windows, true);
         loss.backward();
         losses.push(loss.double_value(&[]));
-        opt.step(2e-2);
+        opt.step(2e-2).unwrap();
     }
     assert!(losses[7] < losses[0], "the adapter learns: {losses:?}");
     for ((name, before), (_, after)) in base_before.iter().zip(model.named_parameters()) {

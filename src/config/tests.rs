@@ -205,3 +205,15 @@ fn hyperparameters_must_be_finite_and_in_range() {
     }
     assert_eq!(load(MINI, &[]).unwrap().train.max_skipped_steps, 3);
 }
+
+#[test]
+fn optimizer_impl_is_fused_or_loop() {
+    assert_eq!(load(MINI, &[]).unwrap().train.optimizer_impl, None, "absent: fused where the extension is built");
+    for (value, want) in [("fused", OptimizerImpl::Fused), ("loop", OptimizerImpl::Loop)] {
+        let r = load(MINI, &[&format!("train.optimizer_impl={value}")]).unwrap();
+        assert_eq!(r.train.optimizer_impl, Some(want));
+        assert_eq!(Recipe::from_toml(&r.to_toml(), Path::new("x"), &[]).unwrap(), r, "round-trips");
+    }
+    let e = load(MINI, &["train.optimizer_impl=foreach"]).unwrap_err().to_string();
+    assert!(e.contains("r.toml: train.optimizer_impl: unknown variant `foreach`, expected `fused` or `loop`"), "{e}");
+}

@@ -84,7 +84,7 @@ pub fn step<O: Objective>(
     let loss = sums[0];
     let grad_norm = clip_grad_norm(opt.params(), cfg.grad_clip);
     if loss.is_finite() && grad_norm.is_finite() {
-        opt.step(lr);
+        opt.step(lr)?;
     }
     Ok(StepOutcome { loss, grad_norm, sums: sums.split_off(3), checkpoint_requested: sums[1] > 0.0, stop_requested: sums[2] > 0.0 })
 }
