@@ -224,7 +224,7 @@ impl<T: Task> Engine<T> {
             if self.task.has_eval() && (done || every(self.recipe.eval.every_steps)) {
                 self.dist.status.set_phase(rankforge_proto::Phase::Eval);
                 let row = tch::no_grad(|| self.task.evaluate(step + 1))?;
-                progress.eval(step + 1, row["val_loss"].as_f64().unwrap_or(f64::NAN));
+                progress.eval(step + 1, &row);
                 self.metrics.as_mut().expect("rank 0 has metrics").write(&row)?;
             }
             if out.checkpoint_requested {

@@ -36,8 +36,16 @@ impl Progress {
         }
     }
 
-    pub fn eval(&mut self, step: u64, val_loss: f64) {
-        let line = format!("step {step} val_loss {val_loss:.4} val_ppl {:.2}", val_loss.exp());
+    /// An evaluation row: its `val_loss`, and the task's headline metric beside it when it has
+    /// one (`val_ppl` for language models, `accuracy`, `val_rewards/accuracies` for DPO).
+    pub fn eval(&mut self, step: u64, row: &serde_json::Value) {
+        let val_loss = row["val_loss"].as_f64().unwrap_or(f64::NAN);
+        let mut line = format!("step {step} val_loss {val_loss:.4}");
+        for key in ["val_ppl", "accuracy", "val_rewards/accuracies"] {
+            if let Some(v) = row[key].as_f64() {
+                line.push_str(&format!(" {key} {v:.4}"));
+            }
+        }
         match &self.bar {
             Some(bar) => bar.println(line),
             None => tracing::info!("{line}"),
