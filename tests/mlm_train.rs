@@ -220,6 +220,7 @@ fn masked_lm_bad_models_are_one_line_and_exit_2() {
     let e = fails(&["train", "--config", r, "--set", &format!("model.path={:?}", small.display().to_string()), "--set", "model.from_scratch=true", "--set", &tok]);
     assert!(e.contains("config.json") && e.contains("vocab_size 8"), "{e}");
     assert!(!run.exists(), "no bad input creates the run directory");
+}
 
 /// A bench row's per-step `masked_tokens`.
 fn masked_counts(row: &Value) -> Vec<u64> {

@@ -10,6 +10,7 @@ mod common;
 mod dist;
 mod dpo_data;
 mod dpo_loss;
+mod dpo_trl;
 mod encoders;
 mod finetune;
 mod generate;
