@@ -205,3 +205,59 @@ fn dpo_adapter_loads_in_peft_without_missing_or_unexpected_keys() {
     }
     assert_eq!(load["n_keys"], 8, "q_proj and v_proj of 2 layers, A and B each: {load}");
 }
+
+/// The DPO benchmark's pieces on a tiny model: `bench/make_llama.py --tokenizer` writes a Llama
+/// with a word-level tokenizer, `rankforge bench` runs bench/dpo_llama_small.toml on it (live and
+/// precomputed reference) and bench/trl_dpo.py (TRL + PEFT) the same pairs; the rows carry what
+/// bench/bench_dpo.sh reads and count the same parameters; a fresh adapter's first loss is ln 2,
+/// and the precomputed reference trains exactly as the live one.
+#[test]
+fn dpo_bench_recipe_and_trl_reference_run_on_a_tiny_model() {
+    let d = scratch("dpo-bench-tiny");
+    let model = d.join("llama");
+    let m = model.to_str().unwrap();
+    let py = |args: &[&str]| {
+        let out = Command::new(python()).args(args).current_dir(root()).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_str::<Value>(String::from_utf8(out.stdout).unwrap().lines().last().unwrap()).unwrap()
+    };
+    py(&["bench/make_llama.py", m, "--hidden", "32", "--layers", "2", "--heads", "4", "--kv-heads", "2", "--intermediate", "64", "--vocab", "300", "--tokenizer"]);
+    let recipe = root().join("bench/dpo_llama_small.toml");
+    let bench = |precompute: bool| -> Value {
+        let sets = [
+            format!("model.path={m}"),
+            format!("data.train={m}/unused.jsonl"),
+            format!("run.dir={}", d.join("run").display()),
+            "data.max_length=16".into(),
+            "train.global_batch_size=4".into(),
+            "train.micro_batch_size=2".into(),
+            "train.threads=1".into(),
+            format!("task.precompute_ref={precompute}"),
+        ];
+        let mut args = vec!["bench", "--config", recipe.to_str().unwrap(), "--steps", "2", "--warmup", "1"];
+        for s in &sets {
+            args.extend(["--set", s.as_str()]);
+        }
+        serde_json::from_str(ok(&args).lines().last().unwrap()).unwrap()
+    };
+    let (live, pre) = (bench(false), bench(true));
+    let theirs = py(&["bench/trl_dpo.py", "--model", m, "--batch", "4", "--micro-batch", "2", "--seq", "16", "--steps", "2", "--warmup", "1", "--threads", "1"]);
+    for row in [&live, &pre] {
+        for key in ["step_ms", "examples_per_s", "params", "trainable_params", "threads", "peak_host_rss_mb", "losses", "precompute_ref"] {
+            assert!(row.get(key).is_some_and(|v| !v.is_null()), "no {key} in {row}");
+        }
+        assert_eq!((row["impl"].as_str(), row["task"].as_str(), row["mode"].as_str(), row["loss_type"].as_str()), (Some("rankforge"), Some("dpo"), Some("lora"), Some("sigmoid")), "{row}");
+        assert_eq!((row["pairs"].as_u64(), row["micro_batch"].as_u64(), row["seq"].as_u64()), (Some(4), Some(2), Some(16)), "{row}");
+        let first = row["losses"][0].as_f64().unwrap();
+        assert!((first - std::f64::consts::LN_2).abs() < 1e-6, "a fresh adapter's first loss is ln 2: {row}");
+    }
+    assert_eq!(pre["precompute_ref"], true);
+    assert_eq!(live["losses"], pre["losses"], "precomputed and live reference train alike");
+    for key in ["impl", "step_ms", "pairs_per_s", "peak_rss_mb", "threads", "batch", "micro_batch", "seq", "params", "trainable_params"] {
+        assert!(theirs.get(key).is_some_and(|v| !v.is_null()), "no {key} in {theirs}");
+    }
+    assert_eq!((theirs["batch"].as_u64(), theirs["seq"].as_u64(), theirs["threads"].as_u64()), (Some(4), Some(16), Some(1)), "{theirs}");
+    assert_eq!(live["params"], theirs["params"], "the same model and adapter: {live} vs {theirs}");
+    assert_eq!(live["trainable_params"], theirs["trainable_params"], "{live} vs {theirs}");
+    assert!(!d.join("run").exists(), "bench writes no run directory");
+}
