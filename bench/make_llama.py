@@ -11,7 +11,9 @@ output layer:
     -> 31.79 M parameters (23.60 M in the 8 blocks, 8.19 M in embed_tokens + lm_head)
 
 Weights are transformers' own initialisation under a fixed seed, saved as fp32
-`model.safetensors`. Nothing is downloaded. Both `bench/peft_llama.py` (PyTorch + PEFT) and
+`model.safetensors`. Nothing is downloaded. `--tokenizer` also writes a word-level tokenizer of
+the model's vocabulary (`<pad>` 0, `<s>` 1, `</s>` 2, `<unk>` 3, then one word `wN` per id N; pad,
+BOS, EOS as in config.json) for the benchmarks that need one (DPO reads a pad and an EOS token). Both `bench/peft_llama.py` (PyTorch + PEFT) and
 `rankforge bench` load the directory this writes.
 
 Example:
@@ -36,7 +38,21 @@ def parse_args():
     p.add_argument("--intermediate", type=int, default=1408)
     p.add_argument("--vocab", type=int, default=8000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tokenizer", action="store_true", help="also write a word-level tokenizer (see above)")
     return p.parse_args()
+
+
+def write_tokenizer(out, vocab_size):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<s>", "</s>", "<unk>"]
+    vocab = {t: i for i, t in enumerate(specials)}
+    vocab.update({f"w{i}": i for i in range(len(specials), vocab_size)})
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
+                            unk_token="<unk>").save_pretrained(out)
 
 
 def main():
@@ -63,6 +79,8 @@ def main():
     model = LlamaForCausalLM(cfg).to(torch.float32)
     os.makedirs(args.out, exist_ok=True)
     model.save_pretrained(args.out, safe_serialization=True)
+    if args.tokenizer:
+        write_tokenizer(args.out, args.vocab)
     n = sum(p.numel() for p in model.parameters())
     print(json.dumps({"dir": args.out, "params": n, "config": cfg.to_diff_dict()}), flush=True)
 

@@ -11,6 +11,7 @@ mod dist;
 mod dpo_data;
 mod dpo_loss;
 mod dpo_train;
+mod dpo_trl;
 mod encoders;
 mod finetune;
 mod generate;
