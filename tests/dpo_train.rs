@@ -149,6 +149,8 @@ fn dpo_precomputed_reference_trains_as_the_live_one() {
         assert!((x - y).abs() <= 1e-5, "live vs precomputed reference: {a:?} vs {b:?}");
     }
     assert!(live.join("final/model.safetensors").exists() && !live.join("final/adapter_config.json").exists());
+    let text = ok(&["generate", "--model", live.join("final").to_str().unwrap(), "--prompt", "And God said,", "--max-new-tokens", "8", "--temperature", "0"]);
+    assert!(!text.trim().is_empty(), "generate runs on the fully trained final/");
 }
 
 /// The shipped recipes (the bundled CPU one, the GPU one) run 2 steps on the tiny GPT-2.
