@@ -88,7 +88,7 @@ fn run_task<T: BenchTask>(recipe: &Recipe, steps: usize, warmup: usize) -> Resul
     let trainable = task.trainable();
     let n_trainable: i64 = trainable.iter().map(|(_, p)| p.numel() as i64).sum();
     let mut opt = AdamW::new(trainable, &recipe.train);
-    let (b, mb) = (recipe.train.global_batch_size, recipe.train.micro_batch_size);
+    let b = recipe.train.global_batch_size;
     let (rank, world) = (dist.rank(), dist.world());
     let mut extras: Map<String, Value> = Map::new();
     let (secs, losses) = time_steps(device, steps, warmup, |i| {
@@ -101,28 +101,33 @@ fn run_task<T: BenchTask>(recipe: &Recipe, steps: usize, warmup: usize) -> Resul
         }
         Ok(step(&task, &mut opt, batch.micro, device, &recipe.train, recipe.train.lr, bf16, &mut dist)?.loss)
     })?;
+    let mut row = fine_tuning_row(recipe, secs, t, n_trainable, steps, losses);
+    row.insert("examples_per_s".into(), json!(b as f64 / secs));
+    row.extend(task.bench_fields());
+    row.extend(extras);
+    Ok(finish(&mut dist, device, bf16, Value::Object(row)))
+}
+
+/// The fields of a fine-tuning bench row (SFT or a training task): the median step of the
+/// global batch of `seq`-token rows, the trained tensors, `[lora]`, every step's loss.
+fn fine_tuning_row(recipe: &Recipe, secs: f64, seq: i64, n_trainable: i64, steps: usize, losses: Vec<f64>) -> Map<String, Value> {
+    let (b, mb) = (recipe.train.global_batch_size, recipe.train.micro_batch_size);
     let lora = recipe.lora.as_ref();
-    let mut row = json!({
+    let row = json!({
         "impl": "rankforge",
         "mode": if lora.is_some() { "lora" } else { "full" },
         "step_ms": secs * 1e3,
-        "tokens_per_s": (b as i64 * t) as f64 / secs,
-        "examples_per_s": b as f64 / secs,
+        "tokens_per_s": (b as i64 * seq) as f64 / secs,
         "trainable_params": n_trainable,
         "batch": b,
         "micro_batch": mb,
-        "seq": t,
+        "seq": seq,
         "targets": lora.map(|l| serde_json::to_value(&l.target_modules).unwrap_or_default()),
         "lora_r": lora.map(|l| l.r),
         "steps": steps,
         "losses": losses,
     });
-    let fields = task.bench_fields();
-    if let Some(r) = row.as_object_mut() {
-        r.extend(fields);
-        r.extend(extras);
-    }
-    Ok(finish(&mut dist, device, bf16, row))
+    row.as_object().cloned().unwrap_or_default()
 }
 
 /// The row's fields every bench has (threads, ranks, device, dtype, optimizer and the
@@ -235,24 +240,10 @@ fn run_finetune(recipe: &Recipe, steps: usize, warmup: usize) -> Result<Option<V
         });
         Ok(step(&obj, &mut opt, micro, device, &recipe.train, recipe.train.lr, bf16, &mut dist)?.loss)
     })?;
-    let lora = recipe.lora.as_ref();
-    let row = json!({
-        "impl": "rankforge",
-        "mode": if lora.is_some() { "lora" } else { "full" },
-        "step_ms": secs * 1e3,
-        "tokens_per_s": (b as i64 * t) as f64 / secs,
-        "params": model.num_params() + if lora.is_some() { n_trainable } else { 0 },
-        "trainable_params": n_trainable,
-        "batch": b,
-        "micro_batch": mb,
-        "seq": t,
-        "targets": lora.map(|l| serde_json::to_value(&l.target_modules).unwrap_or_default()),
-        "lora_r": lora.map(|l| l.r),
-        "weights": format!("{:?}", model.kind()).to_lowercase(),
-        "steps": steps,
-        "losses": losses,
-    });
-    Ok(finish(&mut dist, device, bf16, row))
+    let mut row = fine_tuning_row(recipe, secs, t, n_trainable, steps, losses);
+    row.insert("params".into(), json!(model.num_params() + if recipe.lora.is_some() { n_trainable } else { 0 }));
+    row.insert("weights".into(), json!(format!("{:?}", model.kind()).to_lowercase()));
+    Ok(finish(&mut dist, device, bf16, Value::Object(row)))
 }
 
 /// Fine-tuning's loss on random sequences: `(ids, labels)` over `label_tokens`.

@@ -100,30 +100,30 @@ impl Dpo {
         })
     }
 
-    /// The reference log-probs `(chosen, rejected)` `[B]` of `pairs` (no gradient, eval mode).
-    fn live_reference(&mut self, pairs: &[&Pair]) -> (Tensor, Tensor) {
-        let bf16 = self.bf16;
-        tch::no_grad(|| match &self.reference {
-            Reference::Model(m) => self.stats_of(m, pairs, bf16, false).chosen_rejected(),
-            Reference::Adapters | Reference::Precomputed => {
-                crate::lora::set_enabled(self.model.linears_mut(), false);
-                let out = self.stats_of(&self.model, pairs, bf16, false).chosen_rejected();
-                crate::lora::set_enabled(self.model.linears_mut(), true);
-                out
-            }
-        })
-    }
-
-    /// The reference log-probs of `idx` into `set` (train or val): precomputed, or live.
+    /// The reference log-probs `(chosen, rejected)` `[B]` of `idx` into the training or the
+    /// validation pairs: precomputed, or a live forward (no gradient, eval mode) of the
+    /// reference model, or of the policy with its adapters switched off for the call.
     fn reference_of(&mut self, idx: &[usize], val: bool) -> (Tensor, Tensor) {
         if matches!(self.reference, Reference::Precomputed) {
             let table = if val { &self.ref_val } else { &self.ref_train };
             let (c, r): (Vec<f32>, Vec<f32>) = idx.iter().map(|&i| table[i]).unzip();
             return (Tensor::from_slice(&c).to_device(self.device), Tensor::from_slice(&r).to_device(self.device));
         }
+        let adapters = matches!(self.reference, Reference::Adapters);
+        if adapters {
+            crate::lora::set_enabled(self.model.linears_mut(), false);
+        }
         let set = if val { &self.val } else { &self.train };
-        let pairs: Vec<Pair> = idx.iter().map(|&i| set[i].clone()).collect();
-        self.live_reference(&pairs.iter().collect::<Vec<_>>())
+        let pairs: Vec<&Pair> = idx.iter().map(|&i| &set[i]).collect();
+        let model = match &self.reference {
+            Reference::Model(m) => m,
+            _ => &self.model,
+        };
+        let out = tch::no_grad(|| self.stats_of(model, &pairs, self.bf16, false).chosen_rejected());
+        if adapters {
+            crate::lora::set_enabled(self.model.linears_mut(), true);
+        }
+        out
     }
 
     /// `precompute_ref`: the reference log-probs of every pair of `set`, in micro-batches shared
