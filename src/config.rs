@@ -1,7 +1,7 @@
 //! Recipes: the TOML file that describes a run (first step of the data flow).
 //!
 //! A recipe has one section per component (`[run] [task] [model] [data] [train] [checkpoint]
-//! [eval] [lora]`; `[lora]`'s struct lives with its component in [`crate::lora`]); each
+//! [eval] [lora] [hub]`; `[lora]`'s struct lives with its component in [`crate::lora`]); each
 //! deserialises with `deny_unknown_fields`, and every field's `///` doc is its reference
 //! documentation. `[model]` is one struct per `model.kind`, `[task]` one per `task.kind`, and
 //! `[data]` one per reader, chosen by the task and the model ([`sections`]), so each part of
@@ -17,10 +17,12 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 
 mod data;
+mod hub;
 mod model;
 mod sections;
 mod task;
 pub use data::{ClassificationDataConfig, DataConfig, DpoDataConfig, MaskedLmDataConfig, SftDataConfig, SftFormat, Sources, TextDataConfig};
+pub use hub::{HubConfig, PushWhen};
 pub use model::{GptSpec, HfModelConfig, ModelConfig, ModelDtype, ModelKind};
 pub use task::{ClassificationTaskConfig, DpoLossType, DpoTaskConfig, MaskedLmTaskConfig, ProblemTypeName, TaskConfig, TaskKind};
 
@@ -42,6 +44,9 @@ pub struct Recipe {
     /// `[lora]`: train LoRA adapters instead of every weight; absent = full fine-tuning.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lora: Option<crate::lora::LoraConfig>,
+    /// `[hub]`: upload the model to the Hugging Face Hub; absent = no upload.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hub: Option<HubConfig>,
 }
 
 /// The sections whose keys do not depend on a kind.
@@ -57,6 +62,8 @@ struct Common {
     eval: EvalConfig,
     #[serde(default)]
     lora: Option<crate::lora::LoraConfig>,
+    #[serde(default)]
+    hub: Option<HubConfig>,
 }
 
 /// `[run]`: where the run lives.
@@ -299,7 +306,7 @@ impl Recipe {
         if let (Some(_), Some(_)) = (common.train.max_steps, common.train.epochs) {
             return Err(("train.epochs".into(), "give either train.max_steps or train.epochs, not both".into()));
         }
-        Ok(Recipe { run: common.run, task, model, data, train: common.train, checkpoint: common.checkpoint, eval: common.eval, lora: common.lora })
+        Ok(Recipe { run: common.run, task, model, data, train: common.train, checkpoint: common.checkpoint, eval: common.eval, lora: common.lora, hub: common.hub })
     }
 
     fn model(t: &mut toml::Table) -> std::result::Result<ModelConfig, KeyError> {
@@ -367,6 +374,9 @@ impl Recipe {
             ));
         }
         self.data.validate()?;
+        if let Some(hub) = &self.hub {
+            hub.validate()?;
+        }
         for (key, v) in [("train.global_batch_size", self.train.global_batch_size), ("train.micro_batch_size", self.train.micro_batch_size)] {
             if v == 0 {
                 return Err((key, "must be at least 1".into()));

@@ -217,3 +217,23 @@ fn optimizer_impl_is_fused_or_loop() {
     let e = load(MINI, &["train.optimizer_impl=foreach"]).unwrap_err().to_string();
     assert!(e.contains("r.toml: train.optimizer_impl: unknown variant `foreach`, expected `fused` or `loop`"), "{e}");
 }
+
+#[test]
+fn hub_section() {
+    let r = load(MINI, &[]).unwrap();
+    assert_eq!(r.hub, None);
+    let r = load(&format!("{MINI}[hub]\nrepo = \"user/{{name}}\"\n"), &[]).unwrap();
+    let hub = r.hub.clone().unwrap();
+    assert_eq!((hub.repo.as_str(), hub.private, hub.revision.as_str(), hub.push), ("user/{name}", false, "main", PushWhen::End));
+    assert_eq!(hub.checkpoint_folder, "checkpoint-{step}");
+    // It round-trips through the resolved recipe a run writes.
+    assert_eq!(Recipe::from_toml(&r.to_toml(), Path::new("r.toml"), &[]).unwrap(), r);
+    let r = load(&format!("{MINI}[hub]\nrepo = \"org/x\"\nprivate = true\npush = \"checkpoints\"\nrevision = \"runs\"\n"), &[]).unwrap();
+    assert_eq!(r.hub.as_ref().map(|h| (h.private, h.push, h.revision.as_str())), Some((true, PushWhen::Checkpoints, "runs")));
+    let e = load(&format!("{MINI}[hub]\nrepo = \"u/x\"\npush = \"always\"\n"), &[]).unwrap_err().to_string();
+    assert!(e.contains("hub.push") && e.contains("always"), "{e}");
+    let e = load(&format!("{MINI}[hub]\nrepo = \"u/x\"\npush = \"checkpoints\"\ncheckpoint_folder = \"ckpt\"\n"), &[]).unwrap_err().to_string();
+    assert!(e.contains("hub.checkpoint_folder") && e.contains("{step}"), "{e}");
+    let e = load(&format!("{MINI}[hub]\nrepository = \"u/x\"\n"), &[]).unwrap_err().to_string();
+    assert!(e.contains("repository"), "{e}");
+}
