@@ -1,0 +1,256 @@
+//! The test Hub (tests/hub_server) proved against the real `huggingface_hub` client: what the
+//! Python client uploads it can download byte for byte, through the same endpoints the Hub has.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::process::Output;
+
+use crate::common::scratch;
+use crate::hub_server::{
+    local_files, python_create_branch, python_download, python_upload, python_upload_to, HubOptions, Recorded,
+    TestHub, READ_TOKEN, TOKEN,
+};
+
+/// A safetensors file holding one F32 tensor `w` of shape [2].
+fn tiny_safetensors() -> Vec<u8> {
+    let header = br#"{"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#;
+    let mut out = (header.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(header);
+    out.extend_from_slice(&1.5f32.to_le_bytes());
+    out.extend_from_slice(&(-2.0f32).to_le_bytes());
+    out
+}
+
+const README: &str = "---\nlibrary_name: transformers\ntags:\n- rankforge\n---\n# proof\n";
+
+/// The model folder of the proofs: an LFS-by-pattern file, an LFS-by-size file (over 1 KiB),
+/// a nested regular file, an empty file and a model card.
+fn model_folder(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    let big: Vec<u8> = (0..3000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let files: BTreeMap<String, Vec<u8>> = [
+        ("model.safetensors", tiny_safetensors()),
+        ("big.txt", big),
+        ("nested/deeper/config.json", br#"{"n_layer": 2}"#.to_vec()),
+        ("empty.txt", vec![]),
+        ("README.md", README.as_bytes().to_vec()),
+    ]
+    .into_iter()
+    .map(|(p, b)| (p.to_string(), b))
+    .collect();
+    for (p, b) in &files {
+        let path = dir.join(p);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, b).unwrap();
+    }
+    files
+}
+
+fn sha256(b: &[u8]) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(b).iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn assert_ok(out: &Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what} failed ({:?}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn shapes(reqs: &[Recorded]) -> Vec<String> {
+    reqs.iter().map(|r| format!("{} {}", r.shape(), r.status)).collect()
+}
+
+fn count(reqs: &[Recorded], shape: &str) -> usize {
+    reqs.iter().filter(|r| r.shape() == shape).count()
+}
+
+fn lfs_hub() -> TestHub {
+    TestHub::start_with(HubOptions { lfs_threshold: Some(1024), ..Default::default() })
+}
+
+#[test]
+fn hub_python_upload_then_snapshot_download_is_byte_identical() {
+    let dir = scratch("hub-proof-roundtrip");
+    let files = model_folder(&dir.join("model"));
+    let hub = lfs_hub();
+    assert_ok(&python_upload(&hub, &dir.join("model"), "user/proof", false, TOKEN), "python upload");
+    assert_eq!(hub.files("user/proof", "main"), files, "the commit holds the folder");
+    let reqs = hub.requests();
+    eprintln!("{:#?}", shapes(&reqs));
+
+    // The LFS files (by pattern and by size) went through the batch API and a PUT each.
+    let lfs: BTreeSet<String> = [sha256(&files["model.safetensors"]), sha256(&files["big.txt"])].into();
+    let received: BTreeSet<String> = hub.lfs_objects_received().into_iter().collect();
+    assert_eq!(received, lfs);
+    assert_eq!(count(&reqs, "POST /{repo}.git/info/lfs/objects/batch"), 1, "{:#?}", shapes(&reqs));
+    assert_eq!(count(&reqs, "PUT /lfs-upload/{oid}"), 2);
+    let batch = reqs.iter().find(|r| r.shape().ends_with("objects/batch")).unwrap().json().unwrap();
+    let asked: BTreeSet<String> = batch["objects"].as_array().unwrap().iter().map(|o| o["oid"].as_str().unwrap().to_string()).collect();
+    assert_eq!(asked, lfs);
+
+    // README.md was validated; the commit carries regular files inline and LFS files by oid.
+    let yaml = reqs.iter().find(|r| r.shape() == "POST /api/validate-yaml").expect("validate-yaml");
+    assert_eq!(yaml.json().unwrap()["content"], README);
+    let commit = reqs.iter().find(|r| r.shape() == "POST /api/models/{repo}/commit/{rev}").unwrap();
+    assert_eq!(commit.content_type.as_deref(), Some("application/x-ndjson"));
+    let ops: BTreeMap<String, String> = commit.ndjson()[1..]
+        .iter()
+        .map(|l| (l["value"]["path"].as_str().unwrap().to_string(), l["key"].as_str().unwrap().to_string()))
+        .collect();
+    let want: BTreeMap<String, String> = [
+        ("README.md", "file"), ("big.txt", "lfsFile"), ("empty.txt", "file"),
+        ("model.safetensors", "lfsFile"), ("nested/deeper/config.json", "file"),
+    ]
+    .into_iter()
+    .map(|(a, b)| (a.to_string(), b.to_string()))
+    .collect();
+    assert_eq!(ops, want);
+
+    let out = dir.join("download");
+    assert_ok(&python_download(&hub, "user/proof", "main", &out, ""), "python download");
+    assert_eq!(local_files(&out), files, "snapshot_download is byte-identical");
+}
+
+#[test]
+fn hub_python_multipart_upload_puts_parts_and_completes() {
+    let dir = scratch("hub-proof-multipart");
+    let files = model_folder(&dir.join("model"));
+    let hub = TestHub::start_with(HubOptions { lfs_threshold: Some(1024), multipart_chunk: Some(1000) });
+    assert_ok(&python_upload(&hub, &dir.join("model"), "user/multi", false, TOKEN), "python upload");
+    let reqs = hub.requests();
+    // big.txt (3000 bytes) in 3 parts of 1000, model.safetensors (72 bytes) in 1.
+    assert_eq!(count(&reqs, "PUT /lfs-upload/{oid}/part/{n}"), 4, "{:#?}", shapes(&reqs));
+    assert_eq!(count(&reqs, "POST /lfs-upload/{oid}/complete"), 2);
+    assert_eq!(count(&reqs, "PUT /lfs-upload/{oid}"), 0, "no basic transfer");
+    let big = sha256(&files["big.txt"]);
+    let parts: Vec<usize> = reqs
+        .iter()
+        .filter(|r| r.path.starts_with(&format!("/lfs-upload/{big}/part/")))
+        .map(|r| r.body.len())
+        .collect();
+    assert_eq!(parts, [1000, 1000, 1000]);
+    let completion = reqs.iter().find(|r| r.path == format!("/lfs-upload/{big}/complete")).unwrap();
+    let listed = completion.json().unwrap()["parts"].as_array().unwrap().len();
+    assert_eq!(listed, 3);
+    assert!(hub.lfs_objects_received().contains(&big));
+    let out = dir.join("download");
+    assert_ok(&python_download(&hub, "user/multi", "main", &out, ""), "python download");
+    assert_eq!(local_files(&out), files);
+}
+
+/// Re-uploading the same folder: the LFS batch answers "already stored" (no actions), so no
+/// object bytes are sent, and preupload's oids let the client drop every unchanged file, so
+/// there is no commit at all. A changed regular file is committed alone.
+#[test]
+fn hub_python_reupload_sends_no_lfs_bytes_and_skips_unchanged_files() {
+    let dir = scratch("hub-proof-reupload");
+    let model = dir.join("model");
+    let files = model_folder(&model);
+    let hub = lfs_hub();
+    assert_ok(&python_upload(&hub, &model, "user/again", false, TOKEN), "first upload");
+    hub.clear_requests();
+    assert_ok(&python_upload(&hub, &model, "user/again", false, TOKEN), "second upload");
+    let reqs = hub.requests();
+    let batch = reqs.iter().find(|r| r.shape().ends_with("objects/batch")).expect("a batch request");
+    assert_eq!(batch.json().unwrap()["objects"].as_array().unwrap().len(), 2);
+    assert_eq!(hub.lfs_objects_received().len(), 2, "no object received twice");
+    assert!(!reqs.iter().any(|r| r.path.starts_with("/lfs-upload/")), "{:#?}", shapes(&reqs));
+    assert_eq!(count(&reqs, "POST /api/models/{repo}/commit/{rev}"), 0, "{:#?}", shapes(&reqs));
+    assert_eq!(hub.commits("user/again", "main").len(), 1);
+
+    std::fs::write(model.join("nested/deeper/config.json"), br#"{"n_layer": 3}"#).unwrap();
+    hub.clear_requests();
+    assert_ok(&python_upload(&hub, &model, "user/again", false, TOKEN), "third upload");
+    let reqs = hub.requests();
+    let commit = reqs.iter().find(|r| r.shape() == "POST /api/models/{repo}/commit/{rev}").unwrap();
+    let paths: Vec<String> =
+        commit.ndjson()[1..].iter().map(|l| l["value"]["path"].as_str().unwrap().to_string()).collect();
+    assert_eq!(paths, ["nested/deeper/config.json"]);
+    assert!(!reqs.iter().any(|r| r.path.starts_with("/lfs-upload/")));
+    let mut want = files;
+    want.insert("nested/deeper/config.json".into(), br#"{"n_layer": 3}"#.to_vec());
+    assert_eq!(hub.files("user/again", "main"), want);
+    assert_eq!(hub.commits("user/again", "main").len(), 2);
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn hub_python_private_repo_needs_a_token_and_bad_tokens_raise() {
+    let dir = scratch("hub-proof-private");
+    let files = model_folder(&dir.join("model"));
+    let hub = lfs_hub();
+    assert_ok(&python_upload(&hub, &dir.join("model"), "user/secret", true, TOKEN), "private upload");
+    assert!(hub.is_private("user/secret"));
+
+    let out = python_download(&hub, "user/secret", "main", &dir.join("anon"), "");
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("error: RepositoryNotFoundError: 401 Client Error."), "{}", stderr(&out));
+    assert_ok(&python_download(&hub, "user/secret", "main", &dir.join("read"), READ_TOKEN), "read-token download");
+    assert_eq!(local_files(&dir.join("read")), files);
+
+    // A token the Hub does not know: 401 on create_repo (and on the repo_info the client
+    // falls back to), raised as HfHubHTTPError carrying the server's message.
+    let out = python_upload(&hub, &dir.join("model"), "user/other", false, "hf_not_a_token");
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("error: HfHubHTTPError:") && err.contains("401"), "{err}");
+    assert!(err.contains("Invalid credentials in Authorization header"), "{err}");
+    assert!(!hub.repo_exists("user/other"));
+
+    // A read-only token: create_repo's 403 is tolerated for an existing repo (exist_ok), then
+    // the first write (preupload) is refused with 403.
+    hub.clear_requests();
+    let out = python_upload(&hub, &dir.join("model"), "user/secret", true, READ_TOKEN);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("error: HfHubHTTPError:") && err.contains("403 Forbidden"), "{err}");
+    assert!(err.contains("the token is read-only"), "{err}");
+    let statuses: Vec<String> = shapes(&hub.requests());
+    assert!(statuses.contains(&"POST /api/repos/create 403".to_string()), "{statuses:#?}");
+    assert!(statuses.contains(&"POST /api/models/{repo}/preupload/{rev} 403".to_string()), "{statuses:#?}");
+    assert_eq!(hub.commits("user/secret", "main").len(), 1);
+}
+
+/// One 500 on preupload: the client's `http_backoff` waits 1 s and retries, as against the Hub.
+#[test]
+fn hub_python_retries_a_preupload_500() {
+    let dir = scratch("hub-proof-500");
+    let files = model_folder(&dir.join("model"));
+    let hub = lfs_hub();
+    hub.fail_next("/preupload/", 500, 1);
+    assert_ok(&python_upload(&hub, &dir.join("model"), "user/flaky", false, TOKEN), "python upload");
+    let pre: Vec<u16> = hub.requests().iter().filter(|r| r.path.contains("/preupload/")).map(|r| r.status).collect();
+    assert_eq!(pre, [500, 200]);
+    assert_eq!(hub.files("user/flaky", "main"), files);
+}
+
+#[test]
+fn hub_python_create_branch_upload_and_download_it() {
+    let dir = scratch("hub-proof-branch");
+    let model = dir.join("model");
+    let files = model_folder(&model);
+    let hub = lfs_hub();
+    assert_ok(&python_upload(&hub, &model, "user/branchy", false, TOKEN), "upload to main");
+    assert_ok(&python_create_branch(&hub, "user/branchy", "dev"), "create_branch");
+    let again = python_create_branch(&hub, "user/branchy", "dev");
+    assert!(stderr(&again).contains("409"), "a second create_branch conflicts: {}", stderr(&again));
+
+    std::fs::write(model.join("step.txt"), b"checkpoint 20").unwrap();
+    assert_ok(&python_upload_to(&hub, &model, "user/branchy", "dev", "checkpoint 20"), "upload to dev");
+    assert_eq!(hub.commits("user/branchy", "dev").len(), 2);
+    assert_eq!(hub.commits("user/branchy", "dev")[1], "checkpoint 20");
+    assert_eq!(hub.files("user/branchy", "main"), files, "main is untouched");
+
+    let out = dir.join("dev");
+    assert_ok(&python_download(&hub, "user/branchy", "dev", &out, ""), "download dev");
+    let mut want = files;
+    want.insert("step.txt".into(), b"checkpoint 20".to_vec());
+    assert_eq!(local_files(&out), want);
+}
