@@ -122,7 +122,7 @@ fn hub_python_multipart_upload_puts_parts_and_completes() {
     let hub = TestHub::start_with(HubOptions { lfs_threshold: Some(1024), multipart_chunk: Some(1000) });
     assert_ok(&python_upload(&hub, &dir.join("model"), "user/multi", false, TOKEN), "python upload");
     let reqs = hub.requests();
-    // big.txt (3000 bytes) in 3 parts of 1000, model.safetensors (72 bytes) in 1.
+    // big.txt (3000 bytes) in 3 parts of 1000, model.safetensors (70 bytes) in 1.
     assert_eq!(count(&reqs, "PUT /lfs-upload/{oid}/part/{n}"), 4, "{:#?}", shapes(&reqs));
     assert_eq!(count(&reqs, "POST /lfs-upload/{oid}/complete"), 2);
     assert_eq!(count(&reqs, "PUT /lfs-upload/{oid}"), 0, "no basic transfer");
@@ -253,4 +253,86 @@ fn hub_python_create_branch_upload_and_download_it() {
     let mut want = files;
     want.insert("step.txt".into(), b"checkpoint 20".to_vec());
     assert_eq!(local_files(&out), want);
+}
+
+fn git_blob_oid(b: &[u8]) -> String {
+    use sha1::Digest as _;
+    let mut h = sha1::Sha1::new();
+    h.update(format!("blob {}\0", b.len()));
+    h.update(b);
+    h.finalize().iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// What the client reads back: whoami, model_info's sha and siblings, the tree (flat and
+/// recursive under a folder), paths-info, and the resolve headers behind file metadata.
+#[test]
+fn hub_python_reads_info_tree_paths_info_and_file_metadata() {
+    let dir = scratch("hub-proof-inspect");
+    let files = model_folder(&dir.join("model"));
+    let hub = lfs_hub();
+    let up = python_upload(&hub, &dir.join("model"), "user/seen", false, TOKEN);
+    assert_ok(&up, "python upload");
+    let up: serde_json::Value = serde_json::from_slice(&up.stdout).unwrap();
+    let head = hub.head("user/seen", "main").unwrap();
+    assert_eq!(up["oid"], head.as_str());
+
+    let paths = ["nested/deeper/config.json", "model.safetensors"];
+    let out = crate::hub_server::python_inspect(&hub, "user/seen", &paths, READ_TOKEN);
+    assert_ok(&out, "python inspect");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["whoami"], "user");
+    assert_eq!(v["sha"], head.as_str());
+    assert_eq!(v["private"], false);
+
+    let st_sha = sha256(&files["model.safetensors"]);
+    let cfg = &files["nested/deeper/config.json"];
+    let st = &v["siblings"]["model.safetensors"];
+    let st_len = files["model.safetensors"].len() as u64;
+    assert_eq!((st["size"].as_u64(), st["lfs_sha256"].as_str()), (Some(st_len), Some(st_sha.as_str())));
+    let c = &v["siblings"]["nested/deeper/config.json"];
+    assert_eq!((c["blob_id"].as_str(), c["lfs_sha256"].is_null()), (Some(git_blob_oid(cfg).as_str()), true));
+    assert_eq!(v["siblings"].as_object().unwrap().len(), files.len());
+
+    let names = |key: &str| -> Vec<(String, String)> {
+        let list = v[key].as_array().unwrap();
+        let mut out: Vec<_> = list.iter().map(|e| (e["path"].as_str().unwrap().into(), e["kind"].as_str().unwrap().into())).collect();
+        out.sort();
+        out
+    };
+    let pair = |p: &str, k: &str| (p.to_string(), k.to_string());
+    let root = ["README.md", "big.txt", "empty.txt", "model.safetensors"].map(|p| pair(p, "RepoFile"));
+    let mut want_root = root.to_vec();
+    want_root.push(pair("nested", "RepoFolder"));
+    want_root.sort();
+    assert_eq!(names("tree"), want_root);
+    assert_eq!(names("nested"), [pair("nested/deeper", "RepoFolder"), pair("nested/deeper/config.json", "RepoFile")]);
+    assert_eq!(names("paths_info"), [pair("model.safetensors", "RepoFile"), pair("nested/deeper/config.json", "RepoFile")]);
+
+    // HEAD /resolve: ETag is the git blob id (regular) or the sha256 (LFS, via X-Linked-Etag),
+    // the size comes from Content-Length / X-Linked-Size, the commit from X-Repo-Commit.
+    let m = &v["meta"];
+    assert_eq!(m["model.safetensors"]["etag"], st_sha.as_str());
+    assert_eq!(m["model.safetensors"]["size"], st_len);
+    assert_eq!(m["nested/deeper/config.json"]["etag"], git_blob_oid(cfg).as_str());
+    assert_eq!(m["nested/deeper/config.json"]["size"], cfg.len() as u64);
+    assert_eq!(m["model.safetensors"]["commit_hash"], head.as_str());
+}
+
+/// A model card whose YAML front matter is not closed: validate-yaml answers 400 with the
+/// error, and the client refuses before uploading anything.
+#[test]
+fn hub_python_rejects_a_broken_model_card() {
+    let dir = scratch("hub-proof-card");
+    let model = dir.join("model");
+    std::fs::create_dir_all(&model).unwrap();
+    std::fs::write(model.join("README.md"), "---\nlicense: mit\n# no closing line\n").unwrap();
+    std::fs::write(model.join("config.json"), "{}").unwrap();
+    let hub = TestHub::start();
+    let out = python_upload(&hub, &model, "user/card", false, TOKEN);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("error: ValueError: Invalid metadata in README.md."), "{err}");
+    assert!(err.contains("not closed by a `---` line"), "{err}");
+    assert!(hub.requests().iter().all(|r| !r.path.contains("/preupload/")));
+    assert!(hub.commits("user/card", "main").is_empty());
 }

@@ -152,6 +152,13 @@ impl TestHub {
         history.into_iter().map(|c| c.summary).collect()
     }
 
+    /// The commit oid at the head of `revision`, if it has one.
+    pub fn head(&self, repo: &str, revision: &str) -> Option<String> {
+        let st = self.lock();
+        let commit = st.repos.get(repo)?.lookup(revision).ok()??;
+        Some(commit.oid.clone())
+    }
+
     /// LFS objects whose bytes were received (basic PUT, or multipart completed), by oid.
     pub fn lfs_objects_received(&self) -> Vec<String> {
         self.lock().received.clone()
@@ -243,6 +250,14 @@ pub fn python_upload_to(hub: &TestHub, dir: &Path, repo: &str, revision: &str, m
 pub fn python_download(hub: &TestHub, repo: &str, revision: &str, out: &Path, token: &str) -> Output {
     let out = out.to_string_lossy();
     python_hub(hub, token, &["download", repo, out.as_ref(), "--revision", revision])
+}
+
+/// `hub_client.py inspect`: whoami, model_info (files_metadata), the root tree, the recursive
+/// tree under the first path's top folder, paths-info and each path's file metadata, as JSON.
+pub fn python_inspect(hub: &TestHub, repo: &str, paths: &[&str], token: &str) -> Output {
+    let mut args = vec!["inspect", repo];
+    args.extend_from_slice(paths);
+    python_hub(hub, token, &args)
 }
 
 /// `HfApi().create_branch(repo, branch=branch, revision=from)` with the real client.
