@@ -93,6 +93,7 @@ fn hub_python_upload_then_snapshot_download_is_byte_identical() {
     assert_eq!(asked, lfs);
 
     // README.md was validated; the commit carries regular files inline and LFS files by oid.
+    assert_eq!(count(&reqs, "POST /api/validate-yaml"), 2, "upload_folder and create_commit each validate");
     let yaml = reqs.iter().find(|r| r.shape() == "POST /api/validate-yaml").expect("validate-yaml");
     assert_eq!(yaml.json().unwrap()["content"], README);
     let commit = reqs.iter().find(|r| r.shape() == "POST /api/models/{repo}/commit/{rev}").unwrap();
@@ -160,6 +161,7 @@ fn hub_python_reupload_sends_no_lfs_bytes_and_skips_unchanged_files() {
     assert_eq!(hub.lfs_objects_received().len(), 2, "no object received twice");
     assert!(!reqs.iter().any(|r| r.path.starts_with("/lfs-upload/")), "{:#?}", shapes(&reqs));
     assert_eq!(count(&reqs, "POST /api/models/{repo}/commit/{rev}"), 0, "{:#?}", shapes(&reqs));
+    assert_eq!(count(&reqs, "GET /api/models/{repo}/revision/{rev}"), 1, "repo_info instead of a commit");
     assert_eq!(hub.commits("user/again", "main").len(), 1);
 
     std::fs::write(model.join("nested/deeper/config.json"), br#"{"n_layer": 3}"#).unwrap();
@@ -219,8 +221,9 @@ fn hub_python_private_repo_needs_a_token_and_bad_tokens_raise() {
 }
 
 /// One 500 on preupload: the client's `http_backoff` waits 1 s and retries, as against the Hub.
+/// The commit POST is not retried: one 500 there fails the upload.
 #[test]
-fn hub_python_retries_a_preupload_500() {
+fn hub_python_retries_a_preupload_500_but_not_a_commit_500() {
     let dir = scratch("hub-proof-500");
     let files = model_folder(&dir.join("model"));
     let hub = lfs_hub();
@@ -229,6 +232,15 @@ fn hub_python_retries_a_preupload_500() {
     let pre: Vec<u16> = hub.requests().iter().filter(|r| r.path.contains("/preupload/")).map(|r| r.status).collect();
     assert_eq!(pre, [500, 200]);
     assert_eq!(hub.files("user/flaky", "main"), files);
+
+    std::fs::write(dir.join("model/step.txt"), b"more").unwrap();
+    hub.fail_next("/commit/", 500, 1);
+    let out = python_upload(&hub, &dir.join("model"), "user/flaky", false, TOKEN);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("error: HfHubHTTPError:") && stderr(&out).contains("500"), "{}", stderr(&out));
+    let commits: Vec<u16> = hub.requests().iter().filter(|r| r.path.contains("/commit/")).map(|r| r.status).collect();
+    assert_eq!(commits, [200, 500], "the first upload's commit, then one failed try");
+    assert_eq!(hub.files("user/flaky", "main"), files, "nothing committed");
 }
 
 #[test]
