@@ -7,8 +7,8 @@ use std::process::Output;
 
 use crate::common::scratch;
 use crate::hub_server::{
-    local_files, python_create_branch, python_download, python_upload, python_upload_to, HubOptions, Recorded,
-    TestHub, READ_TOKEN, TOKEN,
+    local_files, python_create_branch, python_download, python_upload, python_upload_to, HubOptions,
+    Recorded, TestHub, READ_TOKEN, TOKEN,
 };
 
 /// A safetensors file holding one F32 tensor `w` of shape [2].
@@ -89,7 +89,8 @@ fn hub_python_upload_then_snapshot_download_is_byte_identical() {
     assert_eq!(count(&reqs, "POST /{repo}.git/info/lfs/objects/batch"), 1, "{:#?}", shapes(&reqs));
     assert_eq!(count(&reqs, "PUT /lfs-upload/{oid}"), 2);
     let batch = reqs.iter().find(|r| r.shape().ends_with("objects/batch")).unwrap().json().unwrap();
-    let asked: BTreeSet<String> = batch["objects"].as_array().unwrap().iter().map(|o| o["oid"].as_str().unwrap().to_string()).collect();
+    let asked: BTreeSet<String> =
+        batch["objects"].as_array().unwrap().iter().map(|o| o["oid"].as_str().unwrap().to_string()).collect();
     assert_eq!(asked, lfs);
 
     // README.md was validated; the commit carries regular files inline and LFS files by oid.
@@ -103,8 +104,11 @@ fn hub_python_upload_then_snapshot_download_is_byte_identical() {
         .map(|l| (l["value"]["path"].as_str().unwrap().to_string(), l["key"].as_str().unwrap().to_string()))
         .collect();
     let want: BTreeMap<String, String> = [
-        ("README.md", "file"), ("big.txt", "lfsFile"), ("empty.txt", "file"),
-        ("model.safetensors", "lfsFile"), ("nested/deeper/config.json", "file"),
+        ("README.md", "file"),
+        ("big.txt", "lfsFile"),
+        ("empty.txt", "file"),
+        ("model.safetensors", "lfsFile"),
+        ("nested/deeper/config.json", "file"),
     ]
     .into_iter()
     .map(|(a, b)| (a.to_string(), b.to_string()))
@@ -194,7 +198,10 @@ fn hub_python_private_repo_needs_a_token_and_bad_tokens_raise() {
     let out = python_download(&hub, "user/secret", "main", &dir.join("anon"), "");
     assert!(!out.status.success());
     assert!(stderr(&out).contains("error: RepositoryNotFoundError: 401 Client Error."), "{}", stderr(&out));
-    assert_ok(&python_download(&hub, "user/secret", "main", &dir.join("read"), READ_TOKEN), "read-token download");
+    assert_ok(
+        &python_download(&hub, "user/secret", "main", &dir.join("read"), READ_TOKEN),
+        "read-token download",
+    );
     assert_eq!(local_files(&dir.join("read")), files);
 
     // A token the Hub does not know: 401 on create_repo (and on the repo_info the client
@@ -229,7 +236,8 @@ fn hub_python_retries_a_preupload_500_but_not_a_commit_500() {
     let hub = lfs_hub();
     hub.fail_next("/preupload/", 500, 1);
     assert_ok(&python_upload(&hub, &dir.join("model"), "user/flaky", false, TOKEN), "python upload");
-    let pre: Vec<u16> = hub.requests().iter().filter(|r| r.path.contains("/preupload/")).map(|r| r.status).collect();
+    let pre: Vec<u16> =
+        hub.requests().iter().filter(|r| r.path.contains("/preupload/")).map(|r| r.status).collect();
     assert_eq!(pre, [500, 200]);
     assert_eq!(hub.files("user/flaky", "main"), files);
 
@@ -237,8 +245,13 @@ fn hub_python_retries_a_preupload_500_but_not_a_commit_500() {
     hub.fail_next("/commit/", 500, 1);
     let out = python_upload(&hub, &dir.join("model"), "user/flaky", false, TOKEN);
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("error: HfHubHTTPError:") && stderr(&out).contains("500"), "{}", stderr(&out));
-    let commits: Vec<u16> = hub.requests().iter().filter(|r| r.path.contains("/commit/")).map(|r| r.status).collect();
+    assert!(
+        stderr(&out).contains("error: HfHubHTTPError:") && stderr(&out).contains("500"),
+        "{}",
+        stderr(&out)
+    );
+    let commits: Vec<u16> =
+        hub.requests().iter().filter(|r| r.path.contains("/commit/")).map(|r| r.status).collect();
     assert_eq!(commits, [200, 500], "the first upload's commit, then one failed try");
     assert_eq!(hub.files("user/flaky", "main"), files, "nothing committed");
 }
@@ -307,7 +320,10 @@ fn hub_python_reads_info_tree_paths_info_and_file_metadata() {
 
     let names = |key: &str| -> Vec<(String, String)> {
         let list = v[key].as_array().unwrap();
-        let mut out: Vec<_> = list.iter().map(|e| (e["path"].as_str().unwrap().into(), e["kind"].as_str().unwrap().into())).collect();
+        let mut out: Vec<_> = list
+            .iter()
+            .map(|e| (e["path"].as_str().unwrap().into(), e["kind"].as_str().unwrap().into()))
+            .collect();
         out.sort();
         out
     };
@@ -317,8 +333,14 @@ fn hub_python_reads_info_tree_paths_info_and_file_metadata() {
     want_root.push(pair("nested", "RepoFolder"));
     want_root.sort();
     assert_eq!(names("tree"), want_root);
-    assert_eq!(names("nested"), [pair("nested/deeper", "RepoFolder"), pair("nested/deeper/config.json", "RepoFile")]);
-    assert_eq!(names("paths_info"), [pair("model.safetensors", "RepoFile"), pair("nested/deeper/config.json", "RepoFile")]);
+    assert_eq!(
+        names("nested"),
+        [pair("nested/deeper", "RepoFolder"), pair("nested/deeper/config.json", "RepoFile")]
+    );
+    assert_eq!(
+        names("paths_info"),
+        [pair("model.safetensors", "RepoFile"), pair("nested/deeper/config.json", "RepoFile")]
+    );
 
     // HEAD /resolve: ETag is the git blob id (regular) or the sha256 (LFS, via X-Linked-Etag),
     // the size comes from Content-Length / X-Linked-Size, the commit from X-Repo-Commit.
@@ -347,4 +369,95 @@ fn hub_python_rejects_a_broken_model_card() {
     assert!(err.contains("not closed by a `---` line"), "{err}");
     assert!(hub.requests().iter().all(|r| !r.path.contains("/preupload/")));
     assert!(hub.commits("user/card", "main").is_empty());
+}
+
+/// One HTTP/1.1 request over a plain socket: (status, lower-cased header lines, body).
+fn http(hub: &TestHub, method: &str, path: &str, token: Option<&str>, body: &[u8]) -> (u16, String, Vec<u8>) {
+    use std::io::{Read as _, Write as _};
+    let addr = hub.endpoint.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut raw = vec![];
+    s.read_to_end(&mut raw).unwrap();
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let headers = String::from_utf8_lossy(&raw[..split]).to_lowercase();
+    let status = headers.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, headers, raw[split + 4..].to_vec())
+}
+
+fn json_of(body: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(body).unwrap()
+}
+
+/// The server-side checks a client's failure paths meet: the 409 on an existing repo, object
+/// bytes that do not hash to their oid, a commit naming an object never uploaded, an unknown
+/// branch, a stale parent, and the 401/403 of missing, unknown and read-only tokens.
+#[test]
+fn hub_server_refuses_bad_objects_stale_parents_and_bad_tokens() {
+    let hub = TestHub::start();
+    let create = br#"{"name": "raw", "organization": null, "private": true}"#;
+    assert_eq!(http(&hub, "POST", "/api/repos/create", Some(TOKEN), create).0, 200);
+    let (status, headers, body) = http(&hub, "POST", "/api/repos/create", Some(TOKEN), create);
+    assert_eq!(
+        (status, json_of(&body)["error"].as_str()),
+        (409, Some("You already created this model repo"))
+    );
+    assert!(headers.contains("x-error-message: you already created this model repo"), "{headers}");
+    assert!(hub.is_private("user/raw"));
+
+    let oid = sha256(b"hello");
+    let batch = format!(
+        r#"{{"operation": "upload", "transfers": ["basic"], "objects": [{{"oid": "{oid}", "size": 5}}]}}"#
+    );
+    let (status, _, body) =
+        http(&hub, "POST", "/user/raw.git/info/lfs/objects/batch", Some(TOKEN), batch.as_bytes());
+    assert_eq!(status, 200);
+    let href = json_of(&body)["objects"][0]["actions"]["upload"]["href"].as_str().unwrap().to_string();
+    let put = href.trim_start_matches(&hub.endpoint).to_string();
+    assert_eq!(http(&hub, "PUT", &put, None, b"hellx").0, 400, "bytes that are not the oid's");
+    assert!(hub.lfs_objects_received().is_empty());
+    assert_eq!(http(&hub, "PUT", &put, None, b"hello").0, 200);
+    assert_eq!(hub.lfs_objects_received(), [oid.clone()]);
+    let (_, _, body) =
+        http(&hub, "POST", "/user/raw.git/info/lfs/objects/batch", Some(TOKEN), batch.as_bytes());
+    assert!(json_of(&body)["objects"][0].get("actions").is_none(), "a stored object gets no actions");
+
+    let header = r#"{"key": "header", "value": {"summary": "raw"}}"#;
+    let lfs_line = |o: &str| {
+        format!(r#"{{"key": "lfsFile", "value": {{"path": "w.bin", "algo": "sha256", "oid": "{o}"}}}}"#)
+    };
+    let commit = |lines: &[&str]| format!("{}\n", lines.join("\n"));
+    let unknown = commit(&[header, &lfs_line(&"ab".repeat(32))]);
+    let (status, _, body) =
+        http(&hub, "POST", "/api/models/user/raw/commit/main", Some(TOKEN), unknown.as_bytes());
+    assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
+    let good = commit(&[header, &lfs_line(&oid)]);
+    let (status, headers, _) =
+        http(&hub, "POST", "/api/models/user/raw/commit/nope", Some(TOKEN), good.as_bytes());
+    assert!(status == 404 && headers.contains("x-error-code: revisionnotfound"), "{headers}");
+    let (status, _, body) =
+        http(&hub, "POST", "/api/models/user/raw/commit/main", Some(TOKEN), good.as_bytes());
+    assert_eq!(status, 200);
+    assert_eq!(json_of(&body)["commitOid"].as_str(), hub.head("user/raw", "main").as_deref());
+    assert_eq!(hub.files("user/raw", "main")["w.bin"], b"hello");
+    let stale = r#"{"key": "header", "value": {"summary": "late", "parentCommit": "0000000000000000000000000000000000000000"}}"#;
+    let stale = commit(&[stale, &lfs_line(&oid)]);
+    assert_eq!(http(&hub, "POST", "/api/models/user/raw/commit/main", Some(TOKEN), stale.as_bytes()).0, 412);
+
+    let path = "/api/models/user/raw/commit/main";
+    assert_eq!(http(&hub, "POST", path, Some(READ_TOKEN), good.as_bytes()).0, 403);
+    assert_eq!(http(&hub, "POST", path, None, good.as_bytes()).0, 401);
+    let (status, headers, _) = http(&hub, "POST", path, Some("hf_nope"), good.as_bytes());
+    assert!(status == 401 && headers.contains("invalid credentials in authorization header"), "{headers}");
+    assert_eq!(hub.commits("user/raw", "main"), ["raw"]);
+    let (status, headers, _) = http(&hub, "GET", "/api/models/user/raw", None, b"");
+    assert!(status == 401 && headers.contains("x-error-code: reponotfound"), "private: {headers}");
+    let (_, _, body) = http(&hub, "GET", "/api/whoami-v2", Some(READ_TOKEN), b"");
+    assert_eq!(json_of(&body)["auth"]["accessToken"]["role"], "read");
 }

@@ -72,7 +72,13 @@ pub fn create_repo(st: &mut State, r: &Req, who: Who) -> Resp {
 fn validate_name(name: &str) -> Result<(), String> {
     let ok_chars = name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
     let bad_ends = name.starts_with(['-', '.']) || name.ends_with(['-', '.']);
-    if name.is_empty() || name.len() > 96 || !ok_chars || bad_ends || name.contains("--") || name.contains("..") {
+    if name.is_empty()
+        || name.len() > 96
+        || !ok_chars
+        || bad_ends
+        || name.contains("--")
+        || name.contains("..")
+    {
         return Err(format!("Invalid repo name: {name:?}"));
     }
     Ok(())
@@ -129,7 +135,8 @@ pub fn preupload(st: &mut State, r: &Req, who: Who, repo: &str, rev: &str) -> Re
     };
     let mut out = vec![];
     for f in files {
-        let (Some(path), Some(size)) = (f.get("path").and_then(Value::as_str), f.get("size").and_then(Value::as_u64))
+        let (Some(path), Some(size)) =
+            (f.get("path").and_then(Value::as_str), f.get("size").and_then(Value::as_u64))
         else {
             return Resp::error(400, "each file needs \"path\" and \"size\"");
         };
@@ -216,7 +223,10 @@ fn apply(st: &State, tree: &mut BTreeMap<String, Entry>, op: &Value) -> Result<(
             };
             let size = stored.len() as u64;
             if v["size"].as_u64().is_some_and(|s| s != size) {
-                return Err(Resp::error(400, &format!("{path}: size {} but object {oid} has {size}", v["size"])));
+                return Err(Resp::error(
+                    400,
+                    &format!("{path}: size {} but object {oid} has {size}", v["size"]),
+                ));
             }
             tree.insert(path.to_string(), Entry::Lfs { oid: oid.to_string(), size });
         }

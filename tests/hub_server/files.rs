@@ -18,9 +18,8 @@ pub fn info(st: &State, who: Who, repo: &str, rev: &str) -> Resp {
         Err(e) => return e,
     };
     let private = st.repos.get(repo).is_some_and(|r| r.private);
-    let siblings: Vec<Value> = commit
-        .map(|c| c.tree.iter().map(|(path, e)| sibling(path, e)).collect())
-        .unwrap_or_default();
+    let siblings: Vec<Value> =
+        commit.map(|c| c.tree.iter().map(|(path, e)| sibling(path, e)).collect()).unwrap_or_default();
     let author = repo.split('/').next().unwrap_or("");
     Resp::json(
         200,
@@ -89,7 +88,11 @@ pub fn paths_info(st: &State, r: &Req, who: Who, repo: &str, rev: &str) -> Resp 
         list.iter().filter_map(|p| p.as_str().map(str::to_string)).collect()
     } else {
         let body = String::from_utf8_lossy(&r.body);
-        form_pairs(&body).into_iter().filter(|(k, _)| k == "paths" || k == "paths[]").map(|(_, v)| v).collect()
+        form_pairs(&body)
+            .into_iter()
+            .filter(|(k, _)| k == "paths" || k == "paths[]")
+            .map(|(_, v)| v)
+            .collect()
     };
     let empty = Default::default();
     let tree = commit.map(|c| &c.tree).unwrap_or(&empty);

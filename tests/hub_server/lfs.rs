@@ -109,7 +109,10 @@ pub fn transfer(st: &mut State, r: &Req, rest: &[&str]) -> Resp {
 fn store(st: &mut State, oid: &str, bytes: Vec<u8>) -> Resp {
     let got = sha256_hex(&bytes);
     if got != oid {
-        return Resp::error(400, &format!("sha256 of the {} bytes received is {got}, not {oid}", bytes.len()));
+        return Resp::error(
+            400,
+            &format!("sha256 of the {} bytes received is {got}, not {oid}", bytes.len()),
+        );
     }
     st.lfs.insert(oid.to_string(), bytes);
     st.received.push(oid.to_string());
@@ -159,7 +162,12 @@ fn complete(st: &mut State, r: &Req, oid: &str) -> Resp {
             Some((etag, b)) if p["partNumber"].as_u64() == Some(n) && p["etag"] == etag.as_str() => {
                 bytes.extend_from_slice(b)
             }
-            _ => return Resp::error(400, &format!("part {n}: not uploaded, or listed out of order or with another etag: {p}")),
+            _ => {
+                return Resp::error(
+                    400,
+                    &format!("part {n}: not uploaded, or listed out of order or with another etag: {p}"),
+                )
+            }
         }
     }
     st.multipart.remove(oid);

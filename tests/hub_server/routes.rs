@@ -34,8 +34,7 @@ impl Req {
     }
 
     pub fn json(&self) -> Result<Value, Resp> {
-        serde_json::from_slice(&self.body)
-            .map_err(|e| Resp::error(400, &format!("Invalid JSON body: {e}")))
+        serde_json::from_slice(&self.body).map_err(|e| Resp::error(400, &format!("Invalid JSON body: {e}")))
     }
 }
 

@@ -168,8 +168,23 @@ impl State {
 /// The Hub's default `.gitattributes` LFS patterns (by file name).
 pub fn lfs_pattern(path: &str) -> bool {
     const EXT: &[&str] = &[
-        "safetensors", "bin", "pt", "pth", "ckpt", "h5", "msgpack", "onnx", "npy", "npz", "pkl",
-        "model", "zip", "gz", "tar", "parquet", "arrow",
+        "safetensors",
+        "bin",
+        "pt",
+        "pth",
+        "ckpt",
+        "h5",
+        "msgpack",
+        "onnx",
+        "npy",
+        "npz",
+        "pkl",
+        "model",
+        "zip",
+        "gz",
+        "tar",
+        "parquet",
+        "arrow",
     ];
     let name = path.rsplit('/').next().unwrap_or(path);
     if name.contains("tfevents") {
