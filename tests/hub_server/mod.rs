@@ -1,7 +1,8 @@
 //! The test Hub: an in-process HTTP server speaking the Hugging Face Hub's protocol (repo
 //! create, preupload, Git LFS batch + object upload, NDJSON commit, branches, repo info, tree,
 //! paths-info, resolve), proved against the real `huggingface_hub` client in
-//! tests/hub_server_proof.rs. The contract is /work/prompts/hub_api.md; docs/hub.md describes it.
+//! tests/hub_server_proof.rs. docs/hub.md ("The test Hub") describes its endpoints and limits.
+//! Every test starts its own server (`TestHub::start`), so tests share no state.
 #![allow(dead_code)]
 
 mod api;
