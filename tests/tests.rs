@@ -18,6 +18,8 @@ mod generate;
 mod gpu_ready;
 mod hf;
 mod hf_models;
+mod hub_server;
+mod hub_server_proof;
 mod lora;
 mod metrics;
 mod mlm_data;
