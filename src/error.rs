@@ -51,7 +51,7 @@ pub enum Error {
     HubAuth(String),
     /// A Hugging Face Hub request that failed: what was being done (with the repo or file), the
     /// URL, the HTTP status when one came back and the Hub's message. `transient` when it was a
-    /// 5xx, 429 or connection failure still failing after the retries (exit
+    /// 5xx, 408, 429 or connection failure still failing after the retries (exit
     /// [`rankforge_proto::EXIT_HUB_UNAVAILABLE`], 69); otherwise the Hub refused the request
     /// (another 4xx, a malformed reply: exit 2). The local directory is never modified.
     #[error("hub: {what}: {msg} ({url})")]

@@ -1,6 +1,7 @@
 //! One HTTP client for every Hub request, with the retries of huggingface_hub's `http_backoff`.
 //!
-//! Retried: connection failures and timeouts, HTTP 429 and every 5xx; not retried: other 4xx.
+//! Retried: connection failures and timeouts, HTTP 408, 429 and every 5xx (the client's 408,
+//! 429, 500, 502, 503, 504, and the other 5xx too); not retried: other 4xx.
 //! Schedule: at most [`MAX_RETRIES`] retries (6 attempts) after waits of `base`, 2·`base`,
 //! 4·`base`, 8·`base`, 8·`base` (the client's 1, 2, 4, 8, 8 s with the default base of one
 //! second; ~23 s in all); a `Retry-After` of N seconds on a 429/503 waits N s instead (at most a
@@ -168,9 +169,9 @@ enum SendError {
     File(Error),
 }
 
-/// 429 and 5xx are retried.
+/// 408, 429 and 5xx are retried.
 pub fn is_transient(status: u16) -> bool {
-    status == 429 || (500..600).contains(&status)
+    status == 408 || status == 429 || (500..600).contains(&status)
 }
 
 /// A successful response, or the error the Hub gave: its `X-Error-Message` header, else the
@@ -237,7 +238,7 @@ mod tests {
 
     #[test]
     fn transient_statuses() {
-        for s in [429, 500, 502, 503, 504, 599] {
+        for s in [408, 429, 500, 502, 503, 504, 599] {
             assert!(is_transient(s), "{s}");
         }
         for s in [400, 401, 403, 404, 409, 422] {
