@@ -157,20 +157,24 @@ fn keys_of(v: &Value) -> String {
 
 #[test]
 fn push_request_sequence_matches_the_python_clients() {
-    let hub = TestHub::start_with(HubOptions { lfs_threshold: Some(4096), ..Default::default() });
+    // Two servers: the test Hub's LFS store is shared by its repos, so a second upload of the
+    // same folder to the same server would find its objects stored.
+    let opts = HubOptions { lfs_threshold: Some(4096), ..Default::default() };
+    let (py_hub, hub) = (TestHub::start_with(opts.clone()), TestHub::start_with(opts));
     let dir = model_dir("hub-seq");
-    let py = python_upload(&hub, &dir, "user/py", false, TOKEN);
+    let py = python_upload(&py_hub, &dir, "user/m", false, TOKEN);
     assert!(py.status.success(), "python upload_folder failed:\n{}", String::from_utf8_lossy(&py.stderr));
-    let python_reqs = hub.requests();
-    hub.clear_requests();
-    push(&hub, &dir, "user/rf", &["--message", "Upload folder using huggingface_hub"]);
+    push(&hub, &dir, "user/m", &["--message", "Upload folder using huggingface_hub"]);
     let ours = hub.requests();
     // rankforge checks the token first (whoami, so that a run fails before training); the
     // Python upload_folder does not. The rest must be the same.
     assert_eq!(ours[0].shape(), "GET /api/whoami-v2");
-    assert_eq!(shapes(&ours[1..]), shapes(&python_reqs), "rankforge's requests differ from huggingface_hub's");
-    assert_eq!(hub.files("user/rf", "main"), hub.files("user/py", "main"));
-    assert_eq!(hub.files("user/rf", "main"), expected_files(&dir));
+    let theirs = shapes(&py_hub.requests());
+    assert!(theirs.iter().any(|(s, _)| s.starts_with("PUT ")), "the Python client sent LFS objects: {theirs:?}");
+    assert_eq!(shapes(&ours[1..]), theirs, "rankforge's requests differ from huggingface_hub's");
+    assert_eq!(hub.files("user/m", "main"), py_hub.files("user/m", "main"));
+    assert_eq!(hub.files("user/m", "main"), expected_files(&dir));
+    assert_eq!(hub.commits("user/m", "main"), py_hub.commits("user/m", "main"));
 }
 
 #[test]
@@ -215,8 +219,12 @@ fn multipart_lfs_and_a_branch_and_a_folder_in_the_repo() {
     assert!(hub.lfs_objects_received().contains(&sha256_hex(&weights)));
     assert!(!hub.files("user/mp", "main").contains_key("step-10/config.json"), "main is untouched");
     let reqs = hub.requests();
-    let part_puts = reqs.iter().filter(|r| r.method == "PUT" && r.body.len() <= 1024).count();
-    assert!(part_puts >= weights.len().div_ceil(1024), "{part_puts} part PUTs for {} bytes", weights.len());
+    let shapes: Vec<String> = reqs.iter().map(Recorded::shape).collect();
+    let parts = shapes.iter().filter(|s| *s == "PUT /lfs-upload/{oid}/part/{n}").count();
+    assert_eq!(parts, weights.len().div_ceil(1024), "one PUT per 1 kB part: {shapes:?}");
+    let done = reqs.iter().find(|r| r.shape() == "POST /lfs-upload/{oid}/complete").expect("the completion POST");
+    assert_eq!(done.json().unwrap()["parts"].as_array().unwrap().len(), parts);
+    assert!(!shapes.contains(&"PUT /lfs-upload/{oid}".to_string()), "no basic PUT: {shapes:?}");
     assert!(reqs.iter().any(|r| r.shape().contains("/branch/")), "the branch was created");
 }
 
