@@ -214,15 +214,16 @@ fn retry_after(resp: &Response) -> Option<Duration> {
     Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER))
 }
 
-/// "error sending request: connection refused" rather than only the outermost layer.
+/// The causes under reqwest's "error sending request for url (...)" (the URL is in the
+/// message already): "client error (Connect): tcp connect error: Connection refused".
 fn error_chain(e: &reqwest::Error) -> String {
-    let mut msg = e.to_string();
+    let mut causes = Vec::new();
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
-        msg.push_str(&format!(": {s}"));
+        causes.push(s.to_string());
         source = s.source();
     }
-    msg
+    if causes.is_empty() { e.to_string() } else { causes.join(": ") }
 }
 
 #[cfg(test)]

@@ -84,8 +84,8 @@ pub fn upload(http: &Http, repo: &str, revision: &str, files: &[LocalFile]) -> R
 /// `lfs_upload`: the upload action, then `verify`.
 fn upload_object(http: &Http, file: &LocalFile, actions: &Value) -> Result<()> {
     let what = format!("LFS upload of {}", file.path_in_repo);
-    let upload = actions.get("upload").ok_or_else(|| bad_action(&what, "no `upload` action"))?;
-    let href = href_of(http, upload).ok_or_else(|| bad_action(&what, "the upload action has no `href`"))?;
+    let upload = actions.get("upload").ok_or_else(|| bad_action(http, &what, "no `upload` action"))?;
+    let href = href_of(http, upload).ok_or_else(|| bad_action(http, &what, "the upload action has no `href`"))?;
     let header = upload.get("header").and_then(Value::as_object).cloned().unwrap_or_default();
     match header.get("chunk_size") {
         Some(cs) => {
@@ -93,7 +93,7 @@ fn upload_object(http: &Http, file: &LocalFile, actions: &Value) -> Result<()> {
                 .as_u64()
                 .or_else(|| cs.as_str().and_then(|s| s.parse().ok()))
                 .filter(|&c| c > 0)
-                .ok_or_else(|| bad_action(&what, format!("`chunk_size` should be an integer, got {cs}")))?;
+                .ok_or_else(|| bad_action(http, &what, format!("`chunk_size` should be an integer, got {cs}")))?;
             upload_multipart(http, file, &what, &href, &header, chunk)?;
         }
         None => {
@@ -108,7 +108,7 @@ fn upload_object(http: &Http, file: &LocalFile, actions: &Value) -> Result<()> {
         }
     }
     if let Some(verify) = actions.get("verify").filter(|v| !v.is_null()) {
-        let href = href_of(http, verify).ok_or_else(|| bad_action(&what, "the verify action has no `href`"))?;
+        let href = href_of(http, verify).ok_or_else(|| bad_action(http, &what, "the verify action has no `href`"))?;
         let body = Body::Json(json!({"oid": file.sha256, "size": file.size}));
         http.send_ok(&Request::new(format!("LFS verify of {}", file.path_in_repo), Method::POST, href, body))?;
     }
@@ -127,7 +127,7 @@ fn upload_multipart(
 ) -> Result<()> {
     let parts = sorted_part_urls(header);
     if parts.len() as u64 != file.size.div_ceil(chunk) {
-        return Err(bad_action(what, format!("{} part URLs for {} bytes in parts of {chunk}", parts.len(), file.size)));
+        return Err(bad_action(http, what, format!("{} part URLs for {} bytes in parts of {chunk}", parts.len(), file.size)));
     }
     let mut etags = Vec::new();
     for (i, url) in parts.iter().enumerate() {
@@ -188,8 +188,9 @@ fn fix_endpoint(http: &Http, url: &str) -> String {
     PUBLIC.iter().fold(url.to_string(), |u, p| u.replace(p, &http.endpoint))
 }
 
-fn bad_action(what: &str, msg: impl Into<String>) -> Error {
-    Error::Hub { what: what.to_string(), url: String::new(), status: None, msg: format!("malformed LFS batch reply: {}", msg.into()), transient: false }
+fn bad_action(http: &Http, what: &str, msg: impl Into<String>) -> Error {
+    let url = http.endpoint.clone();
+    Error::Hub { what: what.to_string(), url, status: None, msg: format!("malformed LFS batch reply: {}", msg.into()), transient: false }
 }
 
 #[cfg(test)]

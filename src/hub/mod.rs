@@ -332,6 +332,16 @@ mod tests {
     }
 
     #[test]
+    fn exit_codes_of_hub_errors() {
+        let hub = |transient| Error::Hub { what: "commit".into(), url: "u".into(), status: Some(500), msg: "m".into(), transient };
+        assert_eq!(hub(true).exit_code(), rankforge_proto::EXIT_HUB_UNAVAILABLE);
+        assert_eq!(hub(true).exit_code(), 69);
+        assert_eq!(hub(false).exit_code(), crate::error::EXIT_BAD_INPUT);
+        assert_eq!(Error::HubAuth("no token".into()).exit_code(), crate::error::EXIT_BAD_INPUT);
+        assert_eq!(hub(true).to_string(), "hub: commit: m (u)");
+    }
+
+    #[test]
     fn model_dir_check() {
         let d = tempfile::tempdir().unwrap();
         std::fs::write(d.path().join("notes.txt"), "x").unwrap();
