@@ -45,6 +45,17 @@ pub enum Error {
     /// Stopped on request (preemption) after checkpointing at a step boundary: not a failure.
     #[error("{0}")]
     Stopped(String),
+    /// No Hugging Face Hub token, or one the Hub refuses (401) or that cannot write: bad input
+    /// (exit 2), found before any upload (and before training when a run pushes).
+    #[error("{0}")]
+    HubAuth(String),
+    /// A Hugging Face Hub request that failed: what was being done (with the repo or file), the
+    /// URL, the HTTP status when one came back and the Hub's message. `transient` when it was a
+    /// 5xx, 408, 429 or connection failure still failing after the retries (exit
+    /// [`rankforge_proto::EXIT_HUB_UNAVAILABLE`], 69); otherwise the Hub refused the request
+    /// (another 4xx, a malformed reply: exit 2). The local directory is never modified.
+    #[error("hub: {what}: {msg} ({url})")]
+    Hub { what: String, url: String, status: Option<u16>, msg: String, transient: bool },
 }
 
 impl Error {
@@ -73,7 +84,10 @@ impl Error {
             | Error::Data { .. }
             | Error::Model { .. }
             | Error::Input(_)
-            | Error::Tokenizer { .. } => EXIT_BAD_INPUT,
+            | Error::Tokenizer { .. }
+            | Error::HubAuth(_)
+            | Error::Hub { transient: false, .. } => EXIT_BAD_INPUT,
+            Error::Hub { transient: true, .. } => rankforge_proto::EXIT_HUB_UNAVAILABLE,
             Error::Io { .. } | Error::Torch(_) | Error::Dist(_) | Error::Diverged(_) => EXIT_RUNTIME,
             Error::Stopped(_) => rankforge_proto::EXIT_STOPPED,
         }

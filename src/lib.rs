@@ -34,6 +34,7 @@ pub mod error;
 pub mod eval;
 pub mod fsutil;
 pub mod generate;
+pub mod hub;
 pub mod lora;
 pub mod metrics;
 pub mod mlm;

@@ -1,8 +1,9 @@
 //! The `rankforge` command line: `train`, `tokenizer train`, `generate`, `evaluate`,
-//! `predict`, `fill-mask`, `bench`.
+//! `predict`, `fill-mask`, `bench`, `push`.
 //!
 //! Exit codes: 0 success; 1 runtime failure (I/O, libtorch: a restart may help); 2 bad input
-//! (recipe, data, tokenizer, model files, arguments: fix the input, do not retry).
+//! (recipe, data, tokenizer, model files, arguments, a missing or refused Hub token: fix the
+//! input, do not retry); 69 the Hugging Face Hub upload failed after its retries (rerun `push`).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -195,6 +196,30 @@ enum Command {
         /// Untimed steps first.
         #[arg(long, default_value_t = 3)]
         warmup: usize,
+    },
+    /// Upload a model directory to the Hugging Face Hub (or the endpoint in HF_ENDPOINT) with
+    /// the token from HF_TOKEN, HUGGING_FACE_HUB_TOKEN or $HF_HOME/token; prints the commit
+    /// URL. Files the Hub already has are not sent again. See docs/hub.md.
+    Push {
+        /// The directory to upload (e.g. a run's final/): needs config.json,
+        /// adapter_config.json, *.safetensors or *.bin.
+        #[arg(long)]
+        model: PathBuf,
+        /// The model repo, `user/name` or `org/name` (created if missing).
+        #[arg(long)]
+        repo: String,
+        /// Create the repo private (an existing repo keeps its visibility).
+        #[arg(long)]
+        private: bool,
+        /// Branch to commit to, created from main when missing.
+        #[arg(long, default_value = "main")]
+        revision: String,
+        /// Commit summary.
+        #[arg(long)]
+        message: Option<String>,
+        /// Folder of the repo to upload into (default: its root).
+        #[arg(long)]
+        path_in_repo: Option<String>,
     },
 }
 
@@ -399,6 +424,9 @@ fn run(command: Command) -> Result<()> {
             rankforge::bench::collective(&sizes, iters, warmup, device)?;
             Ok(())
         }
+        Command::Push { model, repo, private, revision, message, path_in_repo } => {
+            push(&model, &repo, private, revision, message, path_in_repo)
+        }
         Command::Bench { what: None, config, set, steps, warmup } => {
             let Some(config) = config else {
                 return Err(Error::Input("bench needs --config RECIPE (or `bench collective`)".into()));
@@ -414,6 +442,28 @@ fn run(command: Command) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// `rankforge push`: checks the repo id, the directory and the token (in that order, each a
+/// one-line exit 2), then uploads and prints the commit URL.
+fn push(model: &std::path::Path, repo: &str, private: bool, revision: String, message: Option<String>, path_in_repo: Option<String>) -> Result<()> {
+    use rankforge::hub::{check_model_dir, Hub, RepoId, UploadOptions};
+    let repo = RepoId::parse(repo)?;
+    check_model_dir(model)?;
+    let hub = Hub::from_env()?;
+    let user = hub.check_write()?;
+    let repo = repo.with_namespace(&user.name);
+    let opts = UploadOptions { private, revision: Some(revision), commit_message: message, path_in_repo };
+    let info = hub.push(model, &repo, &opts)?;
+    tracing::info!(
+        "pushed {} to {repo}: {} file(s) committed, {} LFS object(s) uploaded, {} already on the Hub",
+        model.display(),
+        info.files_committed,
+        info.lfs.uploaded,
+        info.lfs.present
+    );
+    println!("{}", info.commit_url);
+    Ok(())
 }
 
 /// `rankforge predict`: one input from the flags, or every row of `input`.

@@ -18,6 +18,7 @@ mod generate;
 mod gpu_ready;
 mod hf;
 mod hf_models;
+mod hub_push;
 mod hub_server;
 mod hub_server_proof;
 mod lora;

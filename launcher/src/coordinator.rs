@@ -73,12 +73,18 @@ pub const EXIT_FATAL: i32 = 2;
 /// a restart would fail the same way until space is freed.
 pub const EXIT_NO_SPACE: i32 = 74;
 
+/// Exit code of a rank whose upload to the Hugging Face Hub failed after its retries
+/// (`rankforge_proto::EXIT_HUB_UNAVAILABLE`, sysexits' EX_UNAVAILABLE): training finished and
+/// `final/` is intact, so restarting would redo nothing useful; rerun `rankforge push`.
+pub const EXIT_HUB_UNAVAILABLE: i32 = rankforge_proto::EXIT_HUB_UNAVAILABLE;
+
 /// Exit codes that are never retried.
-pub const FATAL_EXIT_CODES: [i32; 2] = [EXIT_FATAL, EXIT_NO_SPACE];
+pub const FATAL_EXIT_CODES: [i32; 3] = [EXIT_FATAL, EXIT_NO_SPACE, EXIT_HUB_UNAVAILABLE];
 
 fn fatal_meaning(code: i32) -> &'static str {
     match code {
         EXIT_NO_SPACE => "the disk is full (the last checkpoint is intact; free space, then rerun)",
+        EXIT_HUB_UNAVAILABLE => "the Hugging Face Hub upload failed after its retries (final/ is intact; rerun `rankforge push`)",
         _ => "bad input (recipe, data)",
     }
 }

@@ -18,6 +18,12 @@ pub use v1::*;
 /// same command resumes.
 pub const EXIT_STOPPED: i32 = 75;
 
+/// Exit code of `rankforge push` (and of a run's upload to the Hugging Face Hub) when the Hub
+/// stayed unreachable or kept failing after the retries: sysexits' EX_UNAVAILABLE. Nothing
+/// local was changed (a run's `final/` is complete); rerun `rankforge push` later. Launchers do
+/// not restart it: training is finished.
+pub const EXIT_HUB_UNAVAILABLE: i32 = 69;
+
 /// Environment variables the launcher hands to every rank (besides torchrun's).
 pub mod env {
     /// `host:port` of the coordinator.

@@ -318,6 +318,20 @@ fn ranks_silent_past_the_heartbeat_timeout_are_dead_and_failed_ones_are_not() {
 }
 
 #[test]
+fn a_failed_hub_upload_is_not_retried() {
+    let mut st = State::new("t".into(), 1);
+    st.max_restarts = 5;
+    st.join_node(&node("t", 0, 0, 1)).unwrap();
+    failed(&mut st, 0, EXIT_HUB_UNAVAILABLE);
+    match st.decide() {
+        Some(Decision::Abort { why, .. }) => {
+            assert!(why.contains("exit code 69 is not retried: the Hugging Face Hub upload failed"), "{why}")
+        }
+        d => panic!("{d:?}"),
+    }
+}
+
+#[test]
 fn a_full_disk_is_not_retried() {
     let mut st = State::new("t".into(), 1);
     st.max_restarts = 5;
