@@ -14,19 +14,19 @@ use crate::common::*;
 use rankforge::models::CausalLm;
 use tch::{Device, Kind, Tensor};
 
-struct Fixture {
-    dir: PathBuf,
-    llama: PathBuf,
+pub(crate) struct Fixture {
+    pub(crate) dir: PathBuf,
+    pub(crate) llama: PathBuf,
     gpt2: PathBuf,
     /// prompt/completion JSONL, 64 rows.
-    data: PathBuf,
+    pub(crate) data: PathBuf,
     /// The reference LoRA run on the Llama: 20 steps, checkpoints at 10 and 20.
-    straight: PathBuf,
+    pub(crate) straight: PathBuf,
 }
 
 static FIXTURE: OnceLock<Fixture> = OnceLock::new();
 
-fn fx() -> &'static Fixture {
+pub(crate) fn fx() -> &'static Fixture {
     FIXTURE.get_or_init(|| {
         let dir = scratch("ft");
         run_py(&["make", root().join("data/kjv.txt").to_str().unwrap(), dir.to_str().unwrap()]);
