@@ -49,8 +49,8 @@ fn intro(c: &CardInput<'_>, variant: Variant, s: &mut String) {
     let _ = writeln!(s, ", {} optimizer steps on {} tokens.", c.state.step, c.state.tokens);
     let note = match variant {
         Variant::Model => String::new(),
-        Variant::Adapter => "\n\nThis directory is a PEFT LoRA adapter for the base model; `merged/` holds the base with the adapter merged in.".to_string(),
-        Variant::Merged => "\n\nThis directory is the base model with the trained LoRA adapter merged in: a plain transformers model.".to_string(),
+        Variant::Adapter => "\nThis directory is a PEFT LoRA adapter for the base model; `merged/` holds the base with the adapter merged in.".to_string(),
+        Variant::Merged => "\nThis directory is the base model with the trained LoRA adapter merged in: a plain transformers model.".to_string(),
     };
     let _ = writeln!(s, "{note}\n");
 }
@@ -95,6 +95,15 @@ fn results(c: &CardInput<'_>, s: &mut String) {
     }
 }
 
+/// A hyperparameter: small values in exponent notation (`5e-5`, `1e-8`), others as written.
+fn hp(x: f64) -> String {
+    if x != 0.0 && x.abs() < 1e-3 {
+        format!("{x:e}")
+    } else {
+        x.to_string()
+    }
+}
+
 /// A number as a table cell: 4 significant decimals, integers as integers.
 fn num(x: f64) -> String {
     if x.fract() == 0.0 && x.abs() < 1e15 {
@@ -118,8 +127,8 @@ fn hyperparameters(c: &CardInput<'_>, s: &mut String) {
     };
     let precision = if c.info.bf16 { "bf16 autocast, fp32 master weights" } else { "fp32" };
     let mut rows: Vec<(&str, String)> = vec![
-        ("learning_rate", t.lr.to_string()),
-        ("lr_scheduler", format!("{schedule} to min_lr {} over {} steps", t.min_lr, t.lr_decay_steps.map_or("the run's".into(), |n| n.to_string()))),
+        ("learning_rate", hp(t.lr)),
+        ("lr_scheduler", format!("{schedule} to min_lr {} over {} steps", hp(t.min_lr), t.lr_decay_steps.map_or("the run's".into(), |n| n.to_string()))),
         ("warmup_steps", t.warmup_steps.to_string()),
         ("steps", c.state.step.to_string()),
     ];
@@ -131,7 +140,7 @@ fn hyperparameters(c: &CardInput<'_>, s: &mut String) {
         ("micro_batch_size", t.micro_batch_size.to_string()),
         ("gradient_accumulation_steps", format!("{accumulation} (per rank)")),
         ("world_size", world.to_string()),
-        ("optimizer", format!("AdamW (betas = ({}, {}), eps = {}, weight_decay = {})", t.beta1, t.beta2, t.eps, t.weight_decay)),
+        ("optimizer", format!("AdamW (betas = ({}, {}), eps = {}, weight_decay = {})", t.beta1, t.beta2, hp(t.eps), hp(t.weight_decay))),
         ("grad_clip", if t.grad_clip > 0.0 { t.grad_clip.to_string() } else { "off".into() }),
         ("precision", precision.to_string()),
         ("seed", t.seed.to_string()),

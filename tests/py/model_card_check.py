@@ -32,7 +32,7 @@ def load(path, kind, base):
             num_labels = {"num_labels": json.load(open(f"{path}/adapter_config.json")).get("num_labels") or 3}
         cfg = PeftConfig.from_pretrained(path)
         model = PeftModel.from_pretrained(cls.from_pretrained(base, **num_labels), path)
-        return f"{type(model).__name__}:{cfg.peft_type}"
+        return f"{type(model).__name__}:{cfg.peft_type.value}"
     model = getattr(transformers, auto[kind]).from_pretrained(path)
     transformers.AutoTokenizer.from_pretrained(path)
     return type(model).__name__
