@@ -8,7 +8,7 @@
 //! evaluation, the last one as the `model-index` results) and what the task adds ([`CardInfo`]).
 //! Under LoRA, `final/` (the PEFT adapter, `library_name: peft`) and `final/merged/` (the
 //! merged model, `transformers`) each get their own card. The body is in [`body`], the YAML
-//! emitter in [`yaml`], and [`docs/model_card.md`] describes the card section by section.
+//! emitter in [`yaml`], and docs/model_card.md describes the card section by section.
 
 mod body;
 mod sources;
