@@ -6,7 +6,8 @@
 //! ([`checkpoint`]), metrics ([`metrics`]) and the Hugging Face export. One loop, the
 //! [`engine`], runs every objective; a task in [`tasks`] supplies its data, model and loss
 //! (pretraining, full or LoRA fine-tuning of a pretrained model, …), and the blocks every run
-//! shares (joining, resume, guards) are in [`recipe_loop`]. [`generate`] samples from a
+//! shares (joining, resume, guards) are in [`recipe_loop`]. Each run's export writes a model card ([`card`]) and its training curve ([`curves`]).
+//! [`generate`] samples from a
 //! trained model, [`bench`] times steps and collectives. For fine-tuning, [`sft`] turns
 //! prompt/completion, chat (through [`chat_template`]), Alpaca and Dolly data into token ids
 //! with loss masks. Under `rankforge-launch` a rank joins the job's coordinator and trains its
@@ -20,11 +21,13 @@
 //! ```
 
 pub mod bench;
+pub mod card;
 pub mod chat_template;
 pub mod classify;
 pub mod checkpoint;
 pub mod config;
 pub mod cuda;
+pub mod curves;
 pub mod data;
 pub mod dist;
 pub mod device;

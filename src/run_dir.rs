@@ -124,7 +124,8 @@ pub fn check_fresh_start(run_dir: &Path, start_over: bool) -> Result<()> {
     Ok(())
 }
 
-/// Moves the previous run's outputs (checkpoints, final/, metrics.jsonl, recipe.toml) into a new
+/// Moves the previous run's outputs (checkpoints, final/, metrics.jsonl, recipe.toml, the
+/// training curve) into a new
 /// `<run.dir>/abandoned/<UTC time>/` and returns it.
 fn abandon(run_dir: &Path) -> Result<PathBuf> {
     let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
@@ -136,7 +137,7 @@ fn abandon(run_dir: &Path) -> Result<PathBuf> {
         n += 1;
     }
     std::fs::create_dir_all(&aside).at(&aside)?;
-    for name in ["checkpoints", "final", "metrics.jsonl", "recipe.toml"] {
+    for name in ["checkpoints", "final", "metrics.jsonl", "recipe.toml", crate::card::CURVES] {
         let from = run_dir.join(name);
         if from.exists() {
             let to = aside.join(name);

@@ -15,10 +15,10 @@ use serde_json::Value;
 
 const TOL: f64 = 1e-4;
 
-struct Trained {
-    dir: PathBuf,
-    full: PathBuf,
-    lora: PathBuf,
+pub(crate) struct Trained {
+    pub(crate) dir: PathBuf,
+    pub(crate) full: PathBuf,
+    pub(crate) lora: PathBuf,
 }
 
 fn py(args: &[&str]) -> Value {
@@ -46,7 +46,7 @@ fn recipe(dir: &Path, run: &Path, extra: &str) -> PathBuf {
 }
 
 /// One full and one LoRA run (6 steps each, `train.epochs = 0.75` of 64 rows / 8).
-fn trained() -> &'static Trained {
+pub(crate) fn trained() -> &'static Trained {
     static T: OnceLock<Trained> = OnceLock::new();
     T.get_or_init(|| {
         let dir = scratch("classify-train");

@@ -14,7 +14,7 @@ use crate::common::*;
 use serde_json::Value;
 
 /// Preference rows (64 train, 16 val) from the fixture's corpus.
-fn dir() -> &'static PathBuf {
+pub(crate) fn dir() -> &'static PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let d = scratch("dpo-train");
@@ -34,7 +34,7 @@ fn model() -> PathBuf {
 
 /// A DPO recipe: `steps` steps of 8 pairs (micro-batches of 4), `extra` appended (a [lora]
 /// section, task keys go through `--set`).
-fn recipe(run: &Path, steps: u64, extra: &str) -> PathBuf {
+pub(crate) fn recipe(run: &Path, steps: u64, extra: &str) -> PathBuf {
     let d = dir();
     let text = format!(
         "[run]\ndir = {:?}\n[task]\nkind = \"dpo\"\n[model]\nkind = \"hf\"\npath = {:?}\n\
@@ -51,7 +51,7 @@ fn recipe(run: &Path, steps: u64, extra: &str) -> PathBuf {
     path
 }
 
-const LORA: &str = "[lora]\nr = 4\nalpha = 8\ndropout = 0.0\ntarget_modules = [\"c_attn\"]\n";
+pub(crate) const LORA: &str = "[lora]\nr = 4\nalpha = 8\ndropout = 0.0\ntarget_modules = [\"c_attn\"]\n";
 
 fn rows(run: &Path) -> Vec<Value> {
     std::fs::read_to_string(run.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()

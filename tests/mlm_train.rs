@@ -12,7 +12,7 @@ use std::sync::OnceLock;
 use crate::common::*;
 use serde_json::Value;
 
-fn dir() -> &'static PathBuf {
+pub(crate) fn dir() -> &'static PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let d = scratch("mlm-train");
@@ -22,7 +22,7 @@ fn dir() -> &'static PathBuf {
     })
 }
 
-fn recipe(run: &Path, steps: u64, extra: &str) -> PathBuf {
+pub(crate) fn recipe(run: &Path, steps: u64, extra: &str) -> PathBuf {
     let d = dir();
     let p = |n: &str| format!("{:?}", d.join(n).display().to_string());
     let text = format!(

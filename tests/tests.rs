@@ -26,6 +26,7 @@ mod metrics;
 mod mlm_data;
 mod mlm_heads;
 mod mlm_train;
+mod model_card;
 mod safety;
 mod sft;
 mod tokenizer;

@@ -348,18 +348,16 @@ impl Task for Classification {
 
     /// `<run.dir>/final/` (and, under LoRA, `final/merged/`), staged and renamed into place.
     fn export_final(&mut self, state: &TrainState) -> Result<()> {
-        let run_dir = self.recipe.run.dir.clone();
-        let card = self.model_card(state);
-        let target = recipe_loop::write_staged_dir(&run_dir, "final", |staged| {
+        let (recipe, info) = (self.recipe.clone(), self.card_info());
+        let target = recipe_loop::write_staged_dir(&recipe.run.dir, "final", |staged| {
             self.write_weights(staged, state.step)?;
-            crate::fsutil::write_atomic(&staged.join("README.md"), card.as_bytes())?;
             if self.recipe.lora.is_some() {
                 let merged = staged.join("merged");
                 self.model.merge_lora()?;
                 self.model.save_pretrained(&merged)?;
                 self.tok.save_pretrained(&merged, self.model.max_positions())?;
             }
-            Ok(())
+            crate::card::write_final(staged, &recipe, state, &info)
         })?;
         let how = if self.recipe.lora.is_some() {
             "PeftModel.from_pretrained(AutoModelForSequenceClassification...); merged model in final/merged"
@@ -397,24 +395,17 @@ impl Classification {
         crate::device::autocast(self.device, bf16, || self.model.forward(&ids, Some(&mask), types.as_ref(), train))
     }
 
-    fn model_card(&self, state: &TrainState) -> String {
-        let base = self.base.display().to_string();
-        let (library, method) = match &self.recipe.lora {
-            Some(l) => ("peft", format!("LoRA (r = {}, alpha = {}) with the head trained in full", l.r, l.alpha)),
-            None => ("transformers", "full fine-tuning (every weight)".to_string()),
-        };
-        format!(
-            "---\nlibrary_name: {library}\nbase_model: {base:?}\npipeline_tag: text-classification\ntags:\n- rankforge\n- text-classification\n---\n\n\
-             # {} fine-tuned with rankforge\n\n\
-             Sequence classification ({}, labels: {}) of `{base}`, {method}, for {} steps.\n\n\
-             ```python\nfrom transformers import pipeline\nclf = pipeline(\"text-classification\", model=\"path/to/final{}\")\n```\n\n\
-             ## Recipe\n\n```toml\n{}```\n",
-            self.model.architecture(),
-            self.problem_type.as_str(),
-            self.model.id2label.join(", "),
-            state.step,
-            if self.recipe.lora.is_some() { "/merged" } else { "" },
-            self.recipe.to_toml()
-        )
+    /// What the model card says about the model ([`crate::card`]).
+    fn card_info(&self) -> crate::card::CardInfo {
+        crate::card::CardInfo {
+            model_type: self.model.model_type().to_string(),
+            architecture: self.model.architecture().to_string(),
+            params: Some(self.model.named_parameters().iter().map(|(_, p)| p.numel() as i64).sum()),
+            base: Some(self.base.clone()),
+            labels: self.model.id2label.clone(),
+            problem_type: Some(self.problem_type.as_str().to_string()),
+            bf16: self.bf16,
+            mask_token: None,
+        }
     }
 }

@@ -158,7 +158,7 @@ impl Dpo {
     }
 
     fn exported(&mut self) -> export::Exported<'_> {
-        export::Exported { recipe: &self.recipe, base: &self.base, tok: &self.tok, model: &mut self.model, method: "dpo" }
+        export::Exported { recipe: &self.recipe, base: &self.base, tok: &self.tok, model: &mut self.model, bf16: self.bf16 }
     }
 }
 

@@ -275,9 +275,19 @@ impl Task for MaskedLmTask {
     }
 
     fn export_final(&mut self, state: &TrainState) -> Result<()> {
-        let run_dir = self.recipe.run.dir.clone();
         let lora = self.recipe.lora.is_some();
-        let target = recipe_loop::write_staged_dir(&run_dir, "final", |staged| {
+        let recipe = self.recipe.clone();
+        let info = crate::card::CardInfo {
+            model_type: self.model.model_type().to_string(),
+            architecture: self.model.architecture().to_string(),
+            params: Some(self.model.num_params()),
+            // A model built from a config alone (`model.from_scratch`) has no base model.
+            base: self.recipe.model.hf().filter(|h| !h.from_scratch).map(|_| self.base.clone()),
+            bf16: self.bf16,
+            mask_token: self.tok.special("mask_token").map(String::from),
+            ..Default::default()
+        };
+        let target = recipe_loop::write_staged_dir(&recipe.run.dir, "final", |staged| {
             self.write_weights(staged, state.step)?;
             if lora {
                 let merged = staged.join("merged");
@@ -285,7 +295,7 @@ impl Task for MaskedLmTask {
                 self.model.save_pretrained(&merged)?;
                 self.tok.save_pretrained(&merged, Some(self.model.max_positions()))?;
             }
-            Ok(())
+            crate::card::write_final(staged, &recipe, state, &info)
         })?;
         tracing::info!(path = %target.display(), "final model written (AutoModelForMaskedLM{})", if lora { "; PEFT adapter, merged model in final/merged" } else { "" });
         Ok(())

@@ -172,12 +172,20 @@ impl Task for Pretrain {
         self.model.load_hf_state_dict(crate::st::load(&weights)?, &weights)
     }
 
-    /// `<run.dir>/final/`: an HF GPT-2 directory with tokenizer files and a model card.
+    /// `<run.dir>/final/`: an HF GPT-2 directory with tokenizer files, a model card and the
+    /// training curve ([`crate::card`]).
     fn export_final(&mut self, state: &TrainState) -> Result<()> {
-        let card = self.model_card(state);
-        let target = recipe_loop::write_staged_dir(&self.recipe.run.dir.clone(), "final", |staged| {
+        let info = crate::card::CardInfo {
+            model_type: "gpt2".into(),
+            architecture: "GPT2LMHeadModel".into(),
+            params: Some(self.model.num_params() as i64),
+            bf16: self.bf16,
+            ..Default::default()
+        };
+        let recipe = self.recipe.clone();
+        let target = recipe_loop::write_staged_dir(&recipe.run.dir, "final", |staged| {
             self.write_weights(staged, state.step)?;
-            crate::fsutil::write_atomic(&staged.join("README.md"), card.as_bytes())
+            crate::card::write_final(staged, &recipe, state, &info)
         })?;
         tracing::info!(path = %target.display(), "final model written (transformers: GPT2LMHeadModel.from_pretrained)");
         Ok(())
@@ -193,20 +201,3 @@ impl Task for Pretrain {
     }
 }
 
-impl Pretrain {
-    fn model_card(&self, state: &TrainState) -> String {
-        let c = &self.model.cfg;
-        format!(
-            "---\nlibrary_name: transformers\nlicense: other\npipeline_tag: text-generation\ntags:\n- rankforge\n- gpt2\n- text-generation\n---\n\n\
-             # GPT-2 style model trained with rankforge\n\n\
-             {} layers, {} heads, {} dims, context {}, vocabulary {} ({} parameters).\n\
-             Trained from scratch for {} steps on {} tokens.\n\n\
-             ```python\nfrom transformers import AutoTokenizer, GPT2LMHeadModel\n\
-             tok = AutoTokenizer.from_pretrained(\"path/to/final\")\n\
-             model = GPT2LMHeadModel.from_pretrained(\"path/to/final\")\n```\n\n\
-             ## Recipe\n\n```toml\n{}```\n",
-            c.n_layer, c.n_head, c.n_embd, c.n_positions, c.vocab_size, self.model.num_params(),
-            state.step, state.tokens, self.recipe.to_toml()
-        )
-    }
-}

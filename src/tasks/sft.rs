@@ -287,7 +287,7 @@ impl Task for Sft {
 
 impl Sft {
     fn exported(&mut self) -> export::Exported<'_> {
-        export::Exported { recipe: &self.recipe, base: &self.base, tok: &self.tok, model: &mut self.model, method: "sft" }
+        export::Exported { recipe: &self.recipe, base: &self.base, tok: &self.tok, model: &mut self.model, bf16: self.bf16 }
     }
 
     /// `{prompt, completion}` for the first `eval.samples` held-out examples with a prompt:

@@ -4,9 +4,11 @@
 //! - LoRA: `final/` is a PEFT adapter directory (`adapter_config.json` with
 //!   `base_model_name_or_path` = the absolute `model.path` and `task_type` `CAUSAL_LM`,
 //!   `adapter_model.safetensors`), the tokenizer files and a model card (`library_name: peft`);
-//!   `final/merged/` is the base model with the adapters folded in: a plain HF model directory.
+//!   `final/merged/` is the base model with the adapters folded in: a plain HF model directory
+//!   with its own card (`library_name: transformers`).
 //! - Full fine-tuning: `final/` is a plain HF model directory (config.json, model.safetensors,
 //!   generation_config.json, tokenizer files, model card).
+//! - Either way the card's training curve, `curves.svg`, lies beside each card ([`crate::card`]).
 //!
 //! Both are staged beside `final/` and renamed into place ([`recipe_loop::write_staged_dir`]).
 
@@ -20,13 +22,13 @@ use crate::recipe_loop;
 use crate::tokenizer::LoadedTokenizer;
 
 /// What a causal-LM fine-tuning run exports: its recipe, base model directory, tokenizer and
-/// the model being trained; `method` names the training in the model card ("sft", "dpo").
+/// the model being trained; `bf16` whether it computed in bf16 (for the model card).
 pub struct Exported<'a> {
     pub recipe: &'a Recipe,
     pub base: &'a Path,
     pub tok: &'a LoadedTokenizer,
     pub model: &'a mut CausalLm,
-    pub method: &'static str,
+    pub bf16: bool,
 }
 
 /// The trainable weights into `dir`: the PEFT adapter under LoRA, else the HF model files;
@@ -70,7 +72,7 @@ pub fn export_final(t: &mut Exported<'_>, state: &TrainState) -> Result<()> {
     let target = recipe_loop::write_staged_dir(&run_dir, "final", |staged| {
         write_weights(t, staged, state.step)?;
         t.tok.save_pretrained(staged, max_len)?;
-        crate::fsutil::write_atomic(&staged.join("README.md"), model_card(t, state).as_bytes())?;
+        let info = card_info(t);
         if lora {
             let merged = staged.join("merged");
             let n = t.model.merge_lora()?.len();
@@ -78,7 +80,7 @@ pub fn export_final(t: &mut Exported<'_>, state: &TrainState) -> Result<()> {
             t.tok.save_pretrained(&merged, max_len)?;
             tracing::debug!(layers = n, "adapters merged into final/merged");
         }
-        Ok(())
+        crate::card::write_final(staged, t.recipe, state, &info)
     })?;
     if lora {
         tracing::info!(
@@ -92,51 +94,22 @@ pub fn export_final(t: &mut Exported<'_>, state: &TrainState) -> Result<()> {
     Ok(())
 }
 
-fn targets(t: &crate::lora::TargetModules) -> String {
-    match t {
-        crate::lora::TargetModules::Names(names) => names.join(", "),
-        crate::lora::TargetModules::Preset(p) => p.clone(),
+/// What the model card says about the model ([`crate::card`]); read before merging.
+fn card_info(t: &Exported<'_>) -> crate::card::CardInfo {
+    let model_type = t.model.model_type().to_string();
+    let architecture = match model_type.as_str() {
+        "gpt2" => "GPT2LMHeadModel".to_string(),
+        "llama" => "LlamaForCausalLM".to_string(),
+        "mistral" => "MistralForCausalLM".to_string(),
+        "qwen2" => "Qwen2ForCausalLM".to_string(),
+        other => format!("AutoModelForCausalLM ({other})"),
+    };
+    crate::card::CardInfo {
+        model_type,
+        architecture,
+        params: Some(t.model.num_params()),
+        base: Some(t.base.to_path_buf()),
+        bf16: t.bf16,
+        ..Default::default()
     }
-}
-
-/// `README.md`: YAML front matter as the Hub reads it, what was trained, how to load it.
-fn model_card(t: &Exported<'_>, state: &TrainState) -> String {
-    let base = t.base.display().to_string();
-    let (library, method, load) = match &t.recipe.lora {
-        Some(l) => (
-            "peft",
-            format!("LoRA (r = {}, alpha = {}, target_modules {}) on the frozen base model", l.r, l.alpha, targets(&l.target_modules)),
-            format!(
-                "from peft import PeftModel\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n\
-                 base = AutoModelForCausalLM.from_pretrained(\"{base}\")\n\
-                 model = PeftModel.from_pretrained(base, \"path/to/final\")\n\
-                 tok = AutoTokenizer.from_pretrained(\"path/to/final\")\n\
-                 # or the merged model: AutoModelForCausalLM.from_pretrained(\"path/to/final/merged\")"
-            ),
-        ),
-        None => (
-            "transformers",
-            "full fine-tuning (every weight)".to_string(),
-            "from transformers import AutoModelForCausalLM, AutoTokenizer\n\
-             model = AutoModelForCausalLM.from_pretrained(\"path/to/final\")\n\
-             tok = AutoTokenizer.from_pretrained(\"path/to/final\")"
-                .to_string(),
-        ),
-    };
-    let lora_tag = if t.recipe.lora.is_some() { "- lora\n" } else { "" };
-    let (tag, what) = match t.method {
-        "dpo" => ("dpo", "Direct preference optimisation (DPO)"),
-        _ => ("sft", "Supervised fine-tuning"),
-    };
-    format!(
-        "---\nlibrary_name: {library}\nbase_model: {base:?}\npipeline_tag: text-generation\ntags:\n- rankforge\n- {tag}\n{lora_tag}- text-generation\n---\n\n\
-         # {} fine-tuned with rankforge\n\n\
-         {what} of `{base}` ({}), {method}, for {} steps on {} tokens.\n\n\
-         ```python\n{load}\n```\n\n## Recipe\n\n```toml\n{}```\n",
-        t.model.model_type(),
-        t.model.model_type(),
-        state.step,
-        state.tokens,
-        t.recipe.to_toml()
-    )
 }
