@@ -7,19 +7,9 @@ use std::path::{Path, PathBuf};
 
 use crate::config::Recipe;
 
-/// Whether `id` is a repo id the Hub accepts (`huggingface_hub.utils.validate_repo_id`):
-/// `name` or `namespace/name` of `[A-Za-z0-9_.-]`, at most 96 characters each, no `--` or
-/// `..`, not starting or ending with `-` or `.`, not ending in `.git`.
+/// Whether `id` is a repo id the Hub accepts ([`crate::hub::validate_repo_id`]).
 pub fn is_repo_id(id: &str) -> bool {
-    let parts: Vec<&str> = id.split('/').collect();
-    let part_ok = |p: &str| {
-        !p.is_empty()
-            && p.len() <= 96
-            && p.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
-            && !p.starts_with(['-', '.'])
-            && !p.ends_with(['-', '.'])
-    };
-    (1..=2).contains(&parts.len()) && parts.iter().all(|p| part_ok(p)) && !id.contains("--") && !id.contains("..") && !id.ends_with(".git")
+    crate::hub::validate_repo_id(id).is_ok()
 }
 
 /// The repo id of a Hub-cache folder `<prefix>--ORG--NAME` among `path`'s components
