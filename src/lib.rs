@@ -6,7 +6,8 @@
 //! ([`checkpoint`]), metrics ([`metrics`]) and the Hugging Face export. One loop, the
 //! [`engine`], runs every objective; a task in [`tasks`] supplies its data, model and loss
 //! (pretraining, full or LoRA fine-tuning of a pretrained model, …), and the blocks every run
-//! shares (joining, resume, guards) are in [`recipe_loop`]. [`generate`] samples from a
+//! shares (joining, resume, guards) are in [`recipe_loop`]; [`sweep`] runs a hyperparameter
+//! grid of such runs on one job. [`generate`] samples from a
 //! trained model, [`bench`] times steps and collectives. For fine-tuning, [`sft`] turns
 //! prompt/completion, chat (through [`chat_template`]), Alpaca and Dolly data into token ids
 //! with loss masks. Under `rankforge-launch` a rank joins the job's coordinator and trains its
@@ -44,5 +45,6 @@ pub mod recipe_loop;
 pub mod run_dir;
 pub mod sft;
 pub mod st;
+pub mod sweep;
 pub mod tokenizer;
 pub mod tasks;

@@ -25,5 +25,6 @@ mod mlm_heads;
 mod mlm_train;
 mod safety;
 mod sft;
+mod sweep;
 mod tokenizer;
 mod train;
