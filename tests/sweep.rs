@@ -169,6 +169,44 @@ fn a_sweep_under_the_launcher_on_two_ranks_equals_the_one_rank_sweep() {
     assert!(logs.join("rank1.log").exists(), "rank 1 ran");
 }
 
+/// A trial whose damage only rank 0 sees (every checkpoint of its run directory fails its
+/// manifest: it cannot resume) fails on both ranks alike instead of leaving rank 1 waiting for
+/// rank 0's start state, and the sweep goes on with the next trial.
+#[test]
+fn a_trial_broken_where_only_rank_0_looks_fails_on_every_rank_and_the_sweep_goes_on() {
+    let dir = scratch("sweep-launch-damaged");
+    let base = dir.join("sweep");
+    let recipe = recipe(&dir, &base);
+    std::fs::create_dir_all(base.join("lr0.003/checkpoints/step_00000004")).unwrap();
+    let logs = dir.join("logs");
+    let mut child = Command::new(bin().with_file_name("rankforge-launch"))
+        .args(["--nproc-per-node", "2", "--log-dir", logs.to_str().unwrap(), "--", "sweep", "--config", recipe.to_str().unwrap()])
+        .args(["--grid", "train.lr=3e-3,1e-3", "--set", "train.max_steps=4"])
+        .env("RANKFORGE_LOG", "warn")
+        .env_remove("RANKFORGE_JOB_TOKEN")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("the sweep hangs: {}", String::from_utf8_lossy(&child.wait_with_output().unwrap().stderr));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    check(&out, "a 2-rank sweep with a damaged trial");
+    let rows = rows(&base);
+    assert_eq!((rows[0]["name"].as_str().unwrap(), rows[0]["status"].as_str().unwrap()), ("lr0.003", "failed"));
+    assert!(rows[0]["error"].as_str().unwrap().contains("cannot resume: every checkpoint is damaged"), "{}", rows[0]);
+    assert_eq!((rows[1]["status"].as_str().unwrap(), rows[1]["steps"].as_u64()), ("ok", Some(4)));
+    assert!(base.join("lr0.001/final/model.safetensors").exists());
+    let rank1 = std::fs::read_to_string(logs.join("rank1.log")).unwrap();
+    assert!(!rank1.contains("error:"), "rank 1 went on too: {rank1}");
+}
+
 /// Waits (up to 120 s) for `f`.
 fn wait_until(what: &str, f: impl Fn() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -300,15 +338,17 @@ fn floats_in_names_print_as_pythons_str() {
         }
     }
     let mut s: u64 = 0x9E37_79B9_7F4A_7C15;
-    for _ in 0..3000 {
+    for _ in 0..20000 {
         s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         xs.push(f64::from_bits(s));
     }
     let input: String = xs.iter().map(|x| format!("{}\n", x.to_bits())).collect();
     let py = "import struct, sys\nfor l in sys.stdin:\n    print(str(struct.unpack('<d', struct.pack('<Q', int(l)))[0]))\n";
     let mut child = Command::new(python()).args(["-c", py]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
-    std::io::Write::write_all(&mut child.stdin.take().unwrap(), input.as_bytes()).unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || std::io::Write::write_all(&mut stdin, input.as_bytes()).unwrap());
     let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
     assert!(out.status.success());
     let want: Vec<String> = String::from_utf8(out.stdout).unwrap().lines().map(String::from).collect();
     assert_eq!(want.len(), xs.len());

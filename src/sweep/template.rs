@@ -201,8 +201,14 @@ pub fn python_float(x: f64) -> String {
     if x == 0.0 {
         return format!("{sign}0.0");
     }
-    // Rust's `{:e}` prints the shortest round-trip digits as `d.ddde<exp>`.
-    let e = format!("{:e}", x.abs());
+    // Rust's `{:e}` prints the shortest digits that round-trip, as `d.ddde<exp>`; where two
+    // such strings are equally close to `x` (its exact value ends in 5 just past them) it takes
+    // the upper one, Python the even one. The exactly rounded string of as many digits (half to
+    // even) is Python's whenever it reads back as `x`.
+    let shortest = format!("{:e}", x.abs());
+    let n = shortest.split('e').next().map_or(1, |m| m.chars().filter(|c| c.is_ascii_digit()).count());
+    let exact = format!("{:.*e}", n - 1, x.abs());
+    let e = if exact.parse::<f64>() == Ok(x.abs()) { exact } else { shortest };
     let (mantissa, exp) = e.split_once('e').expect("LowerExp has an exponent");
     let exp: i32 = exp.parse().expect("LowerExp's exponent is an integer");
     let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
@@ -229,7 +235,7 @@ mod tests {
     /// `str(x)` from CPython 3.11 (`python3 -c 'print(str(x))'`) for each value.
     #[test]
     fn floats_print_as_python_prints_them() {
-        let table: [(f64, &str); 24] = [
+        let table: [(f64, &str); 25] = [
             (5e-5, "5e-05"),
             (1e-4, "0.0001"),
             (0.0001234, "0.0001234"),
@@ -249,6 +255,9 @@ mod tests {
             (5e-324, "5e-324"),
             (f64::MAX, "1.7976931348623157e+308"),
             (2.5, "2.5"),
+            // A tie: the exact value is 667082108456853.25; .2 and .3 both read back, Python
+            // takes the even one.
+            (f64::from_bits(0x4302f5a940e27caa), "667082108456853.2"),
             (-0.0, "-0.0"),
             (-2e-5, "-2e-05"),
             (f64::INFINITY, "inf"),
