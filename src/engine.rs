@@ -2,9 +2,10 @@
 //! (pretraining, SFT, classification, … in [`crate::tasks`]) supplies its data, model and loss;
 //! the engine owns everything that must behave the same for all of them:
 //!
-//! - setup: joining the job ([`recipe_loop::join`]), AdamW over the task's trainable tensors,
-//!   the resume point and its restore (state, tokenizer check, weights, optimizer moments),
-//!   rank 0's state on every rank, the run directory;
+//! - setup: joining the job ([`recipe_loop::join`]; [`run_joined`] runs on a job joined
+//!   before, as `rankforge sweep` does for each trial), the run directory's lock, AdamW over the
+//!   task's trainable tensors, the resume point and its restore (state, tokenizer check,
+//!   weights, optimizer moments), rank 0's state on every rank, the run directory;
 //! - the run length: `train.max_steps`, or `train.epochs` over the task's epoch length;
 //! - each step: the global batch's sample range (`state.samples`, a pure function of the step),
 //!   this rank's slice of it ([`crate::data::rank_slice`]), the micro-batches' seeds, the step
@@ -29,7 +30,7 @@ use crate::error::{Error, Result};
 use crate::metrics::MetricsWriter;
 use crate::optim::{lr_at, AdamW};
 use crate::progress::Progress;
-use crate::recipe_loop::{self, RunOptions};
+use crate::recipe_loop::{self, Joined, RunOptions};
 use crate::tokenizer::LoadedTokenizer;
 pub use step::{Objective, StepOutcome};
 
@@ -101,14 +102,27 @@ pub trait Task: Objective + Sized {
 }
 
 /// Runs (or resumes) `recipe` with task `T`; `opts` say where to resume from and whether a run
-/// directory that cannot be resumed may be started over.
+/// directory that cannot be resumed may be started over. Joins the job first (a rank started
+/// with a different recipe is refused before anyone loads data), then [`run_joined`].
 pub fn run<T: Task>(recipe: Recipe, opts: &RunOptions) -> Result<()> {
-    let mut e = Engine::<T>::setup(recipe, opts)?;
+    let mut job = recipe_loop::join(&recipe, true)?;
+    run_joined::<T>(recipe, opts, &mut job)?;
+    job.dist.status.set_phase(rankforge_proto::Phase::Done);
+    Ok(())
+}
+
+/// Runs (or resumes) `recipe` with task `T` on a job joined before (`rankforge sweep` joins
+/// once and runs every trial here, on the same ranks): rank 0 holds the run directory's lock
+/// until the run ends (`job.lock`, taken by the caller, else taken here), then setup → train →
+/// `final/`. The job's device and precision
+/// are the run's; the checkpoints record `recipe`'s own hash. Leaves the job's phase as it is:
+/// the caller marks it done after its last run.
+pub fn run_joined<T: Task>(recipe: Recipe, opts: &RunOptions, job: &mut Joined) -> Result<()> {
+    let mut e = Engine::<T>::setup(recipe, opts, job)?;
     e.train()?;
     if e.dist.is_main() {
         e.task.export_final(&e.state)?;
     }
-    e.dist.status.set_phase(rankforge_proto::Phase::Done);
     Ok(())
 }
 
@@ -128,8 +142,8 @@ pub fn total_steps(recipe: &Recipe, epoch_len: u64) -> Result<u64> {
     }
 }
 
-/// Everything a run holds.
-struct Engine<T: Task> {
+/// Everything a run holds; the job (`dist`) is borrowed: it outlives the run.
+struct Engine<'j, T: Task> {
     recipe: Recipe,
     device: Device,
     bf16: bool,
@@ -140,35 +154,44 @@ struct Engine<T: Task> {
     state: TrainState,
     /// Rank 0 only: ranks > 0 write nothing to the run directory.
     metrics: Option<MetricsWriter>,
-    dist: Dist,
+    dist: &'j mut Dist,
     /// Rank 0: the run directory's lock, released when the run ends.
     _lock: Option<crate::run_dir::RunLock>,
 }
 
-impl<T: Task> Engine<T> {
-    fn setup(recipe: Recipe, opts: &RunOptions) -> Result<Self> {
-        // Join the job first: a rank with a different recipe is refused before anyone loads
-        // data, and a second run on the same run directory before it touches it.
-        let recipe_loop::Joined { device, bf16, hash, mut dist, lock } = recipe_loop::join(&recipe, true)?;
+impl<'j, T: Task> Engine<'j, T> {
+    fn setup(recipe: Recipe, opts: &RunOptions, job: &'j mut Joined) -> Result<Self> {
+        // The job is joined (a rank with a different recipe was refused before anyone loaded
+        // data); a second run on the same run directory is refused before it touches it.
+        let (device, bf16, dist) = (job.device, job.bf16, &mut job.dist);
+        dist.status.set_phase(rankforge_proto::Phase::Setup);
         let main = dist.is_main();
-        let mut task = T::setup(&mut SetupCtx { recipe: &recipe, device, bf16, dist: &mut dist })?;
+        // Rank 0's lock on the run directory: the one the caller took (`train` when joining,
+        // a sweep before each trial), else taken now.
+        let lock = match job.lock.take() {
+            Some(lock) => Some(lock),
+            None if main => Some(crate::run_dir::RunLock::acquire(&recipe.run.dir)?),
+            None => None,
+        };
+        let hash = recipe_loop::recipe_hash(&recipe);
+        let mut task = T::setup(&mut SetupCtx { recipe: &recipe, device, bf16, dist: &mut *dist })?;
         let tok_hash = recipe_loop::tokenizer_hash(task.tokenizer())?;
         let mut opt = AdamW::new(task.trainable(), &recipe.train);
         tracing::debug!(implementation = ?opt.implementation(), "AdamW");
-        // Rank 0 picks the resume point and restores it; the others receive its state below.
-        let resume = recipe_loop::resume_point(opts, main, &recipe.run.dir)?;
-        let state = match &resume {
+        // Rank 0 picks the resume point and restores it; the others receive its state (or its
+        // error: they fail alike instead of waiting for it) below.
+        let state = recipe_loop::resume_point(opts, main, &recipe.run.dir).and_then(|resume| match &resume {
             // Checkpoints written from now on come from the current recipe, world and tokenizer.
-            Some(dir) => TrainState {
+            Some(dir) => Ok(TrainState {
                 recipe_hash: hash.clone(),
                 world_size: dist.world(),
                 tokenizer_sha256: Some(tok_hash.clone()),
                 ..restore(dir, &mut task, &mut opt, &recipe, &tok_hash)?
-            },
-            None => recipe_loop::fresh_state(&recipe, &hash, dist.world(), &tok_hash),
-        };
+            }),
+            None => Ok(recipe_loop::fresh_state(&recipe, &hash, dist.world(), &tok_hash)),
+        });
         let params = task.trainable().into_iter().map(|(_, t)| t).collect();
-        let state = recipe_loop::sync_start(&mut dist, state, params, &mut opt)?;
+        let state = recipe_loop::sync_start(dist, state, params, &mut opt)?;
         let max_steps = total_steps(&recipe, task.epoch_len())?;
         if recipe.train.epochs.is_some() && main {
             tracing::info!(epochs = recipe.train.epochs, examples = task.epoch_len(), global_batch = recipe.train.global_batch_size, "train.epochs: {max_steps} steps");
@@ -253,7 +276,7 @@ impl<T: Task> Engine<T> {
         let first = self.state.samples;
         let mine = rank_slice(first, b, self.dist.rank(), self.dist.world());
         let StepBatch { micro, tokens, extra } = self.task.batch(step, first..first + b as u64, mine)?;
-        let out = step::step(&self.task, &mut self.opt, micro, self.device, cfg, lr, self.bf16, &mut self.dist)?;
+        let out = step::step(&self.task, &mut self.opt, micro, self.device, cfg, lr, self.bf16, self.dist)?;
         recipe_loop::check_update(&mut self.state, cfg, step, out.loss, out.grad_norm, self.dist.is_main())?;
         self.state.step = step + 1;
         self.state.samples += b as u64;

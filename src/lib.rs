@@ -6,8 +6,9 @@
 //! ([`checkpoint`]), metrics ([`metrics`]) and the Hugging Face export. One loop, the
 //! [`engine`], runs every objective; a task in [`tasks`] supplies its data, model and loss
 //! (pretraining, full or LoRA fine-tuning of a pretrained model, …), and the blocks every run
-//! shares (joining, resume, guards) are in [`recipe_loop`]. Each run's export writes a model card ([`card`]) and its training curve ([`curves`]).
-//! [`generate`] samples from a
+//! shares (joining, resume, guards) are in [`recipe_loop`]; [`sweep`] runs a hyperparameter
+//! grid of such runs on one job. Each run's export writes a model card ([`card`]) with its
+//! training curve ([`curves`]); [`hub`] uploads to the Hugging Face Hub. [`generate`] samples from a
 //! trained model, [`bench`] times steps and collectives. For fine-tuning, [`sft`] turns
 //! prompt/completion, chat (through [`chat_template`]), Alpaca and Dolly data into token ids
 //! with loss masks. Under `rankforge-launch` a rank joins the job's coordinator and trains its
@@ -48,5 +49,6 @@ pub mod recipe_loop;
 pub mod run_dir;
 pub mod sft;
 pub mod st;
+pub mod sweep;
 pub mod tokenizer;
 pub mod tasks;

@@ -1,4 +1,4 @@
-//! The `rankforge` command line: `train`, `tokenizer train`, `generate`, `evaluate`,
+//! The `rankforge` command line: `train`, `sweep`, `tokenizer train`, `generate`, `evaluate`,
 //! `predict`, `fill-mask`, `bench`, `push`.
 //!
 //! Exit codes: 0 success; 1 runtime failure (I/O, libtorch: a restart may help); 2 bad input
@@ -41,6 +41,39 @@ enum Command {
         /// refused. Ignored while a checkpoint verifies (a launcher's restart still resumes).
         #[arg(long)]
         start_over: bool,
+    },
+    /// Train one run per point of a hyperparameter grid (the Cartesian product of the --grid
+    /// flags, the last varying fastest), each in <run.dir>/<name>/, on one process or
+    /// data-parallel under rankforge-launch; writes <run.dir>/sweep.jsonl, sweep.csv and
+    /// sweep.md and prints the table. Rerunning skips finished trials and resumes the
+    /// interrupted one (docs/sweep.md).
+    Sweep {
+        /// The recipe (TOML) every trial starts from.
+        #[arg(long)]
+        config: PathBuf,
+        /// One axis of the grid: a recipe key and its values, comma-separated, each a TOML
+        /// value as for --set (e.g. train.lr=1e-4,5e-5). Repeatable.
+        #[arg(long = "grid", value_name = "KEY=V1,V2,...", required = true)]
+        grid: Vec<String>,
+        /// Override a recipe value of every trial: section.key=value (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// The trials' names (their directories): placeholders {train.lr}, {lr}, {bs},
+        /// {epoch}, values printed as Python's str() does. Default: each grid key's last part
+        /// and value, joined by _ (lr{lr}_bs{bs}).
+        #[arg(long, value_name = "TEMPLATE")]
+        name: Option<String>,
+        /// The metric that picks the best trial: one of the last evaluation's (val_loss,
+        /// val_ppl, accuracy, ...) or loss (the final train loss).
+        #[arg(long, default_value = "val_loss")]
+        metric: String,
+        /// min or max: whether the best trial has the lowest or the highest --metric.
+        #[arg(long, default_value = "min")]
+        mode: String,
+        /// Stop at the first failed trial, with its exit code (default: record it as failed
+        /// and go on with the next).
+        #[arg(long)]
+        fail_fast: bool,
     },
     /// Tokenizer tools.
     Tokenizer {
@@ -351,6 +384,12 @@ fn run(command: Command) -> Result<()> {
             rankforge::device::check_training_memory(&recipe, &config)?;
             let opts = rankforge::recipe_loop::RunOptions { resume, start_over };
             rankforge::tasks::run(recipe, &opts)
+        }
+        Command::Sweep { config, grid, set, name, metric, mode, fail_fast } => {
+            let args = rankforge::sweep::SweepArgs { config, grid, set, name, metric, mode, fail_fast };
+            let plan = rankforge::sweep::plan(&args)?;
+            check_run_dir(&plan.base, &args.config)?;
+            rankforge::sweep::run(plan)
         }
         Command::Tokenizer { command: TokenizerCommand::Train { input, vocab_size, kind, output, special_tokens, min_frequency } } => {
             let opts = TrainOptions { inputs: input, vocab_size, kind, output, special_tokens, min_frequency, show_progress: true };

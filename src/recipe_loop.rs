@@ -47,17 +47,37 @@ pub struct Joined {
 /// Sets up the device and joins the job (a world of one without a launcher) first thing: a
 /// rank started with a different recipe is refused before anyone loads a model or data. Rank 0
 /// then locks the run directory when `lock_run_dir` (a training run: a second run on it is
-/// refused, exit 2; `bench` writes none). Without a launcher, SIGTERM and SIGUSR1 become a stop
-/// at the next step boundary after a checkpoint, as under one.
+/// refused, exit 2; the engine takes the lock over, see [`crate::engine::run_joined`]; `bench`
+/// writes none). Without a launcher, SIGTERM and SIGUSR1
+/// become a stop at the next step boundary after a checkpoint, as under one.
 pub fn join(recipe: &Recipe, lock_run_dir: bool) -> Result<Joined> {
-    let (device, bf16) = crate::device::setup(&recipe.train)?;
-    let hash = checkpoint::sha256_hex(recipe.to_toml().as_bytes());
-    let dist = Dist::init(&hash, device)?;
+    let mut job = join_as(&recipe_hash(recipe), &recipe.train)?;
+    if job.dist.is_main() && lock_run_dir {
+        job.lock = Some(RunLock::acquire(&recipe.run.dir)?);
+    }
+    Ok(job)
+}
+
+/// Joins the job under `hash` (what every rank must agree on: a recipe's, or a whole sweep's),
+/// on the device and precision `train` asks for. Takes no lock.
+pub fn join_as(hash: &str, train: &crate::config::TrainConfig) -> Result<Joined> {
+    let (device, bf16) = crate::device::setup(train)?;
+    let dist = Dist::init(hash, device)?;
     if dist.standalone() {
         stop_on_signals();
     }
-    let lock = if dist.is_main() && lock_run_dir { Some(RunLock::acquire(&recipe.run.dir)?) } else { None };
-    Ok(Joined { device, bf16, hash, dist, lock })
+    Ok(Joined { device, bf16, hash: hash.to_string(), dist, lock: None })
+}
+
+/// sha256 of the resolved recipe: what the ranks of a run agree on and its checkpoints record.
+pub fn recipe_hash(recipe: &Recipe) -> String {
+    checkpoint::sha256_hex(recipe.to_toml().as_bytes())
+}
+
+/// Whether this rank was asked to stop (the coordinator's STOP, or SIGTERM/SIGUSR1 without a
+/// launcher), without clearing anything: a sweep checks it between its trials.
+pub fn stop_requested(dist: &Dist) -> bool {
+    dist.status.stop.load(Ordering::SeqCst) || STOP_SIGNAL.load(Ordering::SeqCst)
 }
 
 /// sha256 of the tokenizer file `tok` was loaded from.
@@ -193,19 +213,43 @@ pub fn warn_recipe_changes(recipe: &Recipe, run_dir: &Path) {
 /// Makes every rank start from rank 0's state: the progress counters through the
 /// coordinator, the trainable tensors (`params`) and the optimizer moments by broadcast.
 /// Identical starting weights do not rely on identical seeding, and ranks on other hosts need
-/// no copy of the checkpoint.
-pub fn sync_start(dist: &mut Dist, state: TrainState, params: Vec<Tensor>, opt: &mut AdamW) -> Result<TrainState> {
+/// no copy of the checkpoint. When rank 0 could not resume (a damaged checkpoint, a changed
+/// tokenizer: things only it sees), every rank fails with its error, with its exit code,
+/// instead of waiting for it.
+pub fn sync_start(dist: &mut Dist, state: Result<TrainState>, params: Vec<Tensor>, opt: &mut AdamW) -> Result<TrainState> {
     if dist.world() == 1 {
-        return Ok(state);
+        return state;
     }
-    let payload = serde_json::to_vec(&state).expect("TrainState serialises");
-    let all = dist.gather_small("start-state", payload)?;
-    let state: TrainState = serde_json::from_slice(&all[0]).map_err(|e| Error::Dist(format!("rank 0 sent an unreadable start state: {e}")))?;
+    let payload = match &state {
+        Ok(s) => serde_json::json!({"state": s}),
+        Err(e) => serde_json::json!({"error": e.to_string(), "code": e.exit_code()}),
+    };
+    let all = dist.gather_small("start-state", payload.to_string().into_bytes())?;
+    let unreadable = |e: String| Error::Dist(format!("rank 0 sent an unreadable start state: {e}"));
+    let sent: serde_json::Value = serde_json::from_slice(&all[0]).map_err(|e| unreadable(e.to_string()))?;
+    if let Some(msg) = sent["error"].as_str() {
+        return Err(match state {
+            Err(e) if dist.is_main() => e,
+            _ => error_with_code(sent["code"].as_i64().unwrap_or(1) as i32, format!("rank 0: {msg}")),
+        });
+    }
+    let state: TrainState = serde_json::from_value(sent["state"].clone()).map_err(|e| unreadable(e.to_string()))?;
     let mut tensors = params;
     tensors.extend(opt.state_tensors().into_iter().map(|(_, t)| t));
     dist.broadcast_tensors(&tensors, 0)?;
     opt.steps = state.optimizer_steps;
     Ok(state)
+}
+
+/// An error another rank reported (its message and exit code), as this rank's own: it exits
+/// with the same code (2 bad input, 74 disk full, 75 stopped, else 1).
+pub fn error_with_code(code: i32, msg: String) -> Error {
+    match code {
+        crate::error::EXIT_BAD_INPUT => Error::Input(msg),
+        crate::error::EXIT_NO_SPACE => Error::io(msg, std::io::Error::from_raw_os_error(libc::ENOSPC)),
+        c if c == rankforge_proto::EXIT_STOPPED => Error::Stopped(msg),
+        _ => Error::Dist(msg),
+    }
 }
 
 /// Rank 0, once the inputs are known to be valid: creates the run directory, removes

@@ -29,5 +29,6 @@ mod mlm_train;
 mod model_card;
 mod safety;
 mod sft;
+mod sweep;
 mod tokenizer;
 mod train;

@@ -11,15 +11,25 @@ pub mod sft;
 
 use crate::config::{ModelKind, Recipe, TaskConfig};
 use crate::error::Result;
-use crate::recipe_loop::RunOptions;
+use crate::engine::run_joined;
+use crate::recipe_loop::{Joined, RunOptions};
 
-/// `rankforge train`: runs (or resumes) `recipe` with its task.
+/// `rankforge train`: joins the job, then runs (or resumes) `recipe` with its task.
 pub fn run(recipe: Recipe, opts: &RunOptions) -> Result<()> {
+    let mut job = crate::recipe_loop::join(&recipe, true)?;
+    run_in(recipe, opts, &mut job)?;
+    job.dist.status.set_phase(rankforge_proto::Phase::Done);
+    Ok(())
+}
+
+/// Runs (or resumes) `recipe` with its task on a job joined before (each trial of
+/// `rankforge sweep`); see [`crate::engine::run_joined`].
+pub fn run_in(recipe: Recipe, opts: &RunOptions, job: &mut Joined) -> Result<()> {
     match (&recipe.task, recipe.model.kind()) {
-        (TaskConfig::CausalLm, ModelKind::Gpt) => crate::engine::run::<pretrain::Pretrain>(recipe, opts),
-        (TaskConfig::CausalLm, ModelKind::Hf) => crate::engine::run::<sft::Sft>(recipe, opts),
-        (TaskConfig::Classification(_), _) => crate::engine::run::<classification::Classification>(recipe, opts),
-        (TaskConfig::MaskedLm(_), _) => crate::engine::run::<masked_lm::MaskedLmTask>(recipe, opts),
-        (TaskConfig::Dpo(_), _) => crate::engine::run::<dpo::Dpo>(recipe, opts),
+        (TaskConfig::CausalLm, ModelKind::Gpt) => run_joined::<pretrain::Pretrain>(recipe, opts, job),
+        (TaskConfig::CausalLm, ModelKind::Hf) => run_joined::<sft::Sft>(recipe, opts, job),
+        (TaskConfig::Classification(_), _) => run_joined::<classification::Classification>(recipe, opts, job),
+        (TaskConfig::MaskedLm(_), _) => run_joined::<masked_lm::MaskedLmTask>(recipe, opts, job),
+        (TaskConfig::Dpo(_), _) => run_joined::<dpo::Dpo>(recipe, opts, job),
     }
 }
