@@ -11,7 +11,8 @@
 //!   this rank's slice of it ([`crate::data::rank_slice`]), the micro-batches' seeds, the step
 //!   itself ([`step::step`]), the skip/diverge check, the progress counters;
 //! - metrics rows, evaluation, checkpoint and stop cadence, the coordinator's flags;
-//! - checkpoints (the task's weights + optimizer moments + train_state.json) and `final/`.
+//! - checkpoints (the task's weights + optimizer moments + train_state.json) and `final/`;
+//! - with `[hub]`, rank 0's token check before training and its uploads ([`Publisher`]).
 
 pub mod step;
 
@@ -27,6 +28,7 @@ use crate::config::Recipe;
 use crate::data::rank_slice;
 use crate::dist::Dist;
 use crate::error::{Error, Result};
+use crate::hub::publish::Publisher;
 use crate::metrics::MetricsWriter;
 use crate::optim::{lr_at, AdamW};
 use crate::progress::Progress;
@@ -123,6 +125,11 @@ pub fn run_joined<T: Task>(recipe: Recipe, opts: &RunOptions, job: &mut Joined) 
     if e.dist.is_main() {
         e.task.export_final(&e.state)?;
     }
+    if let Some(p) = &e.publisher {
+        // The other ranks may wait for the upload: it is rank 0's writing phase.
+        e.dist.status.set_phase(rankforge_proto::Phase::Checkpoint);
+        p.finish(&e.recipe.run.dir, e.state.step, e.recipe.task.kind().as_str())?;
+    }
     Ok(())
 }
 
@@ -155,6 +162,8 @@ struct Engine<'j, T: Task> {
     /// Rank 0 only: ranks > 0 write nothing to the run directory.
     metrics: Option<MetricsWriter>,
     dist: &'j mut Dist,
+    /// Rank 0 with `[hub]`: where it pushes checkpoints and `final/`.
+    publisher: Option<Publisher>,
     /// Rank 0: the run directory's lock, released when the run ends.
     _lock: Option<crate::run_dir::RunLock>,
 }
@@ -180,7 +189,18 @@ impl<'j, T: Task> Engine<'j, T> {
         tracing::debug!(implementation = ?opt.implementation(), "AdamW");
         // Rank 0 picks the resume point and restores it; the others receive its state (or its
         // error: they fail alike instead of waiting for it) below.
-        let state = recipe_loop::resume_point(opts, main, &recipe.run.dir).and_then(|resume| match &resume {
+        // Rank 0 checks `[hub]`'s repo and token before any training (an error fails every
+        // rank alike below).
+        let publisher = if main { Publisher::prepare(&recipe) } else { Ok(None) };
+        let (publisher, hub_error) = match publisher {
+            Ok(p) => (p, None),
+            Err(e) => (None, Some(e)),
+        };
+        let resume = match hub_error {
+            Some(e) => Err(e),
+            None => recipe_loop::resume_point(opts, main, &recipe.run.dir),
+        };
+        let state = resume.and_then(|resume| match &resume {
             // Checkpoints written from now on come from the current recipe, world and tokenizer.
             Some(dir) => Ok(TrainState {
                 recipe_hash: hash.clone(),
@@ -208,7 +228,7 @@ impl<'j, T: Task> Engine<'j, T> {
             "{fields}; ready, {}",
             if state.step > 0 { format!("resuming at step {}", state.step) } else { "starting at step 0".into() }
         );
-        Ok(Engine { recipe, device, bf16, task, opt, max_steps, state, metrics, dist, _lock: lock })
+        Ok(Engine { recipe, device, bf16, task, opt, max_steps, state, metrics, dist, publisher, _lock: lock })
     }
 
     fn train(&mut self) -> Result<()> {
@@ -300,6 +320,9 @@ impl<'j, T: Task> Engine<'j, T> {
         })?;
         checkpoint::prune(&run_dir, self.recipe.checkpoint.keep_last)?;
         tracing::info!(step = self.state.step, path = %dir.display(), "checkpoint saved");
+        if let Some(p) = &self.publisher {
+            p.checkpoint(&dir, self.state.step);
+        }
         Ok(())
     }
 }

@@ -248,6 +248,7 @@ pub fn error_with_code(code: i32, msg: String) -> Error {
         crate::error::EXIT_BAD_INPUT => Error::Input(msg),
         crate::error::EXIT_NO_SPACE => Error::io(msg, std::io::Error::from_raw_os_error(libc::ENOSPC)),
         c if c == rankforge_proto::EXIT_STOPPED => Error::Stopped(msg),
+        c if c == rankforge_proto::EXIT_HUB_UNAVAILABLE => Error::Hub { what: "rank 0".into(), url: "see rank 0's log".into(), status: None, msg, transient: true },
         _ => Error::Dist(msg),
     }
 }

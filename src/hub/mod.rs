@@ -19,6 +19,7 @@
 //! commit of the files that changed. The local directory is only read.
 
 pub mod auth;
+pub mod publish;
 mod http;
 mod lfs;
 pub mod repo_id;

@@ -97,10 +97,26 @@ pub fn plan(args: &SweepArgs) -> Result<Plan> {
         let name = template::render(template, &scope).map_err(|e| Error::Input(format!("--name {template}: {e}")))?;
         check_name(&name, template)?;
         recipe.run.dir = base.run.dir.join(&name);
+        if let Some(cfg) = &recipe.hub {
+            // The trial's repo, rendered with the grid's values as typed (as its name is).
+            let repo = crate::hub::publish::render_repo(cfg, &scope.clone().with_name(&name))?;
+            recipe.hub.as_mut().expect("checked").repo = repo.to_string();
+        }
         crate::device::check_training_memory(&recipe, &args.config)?;
         trials.push(Trial { name, values, overrides, recipe });
     }
     let template = template.expect("a grid has at least one trial");
+    let repo = |t: &Trial| t.recipe.hub.as_ref().map(|h| h.repo.clone());
+    for (i, t) in trials.iter().enumerate() {
+        if let Some(j) = trials[..i].iter().position(|o| repo(o).is_some() && repo(o) == repo(t)) {
+            return Err(Error::Input(format!(
+                "hub.repo: trials {:?} and {:?} would both push to {}; put {{name}} (or the keys that tell them apart) into hub.repo",
+                trials[j].name,
+                t.name,
+                repo(t).unwrap_or_default()
+            )));
+        }
+    }
     for (i, t) in trials.iter().enumerate() {
         if let Some(j) = trials[..i].iter().position(|o| o.name == t.name) {
             return Err(Error::Input(format!(
@@ -158,6 +174,7 @@ pub fn run(plan: Plan) -> Result<()> {
         tracing::info!(trials = n, ranks = job.dist.world(), "sweep: names from {}, in {}", plan.template, plan.base.run.dir.display());
     }
     let _lock = if main { Some(RunLock::acquire(&plan.base.run.dir)?) } else { None };
+    check_hub(&mut job.dist, &plan)?;
     let mut rows: Vec<Row> = plan.trials.iter().map(|t| Row::read(&t.name, &t.values, &t.recipe.run.dir, Status::Pending, None)).collect();
     let threads = tch::get_num_threads();
     for (i, trial) in plan.trials.iter().enumerate() {
@@ -178,7 +195,9 @@ pub fn run(plan: Plan) -> Result<()> {
             if main {
                 tracing::info!("{label}: finished before (its final/ exists), skipped");
                 recipe_loop::warn_recipe_changes(&trial.recipe, dir);
-                rows[i] = Row::read(&trial.name, &trial.values, dir, Status::Ok, None);
+                let pushed = push_finished(&trial.recipe).err().map(|e| format!("its push failed: {e}"));
+                let status = if pushed.is_some() { Status::Failed } else { Status::Ok };
+                rows[i] = Row::read(&trial.name, &trial.values, dir, status, pushed);
             }
             write_summary(main, &plan, &rows)?;
             continue;
@@ -207,7 +226,9 @@ pub fn run(plan: Plan) -> Result<()> {
         }
         let mine = match &result {
             Ok(()) => json!({}),
-            Err(e) => json!({"error": e.to_string(), "code": e.exit_code(), "trial": matches!(e, Error::Diverged(_)) || e.exit_code() == crate::error::EXIT_BAD_INPUT}),
+            // A trial's own failure (bad input, divergence, a Hub upload that failed after its
+            // retries: rerunning pushes it) lets the sweep go on; a runtime failure does not.
+            Err(e) => json!({"error": e.to_string(), "code": e.exit_code(), "trial": matches!(e, Error::Diverged(_) | Error::Hub { .. }) || e.exit_code() == crate::error::EXIT_BAD_INPUT}),
         };
         let after = agree(&mut job.dist, "sweep-outcome", mine)?;
         let Some((rank, failure)) = after.iter().enumerate().find(|(_, v)| v.get("error").is_some()) else {
@@ -237,6 +258,37 @@ pub fn run(plan: Plan) -> Result<()> {
         finish(&plan, &rows)?;
     }
     Ok(())
+}
+
+/// With `[hub]`: rank 0 checks the token (and the first trial's repo) before any trial
+/// trains; a refusal ends the sweep on every rank with rank 0's error.
+fn check_hub(dist: &mut Dist, plan: &Plan) -> Result<()> {
+    let Some(first) = plan.trials.first().filter(|t| t.recipe.hub.is_some()) else { return Ok(()) };
+    let mine = match dist.is_main() {
+        true => match crate::hub::publish::Publisher::prepare(&first.recipe) {
+            Ok(_) => json!({}),
+            Err(e) => json!({"error": e.to_string(), "code": e.exit_code()}),
+        },
+        false => json!({}),
+    };
+    let all = agree(dist, "sweep-hub", mine)?;
+    match all[0]["error"].as_str() {
+        Some(msg) => Err(recipe_loop::error_with_code(all[0]["code"].as_i64().unwrap_or(2) as i32, msg.to_string())),
+        None => Ok(()),
+    }
+}
+
+/// Rank 0, for a trial finished before: pushes its `final/` when `[hub]` is set and its
+/// `hub.json` does not record this repo and revision (an earlier upload failed).
+fn push_finished(recipe: &Recipe) -> Result<()> {
+    let Some(cfg) = &recipe.hub else { return Ok(()) };
+    if crate::hub::publish::pushed(&recipe.run.dir, &cfg.repo, &cfg.revision) {
+        return Ok(());
+    }
+    let Some(publisher) = crate::hub::publish::Publisher::prepare(recipe)? else { return Ok(()) };
+    let newest = crate::checkpoint::latest_valid(&recipe.run.dir).ok().flatten();
+    let step = newest.and_then(|d| crate::checkpoint::read_state(&d).ok()).map_or(0, |s| s.step);
+    publisher.finish(&recipe.run.dir, step, recipe.task.kind().as_str()).map(|_| ())
 }
 
 /// Every rank's `mine`, by rank, through the coordinator (a world of one: its own). Waiting
