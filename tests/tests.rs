@@ -23,6 +23,7 @@ mod metrics;
 mod mlm_data;
 mod mlm_heads;
 mod mlm_train;
+mod overlap;
 mod safety;
 mod sft;
 mod tokenizer;
