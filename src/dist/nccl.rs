@@ -253,9 +253,7 @@ impl Nccl {
     /// work so far (the bucket's flattening); see [`super::stream`].
     pub fn start_bucket(&mut self, t: &mut Tensor) -> Result<()> {
         Self::check_tensor(t)?;
-        if self.side.is_none() {
-            self.side = Some(SideStream::new()?);
-        }
+        self.make_side()?;
         let side = self.side.as_ref().expect("made above");
         side.wait_for_compute()?;
         let start = side.record(false)?;
@@ -268,10 +266,21 @@ impl Nccl {
         Ok(())
     }
 
+    /// Makes the buckets' stream on the calling thread's current device, at first use.
+    fn make_side(&mut self) -> Result<()> {
+        if self.side.is_none() {
+            self.side = Some(SideStream::new()?);
+        }
+        Ok(())
+    }
+
     /// Records the end of backward on the compute stream (the start of the exposed time).
     pub fn mark_backward_end(&mut self) -> Result<()> {
-        if let Some(side) = &self.side {
-            self.backward_end = Some(side.record(true)?);
+        self.make_side()?;
+        let side = self.side.as_ref().expect("made above");
+        let end = side.record(true)?;
+        if let Some(old) = self.backward_end.replace(end) {
+            side.destroy(old);
         }
         Ok(())
     }
