@@ -345,7 +345,9 @@ if ran("launched") and bare and launched:
     same = bare == launched
     row("bench under the launcher", True if same else ("warn" if diff < 1e-4 else False),
         f"{len(launched)} losses {'equal to the bare run' if same else f'differ from the bare run by ≤ {diff:.2e} rel.'}; "
-        f"collective {one('launched').get('collective')}", ["launched"])
+        f"collective {one('launched').get('collective')}; gradient all-reduce {one('launched').get('allreduce_ms', 0):.2f} ms, "
+        f"{one('launched').get('exposed_allreduce_ms', 0):.2f} ms after backward, {100 * one('launched').get('overlap_fraction', 0):.0f} % hidden "
+        f"(overlap_grad_reduce {one('launched').get('overlap_grad_reduce')})", ["launched"])
 else:
     row("bench under the launcher", False, "did not run", ["launched"])
 

@@ -22,7 +22,8 @@ use tch::{Device, Kind, Tensor};
 use crate::config::{DeviceChoice, ModelKind, Recipe, TaskConfig};
 use crate::data::rank_slice;
 use crate::dist::Dist;
-use crate::engine::step::{step, Objective};
+use crate::dist::buckets::Timing;
+use crate::engine::step::{step, Objective, StepOutcome};
 use crate::engine::{SetupCtx, Task};
 use crate::error::{Error, Result};
 use crate::models::gpt::Gpt;
@@ -57,23 +58,43 @@ pub fn run(recipe: &Recipe, steps: usize, warmup: usize) -> Result<Option<Value>
     }
 }
 
-/// Runs `warmup` then `steps` timed optimizer steps, `one(i)` returning step `i`'s loss; returns
-/// the median timed step in seconds (CUDA work included: the device is synchronised before the
-/// clock stops) and every step's loss.
-fn time_steps(device: Device, steps: usize, warmup: usize, mut one: impl FnMut(u64) -> Result<f64>) -> Result<(f64, Vec<f64>)> {
-    let (mut times, mut losses) = (Vec::with_capacity(steps), Vec::with_capacity(warmup + steps));
+/// Runs `warmup` then `steps` timed optimizer steps, `one(i)` returning step `i`'s outcome;
+/// returns the median timed step in seconds (CUDA work included: the device is synchronised
+/// before the clock stops), every step's loss, and the timed steps' gradient all-reduce.
+fn time_steps(device: Device, steps: usize, warmup: usize, mut one: impl FnMut(u64) -> Result<StepOutcome>) -> Result<(f64, Vec<f64>, Vec<Timing>)> {
+    let (mut times, mut losses, mut reduce) = (Vec::with_capacity(steps), Vec::with_capacity(warmup + steps), Vec::with_capacity(steps));
     for i in 0..warmup + steps {
         let t0 = Instant::now();
-        let loss = one(i as u64)?;
+        let out = one(i as u64)?;
         crate::device::synchronize(device);
         if i >= warmup {
             times.push(t0.elapsed().as_secs_f64());
+            reduce.push(out.reduce);
         }
-        losses.push(loss);
-        tracing::debug!(step = i, loss, "bench step");
+        losses.push(out.loss);
+        tracing::debug!(step = i, loss = out.loss, allreduce_ms = out.reduce.allreduce_s * 1e3, exposed_ms = out.reduce.exposed_s * 1e3, "bench step");
     }
     times.sort_by(f64::total_cmp);
-    Ok((times.get(times.len() / 2).copied().unwrap_or(f64::NAN), losses))
+    Ok((times.get(times.len() / 2).copied().unwrap_or(f64::NAN), losses, reduce))
+}
+
+/// The bench row's gradient all-reduce fields (medians over the timed steps): `allreduce_ms`
+/// (all buckets' flatten + all-reduce + copy back; NCCL: the all-reduce kernels' device time),
+/// `exposed_allreduce_ms` (the part after backward returned, which the step waited for) and
+/// `overlap_fraction` = 1 − exposed / all-reduce (the fraction hidden behind backward), with
+/// the switches that produced them. All zero on a world of one CPU rank (nothing is reduced).
+fn reduce_fields(recipe: &Recipe, timings: &[Timing]) -> Map<String, Value> {
+    let med = |f: fn(&Timing) -> f64| if timings.is_empty() { 0.0 } else { median(timings.iter().map(f).collect()) };
+    let (all, exposed) = (med(|t| t.allreduce_s), med(|t| t.exposed_s));
+    let fraction = Timing { allreduce_s: all, exposed_s: exposed }.overlap_fraction();
+    let row = json!({
+        "overlap_grad_reduce": recipe.train.overlap_grad_reduce(),
+        "bucket_cap_mb": recipe.train.bucket_cap_mb,
+        "allreduce_ms": all * 1e3,
+        "exposed_allreduce_ms": exposed * 1e3,
+        "overlap_fraction": fraction,
+    });
+    row.as_object().cloned().unwrap_or_default()
 }
 
 /// Steps of a training task `T` (see [`BenchTask`]). Step `i`'s global batch is the samples
@@ -91,7 +112,7 @@ fn run_task<T: BenchTask>(recipe: &Recipe, steps: usize, warmup: usize) -> Resul
     let b = recipe.train.global_batch_size;
     let (rank, world) = (dist.rank(), dist.world());
     let mut extras: Map<String, Value> = Map::new();
-    let (secs, losses) = time_steps(device, steps, warmup, |i| {
+    let (secs, losses, reduce) = time_steps(device, steps, warmup, |i| {
         let first = i * b as u64;
         let batch = task.batch(i, first..first + b as u64, rank_slice(first, b, rank, world))?;
         for (k, v) in batch.extra {
@@ -99,9 +120,10 @@ fn run_task<T: BenchTask>(recipe: &Recipe, steps: usize, warmup: usize) -> Resul
                 a.push(v);
             }
         }
-        Ok(step(&task, &mut opt, batch.micro, device, &recipe.train, recipe.train.lr, bf16, &mut dist)?.loss)
+        step(&task, &mut opt, batch.micro, device, &recipe.train, recipe.train.lr, bf16, &mut dist)
     })?;
     let mut row = fine_tuning_row(recipe, secs, t, n_trainable, steps, losses);
+    row.extend(reduce_fields(recipe, &reduce));
     row.insert("examples_per_s".into(), json!(b as f64 / secs));
     row.extend(task.bench_fields());
     row.extend(extras);
@@ -168,7 +190,7 @@ fn run_pretrain(recipe: &Recipe, steps: usize, warmup: usize) -> Result<Option<V
     let range = rank_slice(0, b, dist.rank(), dist.world());
     let mine = windows.narrow(0, range.start as i64, (range.end - range.start) as i64);
     let obj = GptBench(&model);
-    let (secs, losses) = time_steps(device, steps, warmup, |i| {
+    let (secs, losses, reduce) = time_steps(device, steps, warmup, |i| {
         let mut first = range.start;
         let micro: Vec<_> = mine
             .split(recipe.train.micro_batch_size as i64, 0)
@@ -180,9 +202,9 @@ fn run_pretrain(recipe: &Recipe, steps: usize, warmup: usize) -> Result<Option<V
                 ((chunk, n as f64 / b as f64), seed)
             })
             .collect();
-        Ok(step(&obj, &mut opt, micro, device, &recipe.train, recipe.train.lr, bf16, &mut dist)?.loss)
+        step(&obj, &mut opt, micro, device, &recipe.train, recipe.train.lr, bf16, &mut dist)
     })?;
-    let row = json!({
+    let mut row = json!({
         "impl": "rankforge",
         "tokens_per_s": (b as i64 * t) as f64 / secs,
         "step_ms": secs * 1e3,
@@ -192,6 +214,9 @@ fn run_pretrain(recipe: &Recipe, steps: usize, warmup: usize) -> Result<Option<V
         "steps": steps,
         "losses": losses,
     });
+    if let Value::Object(r) = &mut row {
+        r.extend(reduce_fields(recipe, &reduce));
+    }
     Ok(finish(&mut dist, device, bf16, row))
 }
 
@@ -234,13 +259,14 @@ fn run_finetune(recipe: &Recipe, steps: usize, warmup: usize) -> Result<Option<V
     let range = rank_slice(0, b, dist.rank(), dist.world());
     let mine = ids.narrow(0, range.start as i64, (range.end - range.start) as i64);
     let obj = SftBench(&model, label_tokens);
-    let (secs, losses) = time_steps(device, steps, warmup, |i| {
+    let (secs, losses, reduce) = time_steps(device, steps, warmup, |i| {
         let micro = mine.split(mb as i64, 0).into_iter().enumerate().map(|(k, chunk)| {
             ((chunk.shallow_clone(), chunk), micro_seed(recipe.train.seed, i, range.start + (k * mb) as u64))
         });
-        Ok(step(&obj, &mut opt, micro, device, &recipe.train, recipe.train.lr, bf16, &mut dist)?.loss)
+        step(&obj, &mut opt, micro, device, &recipe.train, recipe.train.lr, bf16, &mut dist)
     })?;
     let mut row = fine_tuning_row(recipe, secs, t, n_trainable, steps, losses);
+    row.extend(reduce_fields(recipe, &reduce));
     row.insert("params".into(), json!(model.num_params() + if recipe.lora.is_some() { n_trainable } else { 0 }));
     row.insert("weights".into(), json!(format!("{:?}", model.kind()).to_lowercase()));
     Ok(finish(&mut dist, device, bf16, Value::Object(row)))

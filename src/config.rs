@@ -113,6 +113,26 @@ pub enum Precision {
     Bf16,
 }
 
+/// `train.bucket_cap_mb`'s default: DDP's.
+pub const DEFAULT_BUCKET_CAP_MB: f64 = 25.0;
+
+fn is_default_bucket_cap(mb: &f64) -> bool {
+    *mb == DEFAULT_BUCKET_CAP_MB
+}
+
+impl TrainConfig {
+    /// `train.bucket_cap_mb` in bytes.
+    pub fn bucket_cap_bytes(&self) -> usize {
+        (self.bucket_cap_mb * (1u64 << 20) as f64) as usize
+    }
+
+    /// Whether the gradient all-reduce overlaps backward (`train.overlap_grad_reduce`, on by
+    /// default where the gradient hooks are built).
+    pub fn overlap_grad_reduce(&self) -> bool {
+        self.overlap_grad_reduce.unwrap_or(crate::dist::hooks::AVAILABLE)
+    }
+}
+
 /// `[train]`: the optimisation.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -159,6 +179,17 @@ pub struct TrainConfig {
     /// (one tensor at a time: the fallback). They agree to ~1e-7 relative, not bit for bit.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub optimizer_impl: Option<OptimizerImpl>,
+    /// Data parallelism: gradients are all-reduced in buckets of at most this many MiB (of the
+    /// parameters' dtype; one tensor larger than that is a bucket of its own), as DDP's
+    /// `bucket_cap_mb` (default 25).
+    #[serde(skip_serializing_if = "is_default_bucket_cap")]
+    pub bucket_cap_mb: f64,
+    /// Data parallelism: all-reduce each bucket as soon as the last micro-batch's backward has
+    /// produced its gradients, overlapped with the rest of backward (DDP's behaviour; the
+    /// default where rankforge's native extension was built), or `false`: all buckets after
+    /// backward. Both give the same bits.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub overlap_grad_reduce: Option<bool>,
     /// Seeds initialisation, data order and dropout. Same seed, same run.
     pub seed: u64,
     /// auto, cpu or cuda.
@@ -194,6 +225,8 @@ impl Default for TrainConfig {
             eps: 1e-8,
             grad_clip: 1.0,
             optimizer_impl: None,
+            bucket_cap_mb: DEFAULT_BUCKET_CAP_MB,
+            overlap_grad_reduce: None,
             seed: 1337,
             device: DeviceChoice::Auto,
             precision: Precision::Auto,
@@ -415,6 +448,17 @@ impl Recipe {
                 "train.optimizer_impl",
                 "\"fused\" needs rankforge's native extension (csrc/fused_optim.cpp), which did not compile in this build \
                  (see the build's warnings); use \"loop\" or leave the key out"
+                    .into(),
+            ));
+        }
+        if !(t.bucket_cap_mb > 0.0 && t.bucket_cap_mb.is_finite()) {
+            return Err(("train.bucket_cap_mb", format!("must be a finite number of MiB > 0, got {}", t.bucket_cap_mb)));
+        }
+        if t.overlap_grad_reduce == Some(true) && !crate::dist::hooks::AVAILABLE {
+            return Err((
+                "train.overlap_grad_reduce",
+                "true needs rankforge's native extension (csrc/grad_hooks.cpp), which did not compile in this build \
+                 (see the build's warnings); use false or leave the key out"
                     .into(),
             ));
         }

@@ -67,7 +67,7 @@ pub fn rank_device(device: Device) -> Result<Device> {
 }
 
 /// The CUDA runtime libtorch loaded.
-fn cudart() -> Result<Library> {
+pub(crate) fn cudart() -> Result<Library> {
     for name in ["libcudart.so.13", "libcudart.so.12", "libcudart.so.11.0", "libcudart.so"] {
         // SAFETY: RTLD_NOLOAD only returns a library already in the process.
         if let Ok(l) = unsafe { Library::open(Some(name), RTLD_NOW | libc::RTLD_NOLOAD) } {
@@ -77,7 +77,7 @@ fn cudart() -> Result<Library> {
     Err(Error::Dist("no CUDA runtime (libcudart) is loaded: this libtorch was built without CUDA".into()))
 }
 
-fn cuda_check(lib: &Library, what: &str, code: c_int) -> Result<()> {
+pub(crate) fn cuda_check(lib: &Library, what: &str, code: c_int) -> Result<()> {
     if code == 0 {
         return Ok(());
     }

@@ -107,6 +107,11 @@ impl AdamW {
         self.slots.iter().map(|s| &s.param)
     }
 
+    /// The parameters with their names.
+    pub fn named_params(&self) -> impl Iterator<Item = (&str, &Tensor)> {
+        self.slots.iter().map(|s| (s.name.as_str(), &s.param))
+    }
+
     /// Sets every gradient to zero.
     pub fn zero_grad(&mut self) {
         for s in &mut self.slots {

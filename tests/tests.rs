@@ -27,6 +27,7 @@ mod mlm_data;
 mod mlm_heads;
 mod mlm_train;
 mod model_card;
+mod overlap;
 mod safety;
 mod sft;
 mod sweep;

@@ -237,3 +237,19 @@ fn hub_section() {
     let e = load(&format!("{MINI}[hub]\nrepository = \"u/x\"\n"), &[]).unwrap_err().to_string();
     assert!(e.contains("repository"), "{e}");
 }
+
+#[test]
+fn gradient_buckets_default_to_ddps_25_mib_overlapped_and_refuse_bad_sizes() {
+    let r = load(MINI, &[]).unwrap();
+    assert_eq!((r.train.bucket_cap_mb, r.train.overlap_grad_reduce), (25.0, None));
+    assert_eq!(r.train.bucket_cap_bytes(), 25 << 20);
+    assert_eq!(r.train.overlap_grad_reduce(), crate::dist::hooks::AVAILABLE, "absent: overlapped where the hooks are built");
+    assert!(!r.to_toml().contains("bucket_cap_mb") && !r.to_toml().contains("overlap"), "defaults leave recipe hashes as they were");
+    let r = load(MINI, &["train.bucket_cap_mb=0.5", "train.overlap_grad_reduce=false"]).unwrap();
+    assert_eq!((r.train.bucket_cap_bytes(), r.train.overlap_grad_reduce()), (1 << 19, false));
+    assert_eq!(Recipe::from_toml(&r.to_toml(), Path::new("x"), &[]).unwrap(), r, "round-trips");
+    for set in ["train.bucket_cap_mb=0", "train.bucket_cap_mb=-1", "train.bucket_cap_mb=nan", "train.bucket_cap_mb=inf"] {
+        let e = load(MINI, &[set]).unwrap_err().to_string();
+        assert!(e.contains("train.bucket_cap_mb: must be a finite number of MiB > 0, got"), "--set {set}: {e}");
+    }
+}

@@ -5,9 +5,12 @@
 //!
 //! A rank started without `rankforge-launch` is a world of one: no control plane, no traffic.
 
+pub mod buckets;
 pub mod control;
+pub mod hooks;
 pub mod nccl;
 pub mod ring;
+pub mod stream;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -19,7 +22,8 @@ use tch::{Device, Kind, Tensor};
 use crate::error::{Error, Result};
 use control::{ControlPlane, RankStatus};
 
-/// Gradients are reduced in flat buckets of at most this many bytes.
+/// Tensors are broadcast in flat buckets of at most this many bytes (gradients are reduced in
+/// buckets of `train.bucket_cap_mb`, [`buckets`]).
 pub const BUCKET_BYTES: usize = 32 << 20;
 
 /// This rank's place in the job, from the launcher's (torchrun-compatible) environment.
@@ -102,6 +106,30 @@ pub trait Collective: Send {
     /// Releases the collective's resources: `ok` when every rank finished its work (a
     /// graceful shutdown), else as a failing rank (never waiting for a peer).
     fn finish(&mut self, _ok: bool) {}
+
+    // The gradient buckets' all-reduce ([`buckets`]), called from one thread per step.
+
+    /// Starts summing bucket `t` over ranks. Returns with the sum in `t` (the default), or —
+    /// where [`Collective::bucket_done_on_return`] is false (NCCL) — with the all-reduce queued
+    /// on the collective's own stream after the compute stream's work so far; `t` must then
+    /// stay alive, unread, until [`Collective::end_buckets`].
+    fn start_bucket(&mut self, t: &mut Tensor) -> Result<()> {
+        self.all_reduce_sum(t)
+    }
+    /// Whether [`Collective::start_bucket`] returns with the sum in place.
+    fn bucket_done_on_return(&self) -> bool {
+        true
+    }
+    /// The compute stream has received all of backward's work (to time the all-reduce that
+    /// comes after it on the device).
+    fn mark_backward_end(&mut self) -> Result<()> {
+        Ok(())
+    }
+    /// Makes the compute stream wait for every started bucket. Returns the device's own timing
+    /// when the collective has one (NCCL: [`buckets::Timing`] from CUDA events), else `None`.
+    fn end_buckets(&mut self) -> Result<Option<buckets::Timing>> {
+        Ok(None)
+    }
 }
 
 /// A world of one: every operation is the identity.
@@ -165,6 +193,18 @@ impl Collective for nccl::Nccl {
     }
     fn finish(&mut self, ok: bool) {
         nccl::Nccl::finish(self, ok)
+    }
+    fn start_bucket(&mut self, t: &mut Tensor) -> Result<()> {
+        nccl::Nccl::start_bucket(self, t)
+    }
+    fn bucket_done_on_return(&self) -> bool {
+        false
+    }
+    fn mark_backward_end(&mut self) -> Result<()> {
+        nccl::Nccl::mark_backward_end(self)
+    }
+    fn end_buckets(&mut self) -> Result<Option<buckets::Timing>> {
+        nccl::Nccl::end_buckets(self)
     }
 }
 
@@ -305,42 +345,6 @@ impl Dist {
         }
     }
 
-    /// Sums the gradients of `params` (in flat buckets) and `extra` over all ranks. `extra`
-    /// rides in the last bucket (the loss, agreement flags) and comes back summed.
-    pub fn reduce_grads<'a>(&mut self, params: impl IntoIterator<Item = &'a Tensor>, extra: &mut [f64]) -> Result<()> {
-        if self.trivial() {
-            return Ok(());
-        }
-        let _guard = tch::no_grad_guard();
-        let grads: Vec<Tensor> = params.into_iter().map(|p| p.grad()).filter(|g| g.defined()).collect();
-        let device = grads.first().map_or(Device::Cpu, |g| g.device());
-        let extra_t = Tensor::from_slice(&extra.iter().map(|x| *x as f32).collect::<Vec<f32>>()).to_device(device);
-        let buckets = buckets(&grads, BUCKET_BYTES / 4);
-        let last = buckets.len() - 1;
-        for (i, range) in buckets.into_iter().enumerate() {
-            // Reduced in f32 whatever the gradients' dtype (bf16 weights have bf16 gradients).
-            let mut parts: Vec<Tensor> = grads[range.clone()].iter().map(|g| g.reshape([-1]).to_kind(Kind::Float)).collect();
-            if i == last {
-                parts.push(extra_t.shallow_clone());
-            }
-            let mut flat = Tensor::cat(&parts, 0);
-            self.all_reduce_sum(&mut flat)?;
-            let mut off = 0;
-            for g in &grads[range] {
-                let n = g.numel() as i64;
-                g.shallow_clone().copy_(&flat.narrow(0, off, n).view_as(g));
-                off += n;
-            }
-            if i == last {
-                let sums = Vec::<f32>::try_from(flat.narrow(0, off, extra.len() as i64).to_device(Device::Cpu))?;
-                for (e, s) in extra.iter_mut().zip(sums) {
-                    *e = s as f64;
-                }
-            }
-        }
-        Ok(())
-    }
-
     /// Copies rank `root`'s values of `tensors` to every rank (flat buckets).
     pub fn broadcast_tensors(&mut self, tensors: &[Tensor], root: usize) -> Result<()> {
         if self.world() == 1 {
@@ -392,50 +396,6 @@ fn buckets(tensors: &[Tensor], max_elems: usize) -> Vec<std::ops::Range<usize>> 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Two in-process CPU ranks joined by a TCP ring.
-    fn two_ranks() -> Vec<Dist> {
-        ring::tests::rings(2)
-            .into_iter()
-            .enumerate()
-            .map(|(rank, ring)| {
-                let ctx = RankContext { rank, world_size: 2, ..RankContext::single() };
-                Dist { ctx, control: None, coll: Box::new(ring), status: Arc::default(), hosts: vec![] }
-            })
-            .collect()
-    }
-
-    /// bf16 weights have bf16 gradients: a bucket of them (here the first, which carries no
-    /// f32 extras to promote it) used to reach the collective as bf16 and be refused.
-    #[test]
-    fn bf16_gradients_are_reduced_in_f32_buckets() {
-        let big = BUCKET_BYTES / 4 + 1; // a bucket of its own
-        let results: Vec<_> = std::thread::scope(|s| {
-            let hs: Vec<_> = two_ranks()
-                .into_iter()
-                .map(|mut d| {
-                    s.spawn(move || {
-                        let r = d.rank() as f64 + 1.0;
-                        let a = Tensor::zeros([big as i64], (Kind::BFloat16, Device::Cpu)).set_requires_grad(true);
-                        let b = Tensor::zeros([3], (Kind::BFloat16, Device::Cpu)).set_requires_grad(true);
-                        let c = Tensor::from_slice(&[1.0f32, 2.0, 3.0]).to_kind(Kind::BFloat16);
-                        ((a.sum(Kind::Float) * r) + (&b * &c).sum(Kind::Float) * r).backward();
-                        let mut extra = [r];
-                        d.reduce_grads([&a, &b], &mut extra).unwrap();
-                        let (ga, gb) = (a.grad(), b.grad());
-                        (ga.kind(), ga.min().double_value(&[]), ga.max().double_value(&[]), Vec::<f32>::try_from(gb.to_kind(Kind::Float)).unwrap(), extra[0])
-                    })
-                })
-                .collect();
-            hs.into_iter().map(|h| h.join().unwrap()).collect()
-        });
-        for (kind, lo, hi, gb, extra) in results {
-            assert_eq!(kind, Kind::BFloat16, "gradients keep their dtype");
-            assert_eq!((lo, hi), (3.0, 3.0), "1 + 2 on every element of the big bucket");
-            assert_eq!(gb, [3.0, 6.0, 9.0]);
-            assert_eq!(extra, 3.0);
-        }
-    }
 
     #[test]
     fn buckets_split_by_size_and_keep_order() {

@@ -12,7 +12,8 @@
 //! Every call checks its `ncclResult_t`; errors carry the code, `ncclGetErrorString` and
 //! `ncclGetLastError`. Collectives run on the legacy default stream of the rank's current
 //! device (set by [`crate::cuda::rank_device`]), the stream libtorch's kernels use, so they
-//! are ordered with the backward pass without a sync. The communicator is destroyed
+//! are ordered with the backward pass without a sync — except the gradient buckets overlapped
+//! with backward, which run on their own stream ([`super::stream`]). The communicator is destroyed
 //! deliberately: [`Nccl::finish`] after a successful run, `ncclCommAbort` (local, never waits
 //! for peers) on any other exit.
 
@@ -23,6 +24,7 @@ use std::sync::OnceLock;
 use libloading::os::unix::{Library, RTLD_NOW};
 use tch::{Device, Kind, Tensor};
 
+use super::stream::{Event, SideStream};
 use crate::error::{Error, Result};
 
 /// Environment variable naming the NCCL library file to use instead of libtorch's.
@@ -196,6 +198,11 @@ pub struct Nccl {
     comm: Comm,
     /// The rank's CUDA device (the current device when the communicator was made).
     device: Device,
+    /// The gradient buckets' own stream (made at the first bucket), with this step's events:
+    /// each started bucket's (start, end) on it, and the end of backward on the compute stream.
+    side: Option<SideStream>,
+    started: Vec<(Event, Event)>,
+    backward_end: Option<Event>,
 }
 
 // SAFETY: the communicator is used from one thread at a time (the rank's training loop).
@@ -215,7 +222,7 @@ impl Nccl {
         let mut comm: Comm = std::ptr::null_mut();
         // SAFETY: `comm` is a valid out pointer; the rank's GPU is the current device.
         lib.check("init", unsafe { (lib.comm_init_rank)(&mut comm, world as c_int, uid, rank as c_int) }, std::ptr::null_mut())?;
-        Ok(Nccl { lib, comm, device })
+        Ok(Nccl { lib, comm, device, side: None, started: Vec::new(), backward_end: None })
     }
 
     fn check_tensor(t: &Tensor) -> Result<()> {
@@ -242,6 +249,74 @@ impl Nccl {
         self.lib.check("broadcast", code, self.comm)
     }
 
+    /// A gradient bucket's all-reduce on the buckets' own stream, after the compute stream's
+    /// work so far (the bucket's flattening); see [`super::stream`].
+    pub fn start_bucket(&mut self, t: &mut Tensor) -> Result<()> {
+        Self::check_tensor(t)?;
+        self.make_side()?;
+        let side = self.side.as_ref().expect("made above");
+        side.wait_for_compute()?;
+        let start = side.record(false)?;
+        let p = t.data_ptr();
+        // SAFETY: p points to numel f32 on this rank's GPU; the caller keeps `t` alive until
+        // `end_buckets` has made the compute stream wait for this stream.
+        let code = unsafe { (self.lib.all_reduce)(p, p, t.numel(), NCCL_FLOAT32, NCCL_SUM, self.comm, side.stream) };
+        self.lib.check("all-reduce", code, self.comm)?;
+        self.started.push((start, side.record(false)?));
+        Ok(())
+    }
+
+    /// Makes the buckets' stream on the calling thread's current device, at first use.
+    fn make_side(&mut self) -> Result<()> {
+        if self.side.is_none() {
+            self.side = Some(SideStream::new()?);
+        }
+        Ok(())
+    }
+
+    /// Records the end of backward on the compute stream (the start of the exposed time).
+    pub fn mark_backward_end(&mut self) -> Result<()> {
+        self.make_side()?;
+        let side = self.side.as_ref().expect("made above");
+        let end = side.record(true)?;
+        if let Some(old) = self.backward_end.replace(end) {
+            side.destroy(old);
+        }
+        Ok(())
+    }
+
+    /// Makes the compute stream wait for the started buckets; returns their GPU time (the sum
+    /// of each all-reduce's) and the part of it after backward's end (exposed).
+    pub fn end_buckets(&mut self) -> Result<Option<super::buckets::Timing>> {
+        let (Some(side), Some(&(_, last))) = (&self.side, self.started.last()) else {
+            return Ok(None);
+        };
+        let timing = (|| {
+            side.compute_waits(last)?;
+            side.synchronize(last)?;
+            let mut allreduce_s = 0.0;
+            for &(a, b) in &self.started {
+                allreduce_s += side.elapsed(a, b)?;
+            }
+            let exposed_s = match self.backward_end {
+                Some(end) => {
+                    side.synchronize(end)?;
+                    side.elapsed(end, last)?.max(0.0)
+                }
+                None => allreduce_s,
+            };
+            Ok(super::buckets::Timing { allreduce_s, exposed_s })
+        })();
+        for (a, b) in self.started.drain(..) {
+            side.destroy(a);
+            side.destroy(b);
+        }
+        if let Some(end) = self.backward_end.take() {
+            side.destroy(end);
+        }
+        timing.map(Some)
+    }
+
     pub fn barrier(&mut self) -> Result<()> {
         let mut x = Tensor::zeros([1], (Kind::Float, self.device));
         self.all_reduce_sum(&mut x)?;
@@ -258,6 +333,12 @@ impl Nccl {
             return;
         }
         let comm = std::mem::replace(&mut self.comm, std::ptr::null_mut());
+        if let Some(side) = &self.side {
+            for (a, b) in self.started.drain(..) {
+                side.destroy(a);
+                side.destroy(b);
+            }
+        }
         if ok {
             crate::device::synchronize(self.device);
             // SAFETY: no collective is in flight (the device is synchronised); comm is not used again.

@@ -1,9 +1,15 @@
 //! One optimizer step, the same for every objective and for `rankforge bench`:
 //! micro-batches → loss → backward → all-reduce → clip → finite check → AdamW.
+//!
+//! With `train.overlap_grad_reduce` (the default where the gradient hooks are built), the
+//! gradient buckets are all-reduced while the last micro-batch's backward runs
+//! ([`Dist::reduce_grads_overlapped`]); the earlier micro-batches only accumulate (DDP's
+//! `no_sync`). Otherwise they are all-reduced after it ([`Dist::reduce_grads`]): the same bits.
 
 use tch::{Device, Kind, Tensor};
 
 use crate::config::TrainConfig;
+use crate::dist::buckets::{Plan, Timing};
 use crate::dist::Dist;
 use crate::error::Result;
 use crate::optim::{clip_grad_norm, AdamW};
@@ -46,6 +52,8 @@ pub struct StepOutcome {
     pub checkpoint_requested: bool,
     /// Some rank was asked to stop (STOP: preemption): checkpoint here, then exit.
     pub stop_requested: bool,
+    /// The gradient all-reduce's time, and the part of it not hidden behind backward.
+    pub reduce: Timing,
 }
 
 /// One optimizer step over this rank's micro-batches `(micro-batch, seed)`: each micro-batch's
@@ -64,27 +72,41 @@ pub fn step<O: Objective>(
     dist: &mut Dist,
 ) -> Result<StepOutcome> {
     opt.zero_grad();
+    let overlap = cfg.overlap_grad_reduce();
     let mut total = Tensor::zeros([], (Kind::Float, device));
     let mut extra: Vec<f64> = Vec::new();
-    for (m, seed) in micro_batches {
+    let mut last: Option<Tensor> = None;
+    let mut micro_batches = micro_batches.into_iter().peekable();
+    while let Some((m, seed)) = micro_batches.next() {
         tch::manual_seed(seed);
         let (loss, more) = obj.micro_loss_sums(&m, bf16, true)?;
-        loss.backward();
         total += loss.detach().to_kind(Kind::Float);
         extra.resize(more.len().max(extra.len()), 0.0);
         extra.iter_mut().zip(more).for_each(|(a, b)| *a += b);
+        match overlap && micro_batches.peek().is_none() {
+            true => last = Some(loss), // backward with the all-reduce, below
+            false => loss.backward(),
+        }
     }
-    obj.zero_null_grads();
+    // The sums travel in the last bucket: all known before the last backward.
     let [checkpoint, stop] = recipe_loop::take_flags(dist);
     let mut sums = vec![total.double_value(&[]), checkpoint, stop];
     sums.extend(&extra);
-    dist.status.set_phase(rankforge_proto::Phase::Collective);
-    dist.reduce_grads(opt.params(), &mut sums)?;
+    let plan = Plan::new(opt.named_params(), cfg.bucket_cap_bytes());
+    let reduce = match overlap {
+        true => dist.reduce_grads_overlapped(&plan, &mut sums, || last.map_or(Ok(()), |l| l.f_backward()))?,
+        false => {
+            dist.status.set_phase(rankforge_proto::Phase::Collective);
+            dist.reduce_grads(&plan, &mut sums)?
+        }
+    };
     dist.status.set_phase(rankforge_proto::Phase::Compute);
+    // After the all-reduce (elementwise, so zeroing before or after gives the same sums).
+    obj.zero_null_grads();
     let loss = sums[0];
     let grad_norm = clip_grad_norm(opt.params(), cfg.grad_clip);
     if loss.is_finite() && grad_norm.is_finite() {
         opt.step(lr)?;
     }
-    Ok(StepOutcome { loss, grad_norm, sums: sums.split_off(3), checkpoint_requested: sums[1] > 0.0, stop_requested: sums[2] > 0.0 })
+    Ok(StepOutcome { loss, grad_norm, sums: sums.split_off(3), checkpoint_requested: sums[1] > 0.0, stop_requested: sums[2] > 0.0, reduce })
 }
