@@ -31,5 +31,6 @@ mod overlap;
 mod safety;
 mod sft;
 mod sweep;
+mod sweep_hub;
 mod tokenizer;
 mod train;
