@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed=csrc/rf_errors.h");
     println!("cargo:rustc-check-cfg=cfg(rankforge_fused)");
     println!("cargo:rustc-check-cfg=cfg(rankforge_hooks)");
     let Some(lib) = std::env::var_os("DEP_TCH_LIBTORCH_LIB").map(PathBuf::from) else {

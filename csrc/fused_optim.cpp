@@ -9,24 +9,11 @@
 #include <ATen/core/grad_mode.h>
 #include <ATen/ops/_fused_adamw.h>
 
-#include <cstdlib>
-#include <cstring>
-#include <exception>
 #include <vector>
 
+#include "rf_errors.h"
+
 namespace {
-
-// Returned when even the copy of a message cannot be allocated (never freed).
-char out_of_memory[] = "out of memory while reporting a libtorch error";
-
-char *copy_message(const char *msg) {
-  char *out = static_cast<char *>(std::malloc(std::strlen(msg) + 1));
-  if (out == nullptr) {
-    return out_of_memory;
-  }
-  std::strcpy(out, msg);
-  return out;
-}
 
 std::vector<at::Tensor> gather(at::Tensor *const *ptrs, size_t n) {
   std::vector<at::Tensor> out;
@@ -48,25 +35,16 @@ extern "C" char *rf_fused_adamw_(at::Tensor *const *params, at::Tensor *const *g
                                  at::Tensor *const *exp_avgs, at::Tensor *const *exp_avg_sqs,
                                  size_t n, const at::Tensor *state_step, double lr, double beta1,
                                  double beta2, double weight_decay, double eps) {
-  try {
-    at::NoGradGuard no_grad;
-    std::vector<at::Tensor> steps(n, *state_step);
-    at::_fused_adamw_(gather(params, n), gather(grads, n), gather(exp_avgs, n),
-                      gather(exp_avg_sqs, n), /*max_exp_avg_sqs=*/{}, steps, lr, beta1, beta2,
-                      weight_decay, eps, /*amsgrad=*/false, /*maximize=*/false);
-    return nullptr;
-  } catch (const c10::Error &e) {
-    return copy_message(e.what_without_backtrace());
-  } catch (const std::exception &e) {
-    return copy_message(e.what());
-  } catch (...) {
-    return copy_message("unknown C++ exception in _fused_adamw_");
-  }
+  return rf::guarded(
+      [&] {
+        at::NoGradGuard no_grad;
+        std::vector<at::Tensor> steps(n, *state_step);
+        at::_fused_adamw_(gather(params, n), gather(grads, n), gather(exp_avgs, n),
+                          gather(exp_avg_sqs, n), /*max_exp_avg_sqs=*/{}, steps, lr, beta1, beta2,
+                          weight_decay, eps, /*amsgrad=*/false, /*maximize=*/false);
+      },
+      "unknown C++ exception in _fused_adamw_");
 }
 
 // Frees a message returned by rf_fused_adamw_.
-extern "C" void rf_free_message(char *msg) {
-  if (msg != out_of_memory) {
-    std::free(msg);
-  }
-}
+extern "C" void rf_free_message(char *msg) { rf::free_message(msg); }

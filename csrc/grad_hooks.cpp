@@ -13,25 +13,13 @@
 #include <torch/csrc/autograd/function_hook.h>
 #include <torch/csrc/autograd/variable.h>
 
-#include <cstdlib>
-#include <cstring>
-#include <exception>
 #include <memory>
+
+#include "rf_errors.h"
 
 typedef void (*rf_grad_ready_fn)(void *ctx, size_t index);
 
 namespace {
-
-char out_of_memory[] = "out of memory while reporting a libtorch error";
-
-char *copy_message(const char *msg) {
-  char *out = static_cast<char *>(std::malloc(std::strlen(msg) + 1));
-  if (out == nullptr) {
-    return out_of_memory;
-  }
-  std::strcpy(out, msg);
-  return out;
-}
 
 struct GradReadyHook : torch::autograd::PostAccumulateGradHook {
   GradReadyHook(rf_grad_ready_fn fn, void *ctx, size_t index) : fn(fn), ctx(ctx), index(index) {}
@@ -41,26 +29,12 @@ struct GradReadyHook : torch::autograd::PostAccumulateGradHook {
   size_t index;
 };
 
-template <typename F>
-char *guarded(F f, const char *what) {
-  try {
-    f();
-    return nullptr;
-  } catch (const c10::Error &e) {
-    return copy_message(e.what_without_backtrace());
-  } catch (const std::exception &e) {
-    return copy_message(e.what());
-  } catch (...) {
-    return copy_message(what);
-  }
-}
-
 }  // namespace
 
 // Sets `param`'s post-accumulate-grad hook (replacing any): `fn(ctx, index)` after each
 // backward has accumulated into `param.grad`. `param` must be a leaf that requires grad.
 extern "C" char *rf_set_grad_ready_hook(const at::Tensor *param, rf_grad_ready_fn fn, void *ctx, size_t index) {
-  return guarded(
+  return rf::guarded(
       [&] {
         TORCH_CHECK(param->requires_grad() && param->is_leaf(), "a gradient-ready hook needs a leaf tensor that requires grad");
         torch::autograd::impl::set_post_acc_grad_hooks(*param, std::make_unique<GradReadyHook>(fn, ctx, index));
@@ -70,19 +44,15 @@ extern "C" char *rf_set_grad_ready_hook(const at::Tensor *param, rf_grad_ready_f
 
 // Removes `param`'s post-accumulate-grad hook.
 extern "C" char *rf_clear_grad_ready_hook(const at::Tensor *param) {
-  return guarded([&] { torch::autograd::impl::set_post_acc_grad_hooks(*param, nullptr); },
+  return rf::guarded([&] { torch::autograd::impl::set_post_acc_grad_hooks(*param, nullptr); },
                  "unknown C++ exception while clearing a gradient hook");
 }
 
 // `param.grad = grad` (a parameter that had no gradient on this rank receives the ranks' sum).
 extern "C" char *rf_set_grad(const at::Tensor *param, const at::Tensor *grad) {
-  return guarded([&] { const_cast<at::Tensor *>(param)->mutable_grad() = *grad; },
+  return rf::guarded([&] { const_cast<at::Tensor *>(param)->mutable_grad() = *grad; },
                  "unknown C++ exception while setting a gradient");
 }
 
 // Frees a message returned by the functions above.
-extern "C" void rf_hooks_free_message(char *msg) {
-  if (msg != out_of_memory) {
-    std::free(msg);
-  }
-}
+extern "C" void rf_hooks_free_message(char *msg) { rf::free_message(msg); }

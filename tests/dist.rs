@@ -288,9 +288,14 @@ fn sigusr2_checkpoints_at_the_next_step_boundary_and_sigint_stops_the_job() {
 
 /// The pid of the running `rankforge train` rank `rank` started under `dir`.
 fn rank_pid(dir: &Path, rank: usize) -> i32 {
+    rank_pid_of(dir, rank, "train")
+}
+
+/// The pid of rank `rank` running `rankforge <command>` with `dir` in its command line.
+pub(crate) fn rank_pid_of(dir: &Path, rank: usize, command: &str) -> i32 {
     processes_with(&dir.display().to_string())
         .into_iter()
-        .filter(|p| p.contains(" train "))
+        .filter(|p| p.contains(&format!(" {command} ")))
         .map(|p| p.split(':').next().unwrap().to_string())
         .find(|pid| {
             let want = format!("RANK={rank}");

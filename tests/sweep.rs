@@ -39,18 +39,18 @@ fn sweep(args: &[&str]) -> Command {
     c
 }
 
-fn check(out: &Output, what: &str) {
+pub(crate) fn check(out: &Output, what: &str) {
     assert!(out.status.success(), "{what} failed ({:?}):\n{}", out.status, String::from_utf8_lossy(&out.stderr));
 }
 
 /// The rows of `<dir>/sweep.jsonl`.
-fn rows(dir: &Path) -> Vec<Value> {
+pub(crate) fn rows(dir: &Path) -> Vec<Value> {
     let text = std::fs::read_to_string(dir.join("sweep.jsonl")).unwrap();
     text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
 /// A row without what differs between two equal sweeps (timing, location).
-fn figures(row: &Value) -> Value {
+pub(crate) fn figures(row: &Value) -> Value {
     let mut r = row.clone();
     let o = r.as_object_mut().unwrap();
     o.remove("wall_s");

@@ -16,25 +16,11 @@ use serde_json::Value;
 
 use crate::common::*;
 use crate::hub_server::{TestHub, READ_TOKEN, TOKEN};
+use crate::sweep::{check, figures, rows};
 
 /// The trials of the seed grid, in order (the last axis varies fastest): the names Python's
 /// f-strings give the same values.
 const NAMES: [&str; 4] = ["dpo_model_lr5e-05_bs8_epoch1", "dpo_model_lr5e-05_bs4_epoch1", "dpo_model_lr0.0001_bs8_epoch1", "dpo_model_lr0.0001_bs4_epoch1"];
-
-/// 48 preference pairs (and 8 for validation) from the fixture's corpus.
-fn pairs() -> &'static PathBuf {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let d = scratch("sweep-hub-pairs");
-        let out = Command::new(python())
-            .arg(root().join("scripts/make_kjv_dpo.py"))
-            .args(["--train", "48", "--val", "8", "--input", fixture().corpus.to_str().unwrap(), "--out-dir", d.to_str().unwrap()])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        d
-    })
-}
 
 /// `rankforge` (or the launcher, with `launch`) with the Hub's environment: `endpoint`, `token`
 /// (none: no token anywhere), a private HF_HOME, millisecond back-off.
@@ -58,7 +44,7 @@ fn hub_cmd(program: PathBuf, endpoint: &str, token: Option<&str>, home: &Path) -
 /// The seed sweep's arguments after `sweep`: the shipped recipe on the tiny model, the 2 × 2
 /// grid, pushed as `namespace/{name}`.
 fn seed_args(base: &Path, namespace: &str) -> Vec<String> {
-    let d = pairs();
+    let d = crate::dpo_train::dir();
     let model = fixture().run.join("final");
     let sets = [
         format!("model.path={:?}", model.display().to_string()),
@@ -86,30 +72,35 @@ fn seed_args(base: &Path, namespace: &str) -> Vec<String> {
     a
 }
 
-/// The seed sweep under `rankforge-launch --nproc-per-node 2`.
-fn launch_seed(hub: &TestHub, base: &Path, namespace: &str) -> Command {
+/// The seed sweep under `rankforge-launch --nproc-per-node 2` (`flags` for the launcher).
+fn launch_seed(hub: &TestHub, base: &Path, namespace: &str, flags: &[&str]) -> Command {
     let logs = base.with_extension("logs");
     let mut c = hub_cmd(bin().with_file_name("rankforge-launch"), &hub.endpoint, Some(TOKEN), &base.with_extension("hf_home"));
-    c.args(["--nproc-per-node", "2", "--log-dir", logs.to_str().unwrap(), "--"]).args(seed_args(base, namespace));
+    c.args(["--nproc-per-node", "2", "--log-dir", logs.to_str().unwrap()]).args(flags).arg("--").args(seed_args(base, namespace));
     c
 }
 
-fn check(out: &Output, what: &str) {
-    assert!(out.status.success(), "{what} failed ({:?}):\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+/// Waits (up to 300 s) until trial 1 is finished and trial 2 has a checkpoint.
+fn wait_inside_trial_2(base: &Path) {
+    let second = base.join(NAMES[1]);
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while !(base.join(NAMES[0]).join("final").exists() && rankforge::checkpoint::list(&second).is_ok_and(|l| !l.is_empty())) {
+        assert!(Instant::now() < deadline, "timed out waiting for trial 1's final/ and a checkpoint of trial 2");
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
-fn rows(base: &Path) -> Vec<Value> {
-    let text = std::fs::read_to_string(base.join("sweep.jsonl")).unwrap();
-    text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
-}
-
-/// A summary row without what differs between two equal sweeps (timing, location).
-fn figures(row: &Value) -> Value {
-    let mut r = row.clone();
-    let o = r.as_object_mut().unwrap();
-    o.remove("wall_s");
-    o.remove("run_dir");
-    r
+/// `base`'s sweep ended as the uninterrupted seed sweep: the same summary figures and losses,
+/// the same adapters on the Hub under `namespace`, each trial pushed once.
+fn same_as_the_seed(hub: &TestHub, base: &Path, namespace: &str) {
+    let s = seed();
+    assert_eq!(rows(base).iter().map(figures).collect::<Vec<_>>(), rows(&s.base).iter().map(figures).collect::<Vec<_>>(), "as the uninterrupted sweep");
+    for name in NAMES {
+        assert_eq!(losses(&base.join(name)), losses(&s.base.join(name)), "{name}: train losses");
+        let (now, then) = (hub.files(&format!("{namespace}/{name}"), "main"), s.hub.files(&format!("user/{name}"), "main"));
+        assert!(now["adapter_model.safetensors"] == then["adapter_model.safetensors"], "{name}: the same adapter as the uninterrupted trial");
+        assert_eq!(hub.commits(&format!("{namespace}/{name}"), "main").len(), 1, "{name}: pushed once (a finished trial is not pushed again)");
+    }
 }
 
 /// Every file under `dir`, by path relative to it.
@@ -139,7 +130,7 @@ fn seed() -> &'static Seed {
     SEED.get_or_init(|| {
         let hub = TestHub::start();
         let base = scratch("sweep-hub-seed").join("sweep");
-        let out = launch_seed(&hub, &base, "user").output().unwrap();
+        let out = launch_seed(&hub, &base, "user", &[]).output().unwrap();
         check(&out, "the seed sweep on 2 ranks");
         Seed { hub, base }
     })
@@ -183,31 +174,35 @@ fn seed_dpo_grid_on_two_ranks_pushes_four_repos_with_cards_and_names_the_best() 
 
 #[test]
 fn a_stopped_seed_sweep_reruns_to_the_uninterrupted_results_and_pushes_each_trial_once() {
-    let s = seed();
-    let hub = &s.hub;
+    let hub = &seed().hub;
     let base = scratch("sweep-hub-stop").join("sweep");
-    let child = launch_seed(hub, &base, "org").stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
-    let second = base.join(NAMES[1]);
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while !(base.join(NAMES[0]).join("final").exists() && rankforge::checkpoint::list(&second).is_ok_and(|l| !l.is_empty())) {
-        assert!(Instant::now() < deadline, "timed out waiting for trial 1's final/ and a checkpoint of trial 2");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let child = launch_seed(hub, &base, "org", &[]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    wait_inside_trial_2(&base);
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(rankforge_proto::EXIT_STOPPED), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(!second.join("final").exists(), "stopped inside trial 2");
+    assert!(!base.join(NAMES[1]).join("final").exists(), "stopped inside trial 2");
     assert!(hub.repo_exists(&format!("org/{}", NAMES[0])) && !hub.repo_exists(&format!("org/{}", NAMES[1])));
-
-    let out = launch_seed(hub, &base, "org").output().unwrap();
+    let out = launch_seed(hub, &base, "org", &[]).output().unwrap();
     check(&out, "the rerun");
-    assert_eq!(rows(&base).iter().map(figures).collect::<Vec<_>>(), rows(&s.base).iter().map(figures).collect::<Vec<_>>(), "as the uninterrupted sweep");
-    for name in NAMES {
-        assert_eq!(losses(&base.join(name)), losses(&s.base.join(name)), "{name}: train losses");
-        let (org, user) = (hub.files(&format!("org/{name}"), "main"), hub.files(&format!("user/{name}"), "main"));
-        assert!(org["adapter_model.safetensors"] == user["adapter_model.safetensors"], "{name}: the same adapter as the uninterrupted trial");
-        assert_eq!(hub.commits(&format!("org/{name}"), "main").len(), 1, "{name}: pushed once (the finished trial is not pushed again)");
-    }
+    same_as_the_seed(hub, &base, "org");
+}
+
+/// A rank killed inside trial 2: the launcher restarts the job, whose sweep skips trial 1 (and
+/// its push), resumes trial 2 from its checkpoint and ends as the uninterrupted sweep.
+#[test]
+fn a_rank_killed_mid_trial_restarts_the_sweep_which_ends_as_the_uninterrupted_one() {
+    let hub = TestHub::start();
+    let base = scratch("sweep-hub-kill").join("sweep");
+    let child = launch_seed(&hub, &base, "user", &["--max-restarts", "1", "--grace-period", "1"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    wait_inside_trial_2(&base);
+    let dir = base.parent().unwrap();
+    unsafe { libc::kill(crate::dist::rank_pid_of(dir, 1, "sweep"), libc::SIGKILL) };
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("restart 1 of 1, root cause: rank 1 on") && err.contains("killed by SIGKILL"), "{err}");
+    same_as_the_seed(&hub, &base, "user");
 }
 
 /// A tiny GPT run with `[hub]` (`extra` appended to the recipe).
