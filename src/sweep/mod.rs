@@ -97,37 +97,31 @@ pub fn plan(args: &SweepArgs) -> Result<Plan> {
         let name = template::render(template, &scope).map_err(|e| Error::Input(format!("--name {template}: {e}")))?;
         check_name(&name, template)?;
         recipe.run.dir = base.run.dir.join(&name);
-        if let Some(cfg) = &recipe.hub {
+        if let Some(cfg) = recipe.hub.as_mut() {
             // The trial's repo, rendered with the grid's values as typed (as its name is).
-            let repo = crate::hub::publish::render_repo(cfg, &scope.clone().with_name(&name))?;
-            recipe.hub.as_mut().expect("checked").repo = repo.to_string();
+            cfg.repo = crate::hub::publish::render_repo(cfg, &scope.clone().with_name(&name))?.to_string();
         }
         crate::device::check_training_memory(&recipe, &args.config)?;
         trials.push(Trial { name, values, overrides, recipe });
     }
     let template = template.expect("a grid has at least one trial");
-    let repo = |t: &Trial| t.recipe.hub.as_ref().map(|h| h.repo.clone());
-    for (i, t) in trials.iter().enumerate() {
-        if let Some(j) = trials[..i].iter().position(|o| repo(o).is_some() && repo(o) == repo(t)) {
-            return Err(Error::Input(format!(
-                "hub.repo: trials {:?} and {:?} would both push to {}; put {{name}} (or the keys that tell them apart) into hub.repo",
-                trials[j].name,
-                t.name,
-                repo(t).unwrap_or_default()
-            )));
-        }
+    if let Some((j, i)) = first_repeat(&trials, |t| Some(t.name.clone())) {
+        let (a, b) = (&trials[j], &trials[i]);
+        return Err(Error::Input(format!(
+            "--name {template}: trials {} ({}) and {} ({}) are both named {:?}; put the keys that tell them apart into --name",
+            j + 1,
+            a.overrides.join(", "),
+            i + 1,
+            b.overrides.join(", "),
+            b.name
+        )));
     }
-    for (i, t) in trials.iter().enumerate() {
-        if let Some(j) = trials[..i].iter().position(|o| o.name == t.name) {
-            return Err(Error::Input(format!(
-                "--name {template}: trials {} ({}) and {} ({}) are both named {:?}; put the keys that tell them apart into --name",
-                j + 1,
-                trials[j].overrides.join(", "),
-                i + 1,
-                t.overrides.join(", "),
-                t.name
-            )));
-        }
+    if let Some((j, i)) = first_repeat(&trials, |t| t.recipe.hub.as_ref().map(|h| h.repo.clone())) {
+        let repo = trials[i].recipe.hub.as_ref().map_or("", |h| h.repo.as_str());
+        return Err(Error::Input(format!(
+            "hub.repo: trials {:?} and {:?} would both push to {repo}; put {{name}} (or the keys that tell them apart) into hub.repo",
+            trials[j].name, trials[i].name
+        )));
     }
     let mut what = format!("rankforge sweep\n{}", base.to_toml());
     for (flag, items) in [("--grid", &args.grid), ("--set", &args.set)] {
@@ -136,6 +130,15 @@ pub fn plan(args: &SweepArgs) -> Result<Plan> {
     what.push_str(&format!("--name {template}\n--fail-fast {}\n", args.fail_fast));
     let hash = crate::checkpoint::sha256_hex(what.as_bytes());
     Ok(Plan { base, template, trials, hash, metric: args.metric.clone(), mode, fail_fast: args.fail_fast })
+}
+
+/// The first pair of trials (earlier, later) with the same `key` (`None` keys never repeat).
+fn first_repeat<K: PartialEq>(trials: &[Trial], key: impl Fn(&Trial) -> Option<K>) -> Option<(usize, usize)> {
+    let keys: Vec<Option<K>> = trials.iter().map(key).collect();
+    keys.iter().enumerate().find_map(|(i, k)| {
+        let k = k.as_ref()?;
+        keys[..i].iter().position(|o| o.as_ref() == Some(k)).map(|j| (j, i))
+    })
 }
 
 /// A recipe error caused by a grid value, said so: `--grid KEY=VALUE` instead of `--set`.
