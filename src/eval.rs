@@ -1,6 +1,8 @@
 //! Evaluation metrics. [`classification`]: accuracy, precision, recall, F1 and the confusion
-//! matrix of a classifier's predictions, computed as scikit-learn computes them.
+//! matrix of a classifier's predictions, computed as scikit-learn computes them. [`text`]:
+//! ROUGE, BLEU and exact match of generated text, as rouge_score, sacreBLEU and HF `evaluate`.
 
 pub mod classification;
+pub mod text;
 
 pub use classification::{Averages, ClassificationReport, Confusion, LabelScores, Metric, ZeroDivision};
