@@ -141,7 +141,7 @@ fn pairs() -> (Vec<String>, Vec<String>) {
         refs.push(join(&mut rng, &reference));
     }
     let kjv = std::fs::read_to_string(root().join("data/kjv.txt")).unwrap();
-    let verses: Vec<&str> = kjv.lines().filter(|l| l.split_whitespace().count() > 4).step_by(997).take(60).collect();
+    let verses: Vec<&str> = kjv.lines().filter(|l| l.split_whitespace().count() > 4).step_by(499).take(60).collect();
     for (i, v) in verses.iter().enumerate() {
         // every third reference is a two-verse summary, one verse per line
         let reference = if i % 3 == 0 { format!("{v}\n{}", verses[(i + 7) % verses.len()]) } else { v.to_string() };
@@ -166,7 +166,7 @@ fn words() -> Vec<String> {
         formalize electriciti electrical hopeful goodness revival allowance inference airliner gyroscopic adjustable \
         defensible irritant replacement adjustment dependent adoption homologou communism activate angulariti homologous \
         effective bowdlerize probate rate cease controll roll generously running skies dying lying tying news innings \
-        inning outings canning howe proceed exceed succeed fully faithfulli analogi biology ies dies died lied tied \
+        inning outings canning howe proceed exceed succeed fully faithfulli analogi biology zoology ies dies died lied tied \
         yyyy syzygy toy by at y is as us 2nd b52s a1b2 ALLIANCE Nationally Ünïcödé İstanbul";
     set.extend(extra.split(' ').filter(|w| !w.is_empty()).map(str::to_string));
     set.into_iter().collect()
