@@ -32,5 +32,6 @@ mod safety;
 mod sft;
 mod sweep;
 mod sweep_hub;
+mod tensorboard;
 mod tokenizer;
 mod train;
