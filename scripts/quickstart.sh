@@ -24,3 +24,4 @@ for prompt in "And it came to pass" "In the beginning" "The LORD is my shepherd"
 done
 echo
 echo "metrics: runs/gpt_mini/metrics.jsonl; model for transformers: runs/gpt_mini/final"
+echo "TensorBoard: .venv/bin/tensorboard --logdir runs/gpt_mini/tb"

@@ -1,7 +1,7 @@
 //! Recipes: the TOML file that describes a run (first step of the data flow).
 //!
 //! A recipe has one section per component (`[run] [task] [model] [data] [train] [checkpoint]
-//! [eval] [lora] [hub]`; `[lora]`'s struct lives with its component in [`crate::lora`]); each
+//! [eval] [log] [lora] [hub]`; `[lora]`'s struct lives with its component in [`crate::lora`]); each
 //! deserialises with `deny_unknown_fields`, and every field's `///` doc is its reference
 //! documentation. `[model]` is one struct per `model.kind`, `[task]` one per `task.kind`, and
 //! `[data]` one per reader, chosen by the task and the model ([`sections`]), so each part of
@@ -18,11 +18,13 @@ use crate::error::{Error, Result};
 
 mod data;
 mod hub;
+mod log;
 mod model;
 mod sections;
 mod task;
 pub use data::{ClassificationDataConfig, DataConfig, DpoDataConfig, MaskedLmDataConfig, SftDataConfig, SftFormat, Sources, TextDataConfig};
 pub use hub::{HubConfig, PushWhen};
+pub use log::LogConfig;
 pub use model::{GptSpec, HfModelConfig, ModelConfig, ModelDtype, ModelKind};
 pub use task::{ClassificationTaskConfig, DpoLossType, DpoTaskConfig, MaskedLmTaskConfig, ProblemTypeName, TaskConfig, TaskKind};
 
@@ -41,6 +43,9 @@ pub struct Recipe {
     pub train: TrainConfig,
     pub checkpoint: CheckpointConfig,
     pub eval: EvalConfig,
+    /// `[log]`: TensorBoard event files (on by default, which writes no section).
+    #[serde(skip_serializing_if = "LogConfig::is_default")]
+    pub log: LogConfig,
     /// `[lora]`: train LoRA adapters instead of every weight; absent = full fine-tuning.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lora: Option<crate::lora::LoraConfig>,
@@ -60,6 +65,8 @@ struct Common {
     checkpoint: CheckpointConfig,
     #[serde(default)]
     eval: EvalConfig,
+    #[serde(default)]
+    log: LogConfig,
     #[serde(default)]
     lora: Option<crate::lora::LoraConfig>,
     #[serde(default)]
@@ -339,7 +346,7 @@ impl Recipe {
         if let (Some(_), Some(_)) = (common.train.max_steps, common.train.epochs) {
             return Err(("train.epochs".into(), "give either train.max_steps or train.epochs, not both".into()));
         }
-        Ok(Recipe { run: common.run, task, model, data, train: common.train, checkpoint: common.checkpoint, eval: common.eval, lora: common.lora, hub: common.hub })
+        Ok(Recipe { run: common.run, task, model, data, train: common.train, checkpoint: common.checkpoint, eval: common.eval, log: common.log, lora: common.lora, hub: common.hub })
     }
 
     fn model(t: &mut toml::Table) -> std::result::Result<ModelConfig, KeyError> {

@@ -3,7 +3,8 @@
 //! Data flow of one rank: recipe ([`config`]) → tokenizer ([`tokenizer`]) → token cache and
 //! sampler ([`data`]) → model ([`models`], optionally with LoRA adapters from [`lora`]) → step
 //! (loss, backward, gradient all-reduce across ranks ([`dist`]), clip, [`optim`]) → checkpoints
-//! ([`checkpoint`]), metrics ([`metrics`]) and the Hugging Face export. One loop, the
+//! ([`checkpoint`]), metrics ([`metrics`], also as TensorBoard files: [`tensorboard`]) and the
+//! Hugging Face export. One loop, the
 //! [`engine`], runs every objective; a task in [`tasks`] supplies its data, model and loss
 //! (pretraining, full or LoRA fine-tuning of a pretrained model, …), and the blocks every run
 //! shares (joining, resume, guards) are in [`recipe_loop`]; [`sweep`] runs a hyperparameter
@@ -50,5 +51,6 @@ pub mod run_dir;
 pub mod sft;
 pub mod st;
 pub mod sweep;
+pub mod tensorboard;
 pub mod tokenizer;
 pub mod tasks;

@@ -254,14 +254,14 @@ pub fn error_with_code(code: i32, msg: String) -> Error {
 }
 
 /// Rank 0, once the inputs are known to be valid: creates the run directory, removes
-/// leftovers of interrupted saves, writes the resolved recipe and opens metrics.jsonl (rows
-/// past `step` dropped).
+/// leftovers of interrupted saves, writes the resolved recipe and opens metrics.jsonl and the
+/// TensorBoard event files (rows past `step` dropped).
 pub fn open_run_dir(recipe: &Recipe, step: u64) -> Result<MetricsWriter> {
     let run_dir = &recipe.run.dir;
     std::fs::create_dir_all(run_dir).at(run_dir)?;
     checkpoint::remove_stale_temps(run_dir)?;
     crate::fsutil::write_atomic(&run_dir.join("recipe.toml"), recipe.to_toml().as_bytes())?;
-    MetricsWriter::open(run_dir, step)
+    MetricsWriter::open(run_dir, step, recipe.log.tensorboard)
 }
 
 /// The seed of the randomness (dropout) of the micro-batch that starts at global sample

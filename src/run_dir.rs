@@ -125,7 +125,7 @@ pub fn check_fresh_start(run_dir: &Path, start_over: bool) -> Result<()> {
 }
 
 /// Moves the previous run's outputs (checkpoints, final/, metrics.jsonl, recipe.toml, the
-/// training curve) into a new
+/// TensorBoard files, the training curve) into a new
 /// `<run.dir>/abandoned/<UTC time>/` and returns it.
 fn abandon(run_dir: &Path) -> Result<PathBuf> {
     let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
@@ -137,7 +137,7 @@ fn abandon(run_dir: &Path) -> Result<PathBuf> {
         n += 1;
     }
     std::fs::create_dir_all(&aside).at(&aside)?;
-    for name in ["checkpoints", "final", "metrics.jsonl", "recipe.toml", crate::card::CURVES] {
+    for name in ["checkpoints", "final", "metrics.jsonl", "recipe.toml", "tb", crate::card::CURVES] {
         let from = run_dir.join(name);
         if from.exists() {
             let to = aside.join(name);

@@ -104,6 +104,8 @@ fn when_every_checkpoint_is_damaged_the_run_is_refused_and_start_over_moves_it_a
     assert_eq!(std::fs::read(aside[0].join("final/model.safetensors")).unwrap(), old_final.1, "the old final/ is kept intact");
     assert_eq!(std::fs::read_to_string(aside[0].join("metrics.jsonl")).unwrap().lines().filter(|l| l.contains("\"loss\"")).count(), 40);
     assert_eq!(losses(&run).len(), 5, "the new run starts at step 0");
+    assert_eq!(std::fs::read_dir(aside[0].join("tb")).unwrap().count(), 1, "the old TensorBoard file is moved aside too");
+    assert_eq!(std::fs::read_dir(run.join("tb")).unwrap().count(), 1, "the new run starts a new one");
 }
 
 #[test]

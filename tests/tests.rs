@@ -32,6 +32,7 @@ mod safety;
 mod sft;
 mod sweep;
 mod sweep_hub;
+mod tensorboard;
 mod text_metrics;
 mod tokenizer;
 mod train;
