@@ -1,7 +1,12 @@
 //! Unit tests of the parent module.
 
 use super::*;
-use rankforge_proto::auth;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use rankforge_proto::Phase;
+use tonic::Status;
+use rankforge_proto::{auth, EXIT_BAD_INPUT, EXIT_HUB_UNAVAILABLE, EXIT_NO_SPACE};
+use rankforge_proto::{BarrierRequest, HeartbeatRequest, JoinNodeRequest, JoinRequest, ReportRequest};
 
 fn node(token: &str, gen: u64, node_rank: u32, nproc: u32) -> JoinNodeRequest {
     JoinNodeRequest { auth: auth(token, gen), node_rank, nproc, host: format!("h{node_rank}") }
@@ -132,7 +137,7 @@ fn restarts_are_counted_for_the_job_and_bad_input_is_never_retried() {
     let mut st = State::new("t".into(), 1);
     st.max_restarts = 5;
     st.join_node(&node("t", 0, 0, 2)).unwrap();
-    failed(&mut st, 1, EXIT_FATAL);
+    failed(&mut st, 1, EXIT_BAD_INPUT);
     assert!(matches!(st.decide(), Some(Decision::Abort { .. })), "exit code 2 is fatal");
     let mut st = State::new("t".into(), 1);
     st.max_restarts = 5;
@@ -342,3 +347,4 @@ fn a_full_disk_is_not_retried() {
         d => panic!("{d:?}"),
     }
 }
+
