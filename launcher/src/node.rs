@@ -18,7 +18,7 @@ use tonic::transport::Channel;
 
 use crate::coordinator::{JobPhase, Shared, State};
 use crate::plan::{route_addr, Args, Plan};
-use crate::rank::{drain, ensure_error_file, error_file, exit_code, now, spawn_rank, teardown, GenerationSpec, Rank};
+use crate::rank::{drain, ensure_error_file, error_file, exit_code, forward, now, spawn_rank, teardown, GenerationSpec, Rank};
 use crate::remote::start_remotes;
 use crate::signals::{signal_name, stopped_while, Signals};
 
@@ -33,8 +33,10 @@ fn launcher_code(code: i32) -> i32 {
 /// What ended the watch of one generation.
 enum Outcome {
     AllSucceeded,
-    /// Every rank stopped on request after a checkpoint (preemption).
-    Stopped,
+    /// Every rank stopped on request (preemption), the launcher exits with this code: 75 after
+    /// rankforge ranks' checkpoint, or when every program exited 0 or 75 after the forwarded
+    /// signal; else the first other program's code, 128 + N for a death by signal N.
+    Stopped(i32),
     /// The job restarts as this generation; the ranks declared dead are SIGKILLed at once.
     Restart(u64, String, Vec<u32>),
     Aborted(String, i32, Vec<u32>),
@@ -72,6 +74,8 @@ struct Generation {
     /// The first local failure of this generation is reported; later ones are its consequences.
     reported: bool,
     stopped_ranks: usize,
+    /// Programs, after a forwarded SIGTERM/SIGUSR1: the first exit code other than 0 or 75.
+    stop_code: Option<i32>,
 }
 
 /// A node's launcher once it reaches the coordinator.
@@ -91,8 +95,11 @@ struct Node<'a> {
     remote_exits: mpsc::UnboundedReceiver<(String, i32)>,
     /// One command stream for the node's whole life (commands name their generation).
     commands: Option<tonic::Streaming<rankforge_proto::Command>>,
-    /// After a first SIGTERM/SIGUSR1: ranks are checkpointing and will exit with EXIT_STOPPED.
+    /// After a first SIGTERM/SIGUSR1: ranks are checkpointing and will exit with EXIT_STOPPED
+    /// (rankforge), or got the signal forwarded (programs).
     stopping: bool,
+    /// Node 0: the MASTER_PORTs of earlier generations (a new one is picked for each).
+    master_ports: Vec<u16>,
 }
 
 pub async fn run(args: &Args, plan: Plan) -> Result<i32> {
@@ -122,6 +129,7 @@ pub async fn run(args: &Args, plan: Plan) -> Result<i32> {
         remote_exits,
         commands: None,
         stopping: false,
+        master_ports: Vec::new(),
     };
     node.run().await
 }
@@ -208,7 +216,14 @@ impl Node<'_> {
     /// Joins the rendezvous round of `generation`. `Ok(Err(code))`: a signal stopped the wait.
     async fn join(&mut self, generation: u64) -> Result<std::result::Result<JoinNodeReply, i32>> {
         let plan = self.plan;
-        let req = JoinNodeRequest { auth: auth(&plan.token, generation), node_rank: plan.node_rank, nproc: plan.nproc, host: self.host.clone() };
+        let mut req = JoinNodeRequest { auth: auth(&plan.token, generation), node_rank: plan.node_rank, nproc: plan.nproc, host: self.host.clone(), ..Default::default() };
+        if plan.node_rank == 0 {
+            // Node 0's address as the other nodes reach it, and a port nobody used before.
+            let host = &plan.coordinator.0;
+            let port = free_port(host, &self.master_ports).with_context(|| format!("cannot find a free port on {host} for MASTER_PORT"))?;
+            self.master_ports.push(port);
+            (req.master_addr, req.master_port) = (host.clone(), port as u32);
+        }
         let join = self.client.join_node(req);
         let joined = match self.signals.unless_stopped(tokio::time::timeout(self.join_timeout, join)).await {
             Ok(joined) => joined,
@@ -241,6 +256,8 @@ impl Node<'_> {
             nnodes: joined.nnodes,
             coord_addr: &self.coord_addr,
             local_addr: &self.local_addr,
+            master_addr: &joined.master_addr,
+            master_port: joined.master_port,
         };
         let (exit_tx, exits) = mpsc::unbounded_channel::<(usize, i32)>();
         let mut ranks = Vec::new();
@@ -251,7 +268,7 @@ impl Node<'_> {
             ranks.push(r);
         }
         let running = ranks.iter().enumerate().map(|(i, r)| (i, r.pid)).collect();
-        Ok(Generation { number: joined.generation, ranks, exits, running, started: Instant::now(), reported: false, stopped_ranks: 0 })
+        Ok(Generation { number: joined.generation, ranks, exits, running, started: Instant::now(), reported: false, stopped_ranks: 0, stop_code: None })
     }
 
     /// A report about this node (`rank` -1) or one of its ranks, in `generation`.
@@ -299,6 +316,14 @@ impl Node<'_> {
             Event::Command(Ok(Some(cmd))) => match command::Kind::try_from(cmd.kind) {
                 Ok(command::Kind::Abort) => Some(Outcome::Aborted(cmd.reason, cmd.exit_code, cmd.dead_ranks)),
                 Ok(command::Kind::Restart) if cmd.generation > gen.number => Some(Outcome::Restart(cmd.generation, cmd.reason, cmd.dead_ranks)),
+                Ok(command::Kind::Stop) if self.plan.program && !self.stopping => {
+                    // Another node's launcher was signalled: its programs got it, so do these.
+                    self.stopping = true;
+                    let sig = if cmd.signal > 0 { cmd.signal } else { libc::SIGTERM };
+                    eprintln!("rankforge-launch: {} (STOP: {}): forwarded to this node's ranks", signal_name(sig), cmd.reason);
+                    forward(&gen.running, sig);
+                    None
+                }
                 _ => None,
             },
             Event::Command(Ok(None)) => Some(Outcome::CoordinatorLost("it closed the command stream".into())),
@@ -329,15 +354,22 @@ impl Node<'_> {
     /// A local rank exited: success, a stop after a checkpoint, or a failure to report.
     async fn on_exit(&mut self, gen: &mut Generation, local: usize, code: i32) -> Option<Outcome> {
         gen.running.remove(&local);
+        if self.stopping && self.plan.program && !gen.reported {
+            // After the forwarded signal any exit is the program's way of stopping.
+            if code != 0 && code != EXIT_STOPPED && gen.stop_code.is_none() {
+                gen.stop_code = Some(launcher_code(code));
+            }
+            return gen.running.is_empty().then(|| Outcome::Stopped(gen.stop_code.unwrap_or(EXIT_STOPPED)));
+        }
         if code == EXIT_STOPPED {
             gen.stopped_ranks += 1;
-            return (gen.running.is_empty() && !gen.reported).then_some(Outcome::Stopped);
+            return (gen.running.is_empty() && !gen.reported).then_some(Outcome::Stopped(EXIT_STOPPED));
         }
         if code == 0 {
             let req = self.report(gen.number, gen.ranks[local].global as i32, true, 0, String::new());
             let _ = self.client.report(req).await;
             let done = gen.running.is_empty() && !gen.reported;
-            return done.then_some(if gen.stopped_ranks > 0 { Outcome::Stopped } else { Outcome::AllSucceeded });
+            return done.then_some(if gen.stopped_ranks > 0 { Outcome::Stopped(EXIT_STOPPED) } else { Outcome::AllSucceeded });
         }
         if gen.reported {
             return None;
@@ -350,9 +382,17 @@ impl Node<'_> {
             c if c < 0 => format!("killed by {} (signal {})", signal_name(-c), -c),
             c => format!("exit code {c}"),
         };
-        let error = ensure_error_file(&error_file(self.plan, r.global), r.pid, code, &tail);
-        let msg = format!("pid {}, {what}: {error}; log {}", r.pid, r.log.display());
-        let detail = if tail.is_empty() { msg } else { format!("{msg}\n    | {}", tail.join("\n    | ")) };
+        let path = error_file(self.plan, r.global);
+        let error = ensure_error_file(&path, r.pid, code, &tail);
+        let msg = format!("pid {}, {what}: {}; log {}", r.pid, error.message, r.log.display());
+        // The traceback the rank wrote (torch's @record), else the end of its log.
+        let detail = if !error.traceback.is_empty() {
+            format!("{msg}\n    traceback (the end of {}):\n    | {}", path.display(), error.traceback.join("\n    | "))
+        } else if tail.is_empty() {
+            msg
+        } else {
+            format!("{msg}\n    | {}", tail.join("\n    | "))
+        };
         eprintln!("rankforge-launch: rank {} failed ({what}); waiting for the coordinator's decision", r.global);
         let req = self.report(gen.number, r.global as i32, false, code, detail);
         match self.client.report(req).await {
@@ -362,17 +402,27 @@ impl Node<'_> {
     }
 
     /// SIGTERM or SIGUSR1: the first asks every rank, through the coordinator, to checkpoint
-    /// at the next step boundary and exit; a second one stops at once.
+    /// at the next step boundary and exit (programs get the signal forwarded, here and by the
+    /// other nodes' launchers); a second one stops at once.
     async fn on_stop_signal(&mut self, gen: &Generation, sig: i32) -> Option<Outcome> {
         if self.stopping {
             return Some(Outcome::Signal(sig));
         }
         self.stopping = true;
-        eprintln!(
-            "rankforge-launch: {}: every rank checkpoints at the next step boundary and exits ({EXIT_STOPPED}); send it again to stop at once",
-            signal_name(sig)
-        );
-        let req = StopRequest { auth: auth(&self.plan.token, gen.number), reason: format!("{} to the launcher on {}", signal_name(sig), self.host) };
+        if self.plan.program {
+            forward(&gen.running, sig);
+            eprintln!(
+                "rankforge-launch: {}: forwarded to every rank (a program may checkpoint, then exit 0 or {EXIT_STOPPED}); send it again to stop at once",
+                signal_name(sig)
+            );
+        } else {
+            eprintln!(
+                "rankforge-launch: {}: every rank checkpoints at the next step boundary and exits ({EXIT_STOPPED}); send it again to stop at once",
+                signal_name(sig)
+            );
+        }
+        let reason = format!("{} to the launcher on {}", signal_name(sig), self.host);
+        let req = StopRequest { auth: auth(&self.plan.token, gen.number), reason, signal: sig };
         match self.client.stop(req).await {
             Ok(_) => None,
             Err(_) => Some(Outcome::Signal(sig)),
@@ -395,7 +445,7 @@ impl Node<'_> {
     async fn conclude(&mut self, outcome: Outcome, gen: &mut Generation, restart: u32) -> Next {
         match outcome {
             Outcome::Restart(next, reason, dead) => self.restart(gen, next, &reason, &dead, restart).await,
-            Outcome::Stopped => {
+            Outcome::Stopped(code) => {
                 let req = self.report(gen.number, -1, true, 0, String::new());
                 let _ = self.client.report(req).await;
                 if let Some(shared) = &self.shared {
@@ -403,7 +453,15 @@ impl Node<'_> {
                         return Next::Exit(stopped_while(sig, "waiting for the other nodes to stop"));
                     }
                 }
-                eprintln!("rankforge-launch: stopped after a checkpoint at a step boundary; rerun the same command to resume");
+                if code != EXIT_STOPPED {
+                    eprintln!("rankforge-launch: stopped on request; a rank exited with {code} after the forwarded signal");
+                    return Next::Exit(code);
+                }
+                if self.plan.program {
+                    eprintln!("rankforge-launch: stopped on request: every rank exited 0 or {EXIT_STOPPED} after the forwarded signal");
+                } else {
+                    eprintln!("rankforge-launch: stopped after a checkpoint at a step boundary; rerun the same command to resume");
+                }
                 if self.plan.node_rank == 0 {
                     requeue(self.args, self.plan).await;
                 }
@@ -492,6 +550,21 @@ async fn wait_for_nodes(shared: &Arc<Shared>, timeout: Duration) -> i32 {
             }
         }
     }
+}
+
+/// A free port on `host` not among `used` (MASTER_PORT: the coordinator's own port is taken,
+/// so it is never chosen). The listener closes at once; the program's rank 0 binds it next.
+fn free_port(host: &str, used: &[u16]) -> std::io::Result<u16> {
+    let mut held = Vec::new(); // keeps a used port bound, so the next bind gets another
+    for _ in 0..64 {
+        let l = std::net::TcpListener::bind((host, 0))?;
+        let port = l.local_addr()?.port();
+        if !used.contains(&port) {
+            return Ok(port);
+        }
+        held.push(l);
+    }
+    Err(std::io::Error::new(std::io::ErrorKind::AddrInUse, "every port tried was used before"))
 }
 
 /// `--requeue N` under Slurm: puts the job back in the queue after a clean stop, at most N times.

@@ -56,12 +56,15 @@ pub(crate) struct GenerationSpec<'a> {
     pub nnodes: u32,
     pub coord_addr: &'a str,
     pub local_addr: &'a str,
+    /// Node 0's address and the free port it chose for this generation (torchrun's
+    /// MASTER_ADDR/MASTER_PORT, where a program's rank 0 binds its store).
+    pub master_addr: &'a str,
+    pub master_port: u32,
 }
 
 /// torchrun's variables and rankforge's own for local rank `local` (global rank `global`).
 fn rank_env(args: &Args, plan: &Plan, local: usize, global: u32, g: &GenerationSpec) -> Vec<(&'static str, String)> {
     let (world, coord_addr) = (g.world, g.coord_addr);
-    let (maddr, mport) = coord_addr.rsplit_once(':').unwrap_or((coord_addr, "0"));
     vec![
         ("RANK", global.to_string()),
         ("LOCAL_RANK", local.to_string()),
@@ -72,11 +75,13 @@ fn rank_env(args: &Args, plan: &Plan, local: usize, global: u32, g: &GenerationS
         ("ROLE_NAME", "default".into()),
         ("ROLE_RANK", global.to_string()),
         ("ROLE_WORLD_SIZE", world.to_string()),
-        ("MASTER_ADDR", maddr.to_string()),
-        ("MASTER_PORT", mport.to_string()),
+        ("MASTER_ADDR", g.master_addr.to_string()),
+        ("MASTER_PORT", g.master_port.to_string()),
         ("TORCHELASTIC_RESTART_COUNT", g.restart.to_string()),
         ("TORCHELASTIC_MAX_RESTARTS", args.max_restarts.to_string()),
         ("TORCHELASTIC_RUN_ID", plan.run_id.clone()),
+        // No agent store is offered: a program's rank 0 hosts its own store on MASTER_PORT.
+        ("TORCHELASTIC_USE_AGENT_STORE", "False".into()),
         (rfenv::COORDINATOR, coord_addr.to_string()),
         (rfenv::JOB_TOKEN, plan.token.clone()),
         (rfenv::GENERATION, g.generation.to_string()),
@@ -94,8 +99,12 @@ pub(crate) fn spawn_rank(args: &Args, plan: &Plan, local: usize, global: u32, g:
     let mut cmd = Command::new(&plan.rank_binary);
     cmd.args(&plan.rank_args);
     cmd.envs(rank_env(args, plan, local, global, g));
-    if std::env::var_os("OMP_NUM_THREADS").is_none() {
-        cmd.env("OMP_NUM_THREADS", plan.threads_per_rank.to_string());
+    // rankforge ranks share the cores; a program gets torchrun's 1 when ranks share the node.
+    if std::env::var_os("OMP_NUM_THREADS").is_none() && !(plan.program && plan.nproc == 1) {
+        cmd.env("OMP_NUM_THREADS", if plan.program { "1".into() } else { plan.threads_per_rank.to_string() });
+    }
+    if std::env::var_os("TORCH_NCCL_ASYNC_ERROR_HANDLING").is_none() {
+        cmd.env("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1"); // as torchrun
     }
     if plan.mode == DeviceMode::Gpu {
         cmd.env("CUDA_VISIBLE_DEVICES", &plan.gpus[local]);
@@ -188,6 +197,10 @@ pub(crate) async fn teardown(running: &mut BTreeMap<usize, i32>, exits: &mut mps
             Ok(None) => break,
             Err(_) => {
                 for pid in running.values() {
+                    eprintln!(
+                        "rankforge-launch: pid {pid} did not exit within the grace period ({:.0} s, --grace-period) after SIGTERM: sending SIGKILL",
+                        grace.as_secs_f64()
+                    );
                     unsafe { libc::kill(-pid, libc::SIGKILL) };
                 }
                 while !running.is_empty() {
@@ -208,13 +221,24 @@ pub(crate) fn error_file(plan: &Plan, global: u32) -> PathBuf {
     plan.log_dir.join(format!("rank{global}.error.json"))
 }
 
-/// The failed rank's error.json: the one it wrote itself (rankforge does, for its errors), else
-/// one written here for it (a death by signal) in torchelastic's format. Returns its message.
-pub(crate) fn ensure_error_file(path: &Path, pid: i32, code: i32, tail: &[String]) -> String {
+/// What a failed rank's error.json says.
+pub(crate) struct ErrorReport {
+    pub message: String,
+    /// The end of the traceback the rank wrote itself (torch's `@record` does); empty for a
+    /// one-line call stack and for the files the launcher writes.
+    pub traceback: Vec<String>,
+}
+
+/// The failed rank's error.json: the one it wrote itself (rankforge does for its errors, torch's
+/// `@record` for a Python exception), else one written here for it (a death by signal, an exit
+/// without a file) in torchelastic's format.
+pub(crate) fn ensure_error_file(path: &Path, pid: i32, code: i32, tail: &[String]) -> ErrorReport {
     if let Ok(text) = std::fs::read_to_string(path) {
         if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
             if let Some(m) = v["message"]["message"].as_str() {
-                return m.to_string();
+                let stack: Vec<String> = v["message"]["extraInfo"]["py_callstack"].as_str().unwrap_or("").lines().map(str::to_string).collect();
+                let traceback = if stack.len() > 1 { stack[stack.len().saturating_sub(TAIL_LINES)..].to_vec() } else { Vec::new() };
+                return ErrorReport { message: m.to_string(), traceback };
             }
         }
     }
@@ -225,7 +249,14 @@ pub(crate) fn ensure_error_file(path: &Path, pid: i32, code: i32, tail: &[String
     };
     let v = serde_json::json!({"message": {"message": message, "extraInfo": {"py_callstack": tail.join("\n"), "timestamp": format!("{}", now() as u64)}}});
     let _ = std::fs::write(path, format!("{v:#}\n"));
-    message
+    ErrorReport { message, traceback: Vec::new() }
+}
+
+/// Sends `sig` to every running rank's process group (SIGTERM/SIGUSR1 forwarded to programs).
+pub(crate) fn forward(running: &BTreeMap<usize, i32>, sig: i32) {
+    for pid in running.values() {
+        unsafe { libc::kill(-pid, sig) };
+    }
 }
 
 /// Seconds between a rank's heartbeats: a third of the timeout, at most 2 s.

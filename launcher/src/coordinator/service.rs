@@ -57,7 +57,7 @@ impl coordinator_server::Coordinator for Service {
     async fn stop(&self, req: Request<StopRequest>) -> Result<Response<StopReply>, Status> {
         let req = req.into_inner();
         self.0.lock().check(req.auth.as_ref())?;
-        self.0.broadcast(command::Kind::Stop, &req.reason);
+        self.0.broadcast_stop(&req.reason, req.signal);
         Ok(Response::new(StopReply {}))
     }
 
@@ -76,7 +76,7 @@ impl coordinator_server::Coordinator for Service {
         let (tx, rx) = mpsc::channel(16);
         if let Some((root, why)) = aborted {
             let reason = format!("{root}\n    ({why})");
-            let _ = tx.try_send(Ok(Command { kind: command::Kind::Abort as i32, reason, exit_code: root.exit_code, generation: 0, dead_ranks: Vec::new() }));
+            let _ = tx.try_send(Ok(Command { kind: command::Kind::Abort as i32, reason, exit_code: root.exit_code, ..Command::default() }));
         }
         if req.rank < 0 {
             // A launcher's stream lives as long as its node: when it closes early, the node is lost.

@@ -100,6 +100,9 @@ pub struct State {
     /// After a restart: the nodes the new round waits for (the survivors and the nodes that
     /// asked to join meanwhile). None in the first round: it waits for MAX (or last call).
     pub(super) expected: Option<BTreeSet<u32>>,
+    /// Node 0's MASTER_ADDR and MASTER_PORT for this generation (its `JoinNode`), handed to
+    /// every node of the round.
+    pub master: Option<(String, u32)>,
     /// Elastic: nodes that asked to join while a generation was running; they join at the
     /// next restart boundary. node rank → (nproc, host)
     pub waiting: BTreeMap<u32, (u32, String)>,
@@ -145,6 +148,7 @@ impl State {
             round_closed: false,
             round_min_since: None,
             expected: None,
+            master: None,
             waiting: BTreeMap::new(),
             world_size: None,
             ranks: BTreeMap::new(),
@@ -202,8 +206,9 @@ impl State {
     }
 
     /// Registers a node's launcher. `Ok(Some(reply))` once the round has closed with this node
-    /// in it: at MAX nodes; after a restart, once every expected node is back (and at least MIN);
-    /// or, elastic, `last_call` after the round reached MIN. A node that arrives while a
+    /// and node 0 (which hosts the coordinator and names MASTER_ADDR/MASTER_PORT) in it: at MAX
+    /// nodes; after a restart, once every expected node is back (and at least MIN); or,
+    /// elastic, `last_call` after the round reached MIN. A node that arrives while a
     /// generation runs waits for the next restart boundary (elastic) or is refused (static).
     pub fn join_node(&mut self, req: &JoinNodeRequest) -> Result<Option<JoinNodeReply>, Status> {
         // A newcomer to an elastic job does not know the generation: it enters the next round.
@@ -243,6 +248,9 @@ impl State {
                 }
                 _ => {
                     self.nodes.insert(req.node_rank, (req.nproc, req.host.clone()));
+                    if req.node_rank == 0 {
+                        self.master = Some((req.master_addr.clone(), req.master_port));
+                    }
                     self.waiting.remove(&req.node_rank);
                 }
             }
@@ -262,11 +270,17 @@ impl State {
             nnodes: self.nodes.len() as u32,
             group_rank,
             restart_count: self.restarts,
+            master_addr: self.master.as_ref().map(|m| m.0.clone()).unwrap_or_default(),
+            master_port: self.master.as_ref().map_or(0, |m| m.1),
         }))
     }
 
     /// Whether the open round can close now (see [`State::join_node`]).
     fn round_complete(&mut self, now: Instant) -> bool {
+        // Node 0 hosts the coordinator and names MASTER_ADDR/MASTER_PORT: no round without it.
+        if !self.nodes.contains_key(&0) {
+            return false;
+        }
         let joined = self.nodes.len() as u32;
         if joined >= self.nnodes {
             return true;
@@ -448,6 +462,7 @@ impl State {
         self.expected = Some(expected);
         self.round_closed = false;
         self.round_min_since = None;
+        self.master = None;
         self.generation += 1;
         self.phase = JobPhase::Assembling;
         self.nodes.clear();

@@ -9,7 +9,7 @@ use rankforge_proto::{auth, EXIT_BAD_INPUT, EXIT_HUB_UNAVAILABLE, EXIT_NO_SPACE}
 use rankforge_proto::{BarrierRequest, HeartbeatRequest, JoinNodeRequest, JoinRequest, ReportRequest};
 
 fn node(token: &str, gen: u64, node_rank: u32, nproc: u32) -> JoinNodeRequest {
-    JoinNodeRequest { auth: auth(token, gen), node_rank, nproc, host: format!("h{node_rank}") }
+    JoinNodeRequest { auth: auth(token, gen), node_rank, nproc, host: format!("h{node_rank}"), ..Default::default() }
 }
 
 fn rank(token: &str, gen: u64, r: u32, hash: &str) -> JoinRequest {
@@ -348,3 +348,22 @@ fn a_full_disk_is_not_retried() {
     }
 }
 
+#[test]
+fn a_round_waits_for_node_0_and_hands_every_node_its_master_port_new_each_generation() {
+    let mut st = elastic(1, 2);
+    st.last_call = Duration::ZERO;
+    let with_master = |gen: u64, port: u32| JoinNodeRequest { master_addr: "10.0.0.1".into(), master_port: port, ..node("t", gen, 0, 1) };
+    // Node 1 alone has MIN nodes, but no round closes without node 0.
+    assert!(st.join_node(&node("t", 0, 1, 1)).unwrap().is_none());
+    let r0 = st.join_node(&with_master(0, 4242)).unwrap().unwrap();
+    let r1 = st.join_node(&node("t", 0, 1, 1)).unwrap().unwrap();
+    for r in [&r0, &r1] {
+        assert_eq!((r.master_addr.as_str(), r.master_port, r.nnodes), ("10.0.0.1", 4242, 2));
+    }
+    assert_eq!((r0.rank_offset, r1.rank_offset), (0, 1));
+    // The next generation forgets the old port: every node gets the one node 0 picked anew.
+    st.next_generation();
+    assert!(st.join_node(&node("t", 1, 1, 1)).unwrap().is_none());
+    st.join_node(&with_master(1, 4343)).unwrap().unwrap();
+    assert_eq!(st.join_node(&node("t", 1, 1, 1)).unwrap().unwrap().master_port, 4343);
+}

@@ -38,7 +38,13 @@ impl Shared {
 
     /// Sends `kind` to every subscribed rank and launcher.
     pub fn broadcast(&self, kind: command::Kind, reason: &str) {
-        self.send(Command { kind: kind as i32, reason: reason.to_string(), exit_code: 0, generation: 0, dead_ranks: Vec::new() });
+        self.send(Command { kind: kind as i32, reason: reason.to_string(), ..Command::default() });
+    }
+
+    /// Sends STOP to every subscribed rank and launcher: rankforge ranks checkpoint at the next
+    /// step boundary and exit; launchers forward `signal` to programs that are not rankforge.
+    pub fn broadcast_stop(&self, reason: &str, signal: i32) {
+        self.send(Command { kind: command::Kind::Stop as i32, reason: reason.to_string(), signal, ..Command::default() });
     }
 
     /// After a failure: waits a moment for the reports of its consequences (peers failing on a
@@ -68,6 +74,7 @@ impl Shared {
                         exit_code: root.exit_code,
                         generation,
                         dead_ranks: dead_ranks.clone(),
+                        signal: 0,
                     };
                     self.send(cmd);
                 }
@@ -83,6 +90,7 @@ impl Shared {
                         exit_code: root.exit_code,
                         generation,
                         dead_ranks: dead_ranks.clone(),
+                        signal: 0,
                     };
                     self.send(cmd);
                 }
@@ -93,6 +101,7 @@ impl Shared {
                         exit_code: if root.unresponsive { 1 } else { root.exit_code },
                         generation: 0,
                         dead_ranks,
+                        signal: 0,
                     };
                     self.send(cmd);
                 }
