@@ -67,7 +67,7 @@ pub(crate) fn start_remotes(args: &Args, plan: &Plan, coord_addr: &str) -> Resul
         }
         if plan.program {
             // The same program line (the Python and its -u, or --no-python's program).
-            a.push("--".into());
+            a.extend(["--no-python".into(), "--".into(), plan.rank_binary.display().to_string()]);
             a.extend(plan.rank_args.iter().cloned());
         } else if !args.command.is_empty() {
             a.push("--".into());

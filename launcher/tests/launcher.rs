@@ -376,3 +376,27 @@ fn sigterm_is_forwarded_to_a_program_which_checkpoints_itself_and_the_launcher_e
     assert_eq!(code, Some(128 + libc::SIGTERM), "{err}");
     assert!(!err.contains("restart"), "a stop is not a failure to restart from: {err}");
 }
+
+#[test]
+fn a_hostfile_job_runs_the_same_program_on_every_node_with_one_master_port() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hosts = tmp.path().join("hosts");
+    std::fs::write(&hosts, "127.0.0.1 slots=1\nlocalhost slots=1\n").unwrap();
+    // An "ssh" that runs the remote command here, as ssh would on the host.
+    let ssh = tmp.path().join("fake-ssh");
+    std::fs::write(&ssh, "#!/bin/sh\nshift\nexec sh -c \"$*\"\n").unwrap();
+    std::fs::set_permissions(&ssh, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let out = launcher()
+        .args(["--hostfile", hosts.to_str().unwrap(), "--log-dir", tmp.path().join("logs").to_str().unwrap(), "--no-python", "--"])
+        .args(["sh", "-c", r#"echo "$GROUP_RANK $MASTER_ADDR $MASTER_PORT" > "$OUT/rank.$RANK""#])
+        .env("RANKFORGE_SSH", &ssh)
+        .env("OUT", tmp.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let line = |r: u32| std::fs::read_to_string(tmp.path().join(format!("rank.{r}"))).unwrap();
+    let (l0, l1) = (line(0), line(1));
+    let port0 = l0.trim().rsplit(' ').next().unwrap().to_string();
+    assert_eq!(l0, format!("0 127.0.0.1 {port0}\n"));
+    assert_eq!(l1, format!("1 127.0.0.1 {port0}\n"), "node 1 runs the program with node 0's MASTER_ADDR/MASTER_PORT");
+}

@@ -38,7 +38,9 @@ impl State {
         }
         let root = self.root_cause()?;
         let lost = self.lost_nodes();
-        let d = if !lost.is_empty() {
+        let d = if let Some(why) = &self.stop_requested {
+            Decision::Abort { root, why: format!("the job is stopping ({why}): not restarted") }
+        } else if !lost.is_empty() {
             // A lost node takes its ranks along; the other ranks' failures are its consequences.
             let root = self.failures.iter().filter(|f| f.rank.is_none()).min_by(|a, b| a.timestamp.total_cmp(&b.timestamp)).cloned().unwrap_or(root);
             let left = self.nodes.keys().filter(|n| !lost.contains(n)).count() + self.waiting.len();

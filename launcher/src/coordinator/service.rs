@@ -56,7 +56,11 @@ impl coordinator_server::Coordinator for Service {
 
     async fn stop(&self, req: Request<StopRequest>) -> Result<Response<StopReply>, Status> {
         let req = req.into_inner();
-        self.0.lock().check(req.auth.as_ref())?;
+        {
+            let mut st = self.0.lock();
+            st.check(req.auth.as_ref())?;
+            st.stop_requested.get_or_insert_with(|| req.reason.clone());
+        }
         self.0.broadcast_stop(&req.reason, req.signal);
         Ok(Response::new(StopReply {}))
     }

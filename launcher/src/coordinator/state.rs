@@ -126,6 +126,9 @@ pub struct State {
     pub stall_timeout: Option<Duration>,
     /// The decision about the current generation's failure, once made.
     pub decision: Option<Decision>,
+    /// A launcher got SIGTERM/SIGUSR1 (`Stop`): the job is being stopped, so a failure from now
+    /// on (a peer of a program that exited on the signal) ends it instead of restarting it.
+    pub stop_requested: Option<String>,
     /// A decision is scheduled for the current generation.
     pub(super) deciding: bool,
 }
@@ -162,6 +165,7 @@ impl State {
             heartbeat_timeout: None,
             stall_timeout: None,
             decision: None,
+            stop_requested: None,
             deciding: false,
         }
     }

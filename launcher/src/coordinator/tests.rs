@@ -367,3 +367,17 @@ fn a_round_waits_for_node_0_and_hands_every_node_its_master_port_new_each_genera
     st.join_node(&with_master(1, 4343)).unwrap().unwrap();
     assert_eq!(st.join_node(&node("t", 1, 1, 1)).unwrap().unwrap().master_port, 4343);
 }
+
+#[test]
+fn a_failure_while_the_job_stops_is_not_restarted() {
+    let mut st = State::new("t".into(), 1);
+    st.max_restarts = 3;
+    st.join_node(&node("t", 0, 0, 2)).unwrap().unwrap();
+    st.stop_requested = Some("SIGTERM to the launcher on h".into());
+    failed(&mut st, 1, -libc::SIGTERM); // a program that died of the forwarded signal
+    match st.decide() {
+        Some(Decision::Abort { why, .. }) => assert_eq!(why, "the job is stopping (SIGTERM to the launcher on h): not restarted"),
+        d => panic!("{d:?}"),
+    }
+    assert_eq!(st.restarts, 0);
+}
