@@ -454,7 +454,7 @@ impl Node<'_> {
                     }
                 }
                 if code != EXIT_STOPPED {
-                    eprintln!("rankforge-launch: stopped on request; a rank exited with {code} after the forwarded signal");
+                    eprintln!("rankforge-launch: stopped on request; a rank did not exit 0 or {EXIT_STOPPED} after the forwarded signal: exit {code}");
                     return Next::Exit(code);
                 }
                 if self.plan.program {
