@@ -6,14 +6,9 @@
 
 use std::path::PathBuf;
 
-/// Exit code for bad input: recipe, data, tokenizer, model files, prompt. Retrying cannot help.
-pub const EXIT_BAD_INPUT: i32 = 2;
-/// Exit code for failures while running (I/O, libtorch). A restart from a checkpoint may help.
-pub const EXIT_RUNTIME: i32 = 1;
-/// Exit code for a full disk or an exhausted quota (ENOSPC, EDQUOT; sysexits' EX_IOERR). What
-/// was being written is discarded and the last complete checkpoint is intact; a restart would
-/// fail the same way until space is freed, so launchers do not retry it.
-pub const EXIT_NO_SPACE: i32 = 74;
+/// Exit codes (defined once, with the launcher, in `rankforge_proto`): bad input, runtime
+/// failures, a full disk.
+pub use rankforge_proto::{EXIT_BAD_INPUT, EXIT_NO_SPACE, EXIT_RUNTIME};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

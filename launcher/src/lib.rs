@@ -3,13 +3,15 @@
 //! runs it (`scripts/test.sh` checks its dependency tree).
 //!
 //! - [`plan`]: flags, `PET_*`, Slurm and hostfile inputs → what this node does.
-//! - [`coordinator`]: the coordinator's state machine and gRPC service.
+//! - [`coordinator`]: the coordinator's state machine, its timers and its gRPC service.
 //! - [`node`]: this node's life: join, spawn ranks, relay their output, watch, tear down.
+//! - `rank`: one rank process: its environment, start, output relay, error file, teardown.
 //! - [`slurm`]: Slurm variables and a native hostlist expander.
 
 pub mod coordinator;
 pub mod node;
 pub mod plan;
+mod rank;
 mod remote;
 mod signals;
 pub mod slurm;
@@ -39,7 +41,7 @@ impl std::error::Error for BadInput {}
 
 /// The launcher's exit code for an error that ended it: 2 for [`BadInput`], else 1.
 pub fn exit_code_of(e: &anyhow::Error) -> i32 {
-    if e.downcast_ref::<BadInput>().is_some() { 2 } else { 1 }
+    if e.downcast_ref::<BadInput>().is_some() { rankforge_proto::EXIT_BAD_INPUT } else { rankforge_proto::EXIT_RUNTIME }
 }
 
 /// Binds the coordinator on exactly `host:port` (never a wildcard address it was not given) and

@@ -9,7 +9,7 @@ fn main() {
     let code = match Plan::resolve(&args) {
         Err(e) => {
             eprintln!("rankforge-launch: error: {e:#}");
-            2
+            rankforge_proto::EXIT_BAD_INPUT
         }
         Ok(plan) => {
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime");

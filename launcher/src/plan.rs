@@ -14,11 +14,13 @@ use crate::slurm;
 #[command(
     name = "rankforge-launch",
     version,
-    about = "Start one rankforge rank per GPU (or CPU slot) on each host, and the job's coordinator on node 0.",
+    about = "Start one rankforge rank (or any program: SCRIPT.py, --no-python PROG) per GPU or CPU slot on each host, and the job's coordinator on node 0.",
     after_help = "Examples:\n  rankforge-launch --nproc-per-node 2 --config configs/gpt_tiny_pretrain_cpu.toml\n  \
                   rankforge-launch --nnodes 2 --node-rank 0 --coordinator 10.0.0.1:29400 --config recipe.toml   (on each node)\n  \
                   rankforge-launch --hostfile hosts.txt --config recipe.toml\n  \
-                  rankforge-launch --nproc-per-node 2 -- bench collective --bytes 16M"
+                  rankforge-launch --nproc-per-node 2 -- bench collective --bytes 16M\n  \
+                  rankforge-launch --nproc-per-node 2 train.py --epochs 3          (python3 -u train.py, as torchrun)\n  \
+                  rankforge-launch --nproc-per-node 2 --no-python -- ./my_program --flag"
 )]
 pub struct Args {
     /// Ranks on this node: a number, `auto` (the visible GPUs, else one CPU rank), `gpu` or
@@ -44,6 +46,15 @@ pub struct Args {
     /// One node on loopback with a free port (the default when --nnodes is 1).
     #[arg(long)]
     pub standalone: bool,
+    /// torchrun's `--master-addr`: where node 0 hosts the coordinator when --coordinator is not
+    /// given (with --master-port; default port 29500). The program's own MASTER_ADDR/MASTER_PORT
+    /// are always a fresh free port on node 0, not this one.
+    #[arg(long, env = "PET_MASTER_ADDR")]
+    pub master_addr: Option<String>,
+    /// torchrun's `--master-port`: the coordinator's port when --coordinator is not given (with
+    /// --master-addr, default 127.0.0.1).
+    #[arg(long, env = "PET_MASTER_PORT")]
+    pub master_port: Option<u16>,
     /// The address this node advertises to its peers (CPU ring). Default: the address that
     /// routes to the coordinator.
     #[arg(long, env = "PET_LOCAL_ADDR")]
@@ -89,11 +100,24 @@ pub struct Args {
     /// Recipe overrides, passed to every rank.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
-    /// The rank binary (default: `rankforge` beside this executable).
+    /// The rank binary (default: `rankforge` beside this executable). One whose file name does
+    /// not start with `rankforge` is a program like --no-python's.
     #[arg(long, env = "RANKFORGE_BINARY")]
     pub rank_binary: Option<PathBuf>,
-    /// Instead of `train --config ...`: the rankforge command every rank runs, after `--`.
-    #[arg(last = true)]
+    /// Every rank runs the command (after `--`) as a program and its arguments: any executable,
+    /// looked up in PATH, not a rankforge command (torchrun's `--no-python`).
+    #[arg(long)]
+    pub no_python: bool,
+    /// Every rank runs `PYTHON -u -m MODULE ARGS…` for the command `MODULE ARGS…` (torchrun's `-m`).
+    #[arg(short = 'm', long)]
+    pub module: bool,
+    /// The Python that runs a `SCRIPT.py` command and `-m` (default: python3 in PATH).
+    #[arg(long, env = "RANKFORGE_PYTHON", default_value = "python3")]
+    pub python: String,
+    /// What every rank runs instead of `train --config ...`: a rankforge command
+    /// (`bench collective`), `SCRIPT.py ARGS…` (run by --python, as torchrun does), or with
+    /// --no-python any program. After `--`, or after the flags.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "COMMAND")]
     pub command: Vec<String>,
 }
 
@@ -131,8 +155,12 @@ pub struct Plan {
     pub token: String,
     pub run_id: String,
     pub rank_binary: PathBuf,
-    /// Arguments of `rankforge` for every rank.
+    /// Arguments of `rank_binary` for every rank.
     pub rank_args: Vec<String>,
+    /// The ranks run a program that is not rankforge (SCRIPT.py, --no-python, -m, a
+    /// --rank-binary not named rankforge*): no coordinator client inside, so they get SIGTERM
+    /// and SIGUSR1 forwarded and torchrun's OMP_NUM_THREADS.
+    pub program: bool,
     pub remotes: Vec<RemoteNode>,
     pub threads_per_rank: usize,
     /// Slurm's job id and `SLURM_RESTART_COUNT`, under srun.
@@ -249,7 +277,10 @@ impl Plan {
             None => None,
         };
         if args.config.is_none() && args.command.is_empty() {
-            bail!("nothing to run: give --config RECIPE (each rank runs `rankforge train`), or a rankforge command after `--`");
+            bail!(
+                "nothing to run: give --config RECIPE (each rank runs `rankforge train`), or after `--` a rankforge command, \
+                 a SCRIPT.py, or with --no-python any program"
+            );
         }
         if args.config.is_some() && !args.command.is_empty() {
             bail!("give either --config (each rank trains) or a command after `--`, not both");
@@ -296,13 +327,16 @@ impl Plan {
         let run_id = shared_run_id.clone().unwrap_or_else(|| format!("rankforge-{}", std::process::id()));
 
         // The coordinator.
-        let coordinator = match (&args.coordinator, &hostfile, &slurm, &env_master()) {
+        let flags_master = (args.master_addr.is_some() || args.master_port.is_some())
+            .then(|| (args.master_addr.clone().unwrap_or_else(|| "127.0.0.1".into()), args.master_port.unwrap_or(29500)));
+        let coordinator = match (&args.coordinator, &hostfile, flags_master, &slurm, &env_master()) {
             (Some(c), ..) => parse_hostport(c, "--coordinator")?,
             (None, Some(h), ..) => (h[0].0.clone(), 0),
-            (None, None, ..) if nnodes == 1 || args.standalone => ("127.0.0.1".to_string(), 0),
-            (None, None, _, Some(m)) => parse_hostport(m, "MASTER_ADDR:MASTER_PORT")?,
-            (None, None, Some(s), None) => (s.nodes[0].clone(), slurm::coordinator_port(&s.job_id)),
-            (None, None, None, None) => bail!("a job of {nnodes} nodes needs --coordinator HOST:PORT (node 0's address, reachable from every node)"),
+            (None, None, Some(m), ..) => m,
+            (None, None, None, ..) if nnodes == 1 || args.standalone => ("127.0.0.1".to_string(), 0),
+            (None, None, None, _, Some(m)) => parse_hostport(m, "MASTER_ADDR:MASTER_PORT")?,
+            (None, None, None, Some(s), None) => (s.nodes[0].clone(), slurm::coordinator_port(&s.job_id)),
+            (None, None, None, None, None) => bail!("a job of {nnodes} nodes needs --coordinator HOST:PORT (node 0's address, reachable from every node)"),
         };
         if coordinator.1 == 0 && nnodes > 1 && hostfile.is_none() {
             bail!("--coordinator {}:0 picks a free port, which the other {} nodes cannot know: give a fixed port", coordinator.0, nnodes - 1);
@@ -371,24 +405,7 @@ impl Plan {
                 format!("derived-{}", fnv_hex(&run_id))
             }
         };
-        let rank_binary = match &args.rank_binary {
-            Some(b) => b.clone(),
-            None => std::env::current_exe().context("cannot find this executable")?.with_file_name("rankforge"),
-        };
-        if !rank_binary.exists() {
-            bail!("the rank binary {} does not exist (build it, or pass --rank-binary)", rank_binary.display());
-        }
-        let rank_args = match &args.config {
-            Some(config) => {
-                let mut a = vec!["train".to_string(), "--config".into(), config.display().to_string()];
-                for s in &args.set {
-                    a.push("--set".into());
-                    a.push(s.clone());
-                }
-                a
-            }
-            None => args.command.clone(), // checked above: one of the two is given
-        };
+        let (rank_binary, rank_args, program) = rank_command(args)?;
         let remotes = hostfile
             .iter()
             .flat_map(|h| h.iter().enumerate().skip(1))
@@ -408,6 +425,7 @@ impl Plan {
             run_id,
             rank_binary,
             rank_args,
+            program,
             remotes,
             threads_per_rank,
             slurm_job: slurm.as_ref().map(|s| (s.job_id.clone(), s.restart_count)),
@@ -415,11 +433,70 @@ impl Plan {
     }
 }
 
-/// `MASTER_ADDR:MASTER_PORT` (or their `PET_` forms), as PyTorchJob sets them.
+/// `MASTER_ADDR:MASTER_PORT`, as PyTorchJob sets them (their `PET_` forms are --master-addr
+/// and --master-port).
 fn env_master() -> Option<String> {
-    let addr = std::env::var("PET_MASTER_ADDR").or_else(|_| std::env::var("MASTER_ADDR")).ok()?;
-    let port = std::env::var("PET_MASTER_PORT").or_else(|_| std::env::var("MASTER_PORT")).ok()?;
+    let addr = std::env::var("MASTER_ADDR").ok()?;
+    let port = std::env::var("MASTER_PORT").ok()?;
     Some(format!("{addr}:{port}"))
+}
+
+/// What every rank runs: the binary, its arguments, and whether it is a program rather than
+/// rankforge (see [`Plan::program`]). The command was checked to be non-empty without --config.
+fn rank_command(args: &Args) -> Result<(PathBuf, Vec<String>, bool)> {
+    let cmd = &args.command;
+    if args.no_python || args.module || (args.rank_binary.is_none() && cmd.first().is_some_and(|c| c.ends_with(".py"))) {
+        if args.config.is_some() {
+            bail!("--config runs `rankforge train`; --no-python, -m and SCRIPT.py run a program instead: give one of them");
+        }
+        if args.no_python && args.module {
+            bail!("-m runs a Python module; --no-python runs a program without Python: give one of them");
+        }
+        if args.no_python {
+            let (prog, rest) = cmd.split_first().ok_or_else(|| anyhow!("--no-python: nothing to run: give the program after `--`"))?;
+            return Ok((find_program(prog, "--no-python program")?, rest.to_vec(), true));
+        }
+        if cmd.is_empty() {
+            bail!("-m: nothing to run: give the module after `--`");
+        }
+        let python = find_program(&args.python, "--python")?;
+        let mut a: Vec<String> = if args.module { vec!["-u".into(), "-m".into()] } else { vec!["-u".into()] };
+        a.extend(cmd.iter().cloned());
+        return Ok((python, a, true));
+    }
+    let rank_binary = match &args.rank_binary {
+        Some(b) => b.clone(),
+        None => std::env::current_exe().context("cannot find this executable")?.with_file_name("rankforge"),
+    };
+    if !rank_binary.exists() {
+        bail!("the rank binary {} does not exist (build it, or pass --rank-binary)", rank_binary.display());
+    }
+    let rank_args = match &args.config {
+        Some(config) => {
+            let mut a = vec!["train".to_string(), "--config".into(), config.display().to_string()];
+            for s in &args.set {
+                a.push("--set".into());
+                a.push(s.clone());
+            }
+            a
+        }
+        None => cmd.clone(),
+    };
+    let rankforge = rank_binary.file_name().is_some_and(|n| n.to_string_lossy().starts_with("rankforge"));
+    Ok((rank_binary, rank_args, !rankforge))
+}
+
+/// `name` as a path (it has a `/`) or found in PATH, as a shell would run it.
+fn find_program(name: &str, what: &str) -> Result<PathBuf> {
+    if name.contains('/') {
+        let p = PathBuf::from(name);
+        return if p.exists() { Ok(p) } else { bail!("{what} {name} does not exist") };
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .ok_or_else(|| anyhow!("{what} {name}: no such program in PATH (give its path)"))
 }
 
 /// `N` or `MIN:MAX` → (MIN, MAX).
@@ -480,6 +557,30 @@ mod tests {
         let e = format!("{:#}", recipe_view(&p, &[]).unwrap_err());
         assert!(!e.contains('\n'), "one line: {e}");
         assert!(e.starts_with(&format!("{}: line 3: ", p.display())), "{e}");
+    }
+
+    #[test]
+    fn any_program_forms_as_torchrun_words_them() {
+        let cmd = |argv: &[&str]| {
+            let args = Args::try_parse_from(std::iter::once("rankforge-launch").chain(argv.iter().copied())).unwrap();
+            rank_command(&args).map(|(bin, a, program)| (bin.display().to_string(), a, program))
+        };
+        // torchrun's `train.py ARGS` (after the flags or after `--`), `-m MODULE`, `--no-python PROG`.
+        let sh = cmd(&["--nproc-per-node", "2", "--python", "/bin/sh", "train.py", "--lr", "1"]).unwrap();
+        assert_eq!(sh, ("/bin/sh".into(), vec!["-u".into(), "train.py".into(), "--lr".into(), "1".into()], true));
+        let m = cmd(&["-m", "--python", "/bin/sh", "--", "pkg.mod", "-x"]).unwrap();
+        assert_eq!(m.1, ["-u", "-m", "pkg.mod", "-x"]);
+        let prog = cmd(&["--no-python", "--", "sh", "-c", "true"]).unwrap();
+        assert!(prog.0.ends_with("/sh") && prog.1 == ["-c", "true"] && prog.2, "{prog:?}");
+        // A --rank-binary named rankforge* is a rankforge rank; any other is a program.
+        let tmp = tempfile::tempdir().unwrap();
+        let rf = tmp.path().join("rankforge-dev");
+        std::fs::write(&rf, "").unwrap();
+        assert!(!cmd(&["--rank-binary", rf.to_str().unwrap(), "--", "bench"]).unwrap().2);
+        assert!(cmd(&["--rank-binary", "/bin/sh", "--", "-c", "true"]).unwrap().2);
+        let e = cmd(&["--no-python", "--", "no-such-program-here"]).unwrap_err().to_string();
+        assert_eq!(e, "--no-python program no-such-program-here: no such program in PATH (give its path)");
+        assert!(cmd(&["-m", "--no-python", "--", "x"]).unwrap_err().to_string().contains("give one of them"));
     }
 
     #[test]

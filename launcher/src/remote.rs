@@ -65,7 +65,11 @@ pub(crate) fn start_remotes(args: &Args, plan: &Plan, coord_addr: &str) -> Resul
         for s in &args.set {
             a.extend(["--set".into(), s.clone()]);
         }
-        if !args.command.is_empty() {
+        if plan.program {
+            // The same program line (the Python and its -u, or --no-python's program).
+            a.extend(["--no-python".into(), "--".into(), plan.rank_binary.display().to_string()]);
+            a.extend(plan.rank_args.iter().cloned());
+        } else if !args.command.is_empty() {
             a.push("--".into());
             a.extend(args.command.iter().cloned());
         }

@@ -20,8 +20,12 @@ fn env_of(log: &str) -> std::collections::HashMap<String, String> {
 fn ranks_get_the_torchrun_environment_and_their_own_logs() {
     let tmp = tempfile::tempdir().unwrap();
     let logs = tmp.path().join("logs");
+    // A rank binary named rankforge* is a rankforge rank (cores shared out); /bin/sh under
+    // another name is a program (torchrun's OMP_NUM_THREADS=1).
+    let rankforge = tmp.path().join("rankforge");
+    std::os::unix::fs::symlink("/bin/sh", &rankforge).unwrap();
     let out = launcher()
-        .args(["--nproc-per-node", "3", "--log-dir", logs.to_str().unwrap(), "--rank-binary", "/bin/sh", "--", "-c", "env | sort"])
+        .args(["--nproc-per-node", "3", "--log-dir", logs.to_str().unwrap(), "--rank-binary", rankforge.to_str().unwrap(), "--", "-c", "env | sort"])
         .env_remove("OMP_NUM_THREADS")
         .env_remove("RANKFORGE_JOB_TOKEN")
         .output()
@@ -32,6 +36,7 @@ fn ranks_get_the_torchrun_environment_and_their_own_logs() {
     assert!(console.lines().all(|l| l.starts_with("[rank 0] ")), "{console}");
     assert!(console.contains("[rank 0] RANK=0"));
     let mut tokens = Vec::new();
+    let mut master_ports = Vec::new();
     for r in 0..3 {
         let env = env_of(&std::fs::read_to_string(logs.join(format!("rank{r}.log"))).unwrap());
         let want = [
@@ -44,6 +49,7 @@ fn ranks_get_the_torchrun_environment_and_their_own_logs() {
             ("ROLE_RANK", r.to_string()),
             ("MASTER_ADDR", "127.0.0.1".into()),
             ("TORCHELASTIC_RESTART_COUNT", "0".into()),
+            ("TORCHELASTIC_USE_AGENT_STORE", "False".into()),
             ("RANKFORGE_GENERATION", "0".into()),
         ];
         for (k, v) in want {
@@ -51,10 +57,15 @@ fn ranks_get_the_torchrun_environment_and_their_own_logs() {
         }
         let cores = std::thread::available_parallelism().unwrap().get();
         assert_eq!(env["OMP_NUM_THREADS"], (cores / 3).max(1).to_string());
-        assert_eq!(env["RANKFORGE_COORDINATOR"], format!("127.0.0.1:{}", env["MASTER_PORT"]));
+        // MASTER_PORT is a port of its own, not the coordinator's (where rank 0's store could
+        // not bind).
+        let coordinator = env["RANKFORGE_COORDINATOR"].strip_prefix("127.0.0.1:").unwrap().to_string();
+        assert_ne!(env["MASTER_PORT"], coordinator);
         assert!(env["MASTER_PORT"].parse::<u16>().unwrap() > 0);
+        master_ports.push(env["MASTER_PORT"].clone());
         tokens.push(env["RANKFORGE_JOB_TOKEN"].clone());
     }
+    assert!(master_ports.iter().all(|p| *p == master_ports[0]), "one MASTER_PORT for the job: {master_ports:?}");
     assert!(tokens[0].len() == 32 && tokens.iter().all(|t| *t == tokens[0]), "one random token per job: {tokens:?}");
     // --all-ranks shows everyone; PET_NPROC_PER_NODE stands in for the flag; a new job gets a
     // new token.
@@ -149,7 +160,7 @@ async fn serve(host: &str, token: &str) -> (std::net::SocketAddr, std::sync::Arc
 async fn wrong_token_is_unauthenticated_and_stale_generation_is_refused() {
     let (addr, shared) = serve("127.0.0.1", "right-token").await;
     let mut c = CoordinatorClient::connect(format!("http://{addr}")).await.unwrap();
-    let join = |token: &str, generation: u64| JoinNodeRequest { auth: auth(token, generation), node_rank: 0, nproc: 1, host: "h".into() };
+    let join = |token: &str, generation: u64| JoinNodeRequest { auth: auth(token, generation), node_rank: 0, nproc: 1, host: "h".into(), ..Default::default() };
     let e = c.join_node(join("wrong-token", 0)).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
     let e = c.join_node(JoinNodeRequest { auth: None, ..join("", 0) }).await.unwrap_err();
@@ -257,9 +268,12 @@ fn slurm_variables_place_nodes_ranks_and_the_coordinator() {
             assert_eq!(env["WORLD_SIZE"], "4");
             assert_eq!(env["GROUP_RANK"], node.to_string());
             assert_eq!(env["GROUP_WORLD_SIZE"], "2");
-            // The first host of the allocation, on the job's own port.
+            // The coordinator on the first host of the allocation, on the job's own port;
+            // MASTER_ADDR/MASTER_PORT: that host and a free port node 0 chose, the same for all.
+            assert_eq!(env["RANKFORGE_COORDINATOR"], format!("127.0.0.1:{}", 20000 + job % 20000));
             assert_eq!(env["MASTER_ADDR"], "127.0.0.1");
-            assert_eq!(env["MASTER_PORT"], (20000 + job % 20000).to_string());
+            assert_ne!(env["MASTER_PORT"], (20000 + job % 20000).to_string());
+            assert_eq!(env["MASTER_PORT"], envs[0][0]["MASTER_PORT"]);
             assert_eq!(env["TORCHELASTIC_RUN_ID"], job.to_string());
         }
     }
@@ -281,7 +295,9 @@ fn kubeflow_pet_variables_configure_a_two_node_job() {
         .to_vec()
     });
     assert_eq!(envs[1][1]["RANK"], "3");
-    assert_eq!(envs[1][1]["MASTER_PORT"], port.to_string());
+    assert_eq!(envs[1][1]["RANKFORGE_COORDINATOR"], format!("127.0.0.1:{port}"));
+    assert_ne!(envs[1][1]["MASTER_PORT"], port.to_string(), "the program's store gets a port of its own");
+    assert_eq!(envs[1][1]["MASTER_PORT"], envs[0][0]["MASTER_PORT"], "handed to every node");
 }
 
 #[test]
@@ -321,4 +337,66 @@ fn a_stopped_slurm_job_is_requeued_until_the_restart_count_cap() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("not requeued: SLURM_RESTART_COUNT = 3 reached --requeue 3"), "{err}");
     assert_eq!(std::fs::read_to_string(&calls).unwrap(), "requeue 777\n", "no second call");
+}
+
+#[test]
+fn sigterm_is_forwarded_to_a_program_which_checkpoints_itself_and_the_launcher_exits_75() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A program (not rankforge): it saves on SIGTERM, then exits 0; one that does not handle it
+    // dies of it, and the launcher says so with 128 + 15.
+    let run = |script: &str| {
+        let mut child = launcher()
+            .args(["--nproc-per-node", "2", "--log-dir", tmp.path().join("logs").to_str().unwrap(), "--no-python", "--", "sh", "-c", script])
+            .env("OUT", tmp.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !(0..2).all(|r| tmp.path().join(format!("ready.{r}")).exists()) {
+            assert!(std::time::Instant::now() < deadline, "the ranks did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let status = child.wait().unwrap();
+        let mut err = String::new();
+        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+        for r in 0..2 {
+            std::fs::remove_file(tmp.path().join(format!("ready.{r}"))).unwrap();
+        }
+        (status.code(), err)
+    };
+    let (code, err) = run(r#"trap 'echo saved > "$OUT/saved.$RANK"; exit 0' TERM; touch "$OUT/ready.$RANK"; while true; do sleep 0.1; done"#);
+    assert_eq!(code, Some(rankforge_proto::EXIT_STOPPED), "{err}");
+    assert!(err.contains("SIGTERM: forwarded to every rank"), "{err}");
+    for r in 0..2 {
+        assert_eq!(std::fs::read_to_string(tmp.path().join(format!("saved.{r}"))).unwrap(), "saved\n", "rank {r} got the signal");
+    }
+    let (code, err) = run(r#"touch "$OUT/ready.$RANK"; exec sleep 60"#);
+    assert_eq!(code, Some(128 + libc::SIGTERM), "{err}");
+    assert!(!err.contains("restart"), "a stop is not a failure to restart from: {err}");
+}
+
+#[test]
+fn a_hostfile_job_runs_the_same_program_on_every_node_with_one_master_port() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hosts = tmp.path().join("hosts");
+    std::fs::write(&hosts, "127.0.0.1 slots=1\nlocalhost slots=1\n").unwrap();
+    // An "ssh" that runs the remote command here, as ssh would on the host.
+    let ssh = tmp.path().join("fake-ssh");
+    std::fs::write(&ssh, "#!/bin/sh\nshift\nexec sh -c \"$*\"\n").unwrap();
+    std::fs::set_permissions(&ssh, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let out = launcher()
+        .args(["--hostfile", hosts.to_str().unwrap(), "--log-dir", tmp.path().join("logs").to_str().unwrap(), "--no-python", "--"])
+        .args(["sh", "-c", r#"echo "$GROUP_RANK $MASTER_ADDR $MASTER_PORT" > "$OUT/rank.$RANK""#])
+        .env("RANKFORGE_SSH", &ssh)
+        .env("OUT", tmp.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let line = |r: u32| std::fs::read_to_string(tmp.path().join(format!("rank.{r}"))).unwrap();
+    let (l0, l1) = (line(0), line(1));
+    let port0 = l0.trim().rsplit(' ').next().unwrap().to_string();
+    assert_eq!(l0, format!("0 127.0.0.1 {port0}\n"));
+    assert_eq!(l1, format!("1 127.0.0.1 {port0}\n"), "node 1 runs the program with node 0's MASTER_ADDR/MASTER_PORT");
 }

@@ -13,16 +13,34 @@ pub mod v1 {
 
 pub use v1::*;
 
-/// Exit code of a rank (and of the launcher) that stopped on request at a step boundary after
-/// writing a checkpoint (preemption): sysexits' EX_TEMPFAIL, "try again later". Rerunning the
-/// same command resumes.
+// Exit codes, defined once for `rankforge` (its ranks) and `rankforge-launch` (which decides
+// from them whether a restart can help).
+
+/// Failures while running (I/O, libtorch, a broken peer). A restart from a checkpoint may help.
+pub const EXIT_RUNTIME: i32 = 1;
+
+/// Bad input: recipe, data, tokenizer, model files, prompt, flags. Retrying cannot help, so
+/// launchers never restart it.
+pub const EXIT_BAD_INPUT: i32 = 2;
+
+/// `rankforge push` (and a run's upload to the Hugging Face Hub) when the Hub stayed
+/// unreachable or kept failing after the retries: sysexits' EX_UNAVAILABLE. Nothing local was
+/// changed (a run's `final/` is complete); rerun `rankforge push` later. Launchers do not
+/// restart it: training is finished.
+pub const EXIT_HUB_UNAVAILABLE: i32 = 69;
+
+/// A full disk or an exhausted quota (ENOSPC, EDQUOT; sysexits' EX_IOERR). What was being
+/// written is discarded and the last complete checkpoint is intact; a restart would fail the
+/// same way until space is freed, so launchers do not retry it.
+pub const EXIT_NO_SPACE: i32 = 74;
+
+/// A rank (and the launcher) that stopped on request at a step boundary after writing a
+/// checkpoint (preemption): sysexits' EX_TEMPFAIL, "try again later". Rerunning the same
+/// command resumes.
 pub const EXIT_STOPPED: i32 = 75;
 
-/// Exit code of `rankforge push` (and of a run's upload to the Hugging Face Hub) when the Hub
-/// stayed unreachable or kept failing after the retries: sysexits' EX_UNAVAILABLE. Nothing
-/// local was changed (a run's `final/` is complete); rerun `rankforge push` later. Launchers do
-/// not restart it: training is finished.
-pub const EXIT_HUB_UNAVAILABLE: i32 = 69;
+/// Exit codes a launcher never retries.
+pub const EXIT_NOT_RETRIED: [i32; 3] = [EXIT_BAD_INPUT, EXIT_NO_SPACE, EXIT_HUB_UNAVAILABLE];
 
 /// Environment variables the launcher hands to every rank (besides torchrun's).
 pub mod env {

@@ -1,10 +1,15 @@
 //! Unit tests of the parent module.
 
 use super::*;
-use rankforge_proto::auth;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use rankforge_proto::Phase;
+use tonic::Status;
+use rankforge_proto::{auth, EXIT_BAD_INPUT, EXIT_HUB_UNAVAILABLE, EXIT_NO_SPACE};
+use rankforge_proto::{BarrierRequest, HeartbeatRequest, JoinNodeRequest, JoinRequest, ReportRequest};
 
 fn node(token: &str, gen: u64, node_rank: u32, nproc: u32) -> JoinNodeRequest {
-    JoinNodeRequest { auth: auth(token, gen), node_rank, nproc, host: format!("h{node_rank}") }
+    JoinNodeRequest { auth: auth(token, gen), node_rank, nproc, host: format!("h{node_rank}"), ..Default::default() }
 }
 
 fn rank(token: &str, gen: u64, r: u32, hash: &str) -> JoinRequest {
@@ -132,7 +137,7 @@ fn restarts_are_counted_for_the_job_and_bad_input_is_never_retried() {
     let mut st = State::new("t".into(), 1);
     st.max_restarts = 5;
     st.join_node(&node("t", 0, 0, 2)).unwrap();
-    failed(&mut st, 1, EXIT_FATAL);
+    failed(&mut st, 1, EXIT_BAD_INPUT);
     assert!(matches!(st.decide(), Some(Decision::Abort { .. })), "exit code 2 is fatal");
     let mut st = State::new("t".into(), 1);
     st.max_restarts = 5;
@@ -341,4 +346,38 @@ fn a_full_disk_is_not_retried() {
         Some(Decision::Abort { why, .. }) => assert!(why.contains("exit code 74 is not retried: the disk is full"), "{why}"),
         d => panic!("{d:?}"),
     }
+}
+
+#[test]
+fn a_round_waits_for_node_0_and_hands_every_node_its_master_port_new_each_generation() {
+    let mut st = elastic(1, 2);
+    st.last_call = Duration::ZERO;
+    let with_master = |gen: u64, port: u32| JoinNodeRequest { master_addr: "10.0.0.1".into(), master_port: port, ..node("t", gen, 0, 1) };
+    // Node 1 alone has MIN nodes, but no round closes without node 0.
+    assert!(st.join_node(&node("t", 0, 1, 1)).unwrap().is_none());
+    let r0 = st.join_node(&with_master(0, 4242)).unwrap().unwrap();
+    let r1 = st.join_node(&node("t", 0, 1, 1)).unwrap().unwrap();
+    for r in [&r0, &r1] {
+        assert_eq!((r.master_addr.as_str(), r.master_port, r.nnodes), ("10.0.0.1", 4242, 2));
+    }
+    assert_eq!((r0.rank_offset, r1.rank_offset), (0, 1));
+    // The next generation forgets the old port: every node gets the one node 0 picked anew.
+    st.next_generation();
+    assert!(st.join_node(&node("t", 1, 1, 1)).unwrap().is_none());
+    st.join_node(&with_master(1, 4343)).unwrap().unwrap();
+    assert_eq!(st.join_node(&node("t", 1, 1, 1)).unwrap().unwrap().master_port, 4343);
+}
+
+#[test]
+fn a_failure_while_the_job_stops_is_not_restarted() {
+    let mut st = State::new("t".into(), 1);
+    st.max_restarts = 3;
+    st.join_node(&node("t", 0, 0, 2)).unwrap().unwrap();
+    st.stop_requested = Some("SIGTERM to the launcher on h".into());
+    failed(&mut st, 1, -libc::SIGTERM); // a program that died of the forwarded signal
+    match st.decide() {
+        Some(Decision::Abort { why, .. }) => assert_eq!(why, "the job is stopping (SIGTERM to the launcher on h): not restarted"),
+        d => panic!("{d:?}"),
+    }
+    assert_eq!(st.restarts, 0);
 }
