@@ -98,7 +98,13 @@ fn run_dirs(args: &[PathBuf]) -> Result<Vec<PathBuf>> {
     for arg in args {
         let found = if arg.join("metrics.jsonl").is_file() { vec![arg.clone()] } else { trials(arg) };
         if found.is_empty() {
-            let what = if arg.is_dir() { "is not a run directory, nor a sweep's with trial runs" } else { "no such directory" };
+            let what = if arg.is_dir() {
+                "is not a run directory, nor a sweep's with trial runs"
+            } else if arg.exists() {
+                "is not a directory"
+            } else {
+                "no such directory"
+            };
             return Err(Error::data(arg.join("metrics.jsonl"), format!("not found: {} {what}", arg.display())));
         }
         for dir in found {

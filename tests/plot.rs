@@ -125,6 +125,9 @@ fn bad_plot_input_is_one_error_line_naming_it_with_exit_2() {
     assert!(line.contains(&format!("{}/metrics.jsonl", empty.display())) && line.contains("not a run directory"), "{line}");
     let line = fails(&["plot", s(&dir.join("missing")), "--out", s(&dir.join("m.svg"))]);
     assert!(line.contains("missing/metrics.jsonl") && line.contains("no such directory"), "{line}");
+    let file = fixture().run.join("metrics.jsonl");
+    let line = fails(&["plot", s(&file), "--out", s(&dir.join("f.svg"))]);
+    assert!(line.contains("metrics.jsonl/metrics.jsonl") && line.contains("is not a directory"), "{line}");
     let line = fails(&["plot", run, "--metric", "loss,bogus", "--out", s(&dir.join("b.svg"))]);
     assert!(line.contains("--metric bogus") && line.contains("metrics.jsonl"), "{line}");
     assert!(line.contains("the metrics there: ") && line.contains("grad_norm") && line.contains("val_loss"), "lists the keys that exist: {line}");
