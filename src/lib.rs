@@ -9,7 +9,7 @@
 //! (pretraining, full or LoRA fine-tuning of a pretrained model, …), and the blocks every run
 //! shares (joining, resume, guards) are in [`recipe_loop`]; [`sweep`] runs a hyperparameter
 //! grid of such runs on one job. Each run's export writes a model card ([`card`]) with its
-//! training curve ([`curves`]); [`hub`] uploads to the Hugging Face Hub. [`generate`] samples from a
+//! training curve ([`curves`]; [`plot`] draws any runs' metrics); [`hub`] uploads to the Hugging Face Hub. [`generate`] samples from a
 //! trained model, [`bench`] times steps and collectives. For fine-tuning, [`sft`] turns
 //! prompt/completion, chat (through [`chat_template`]), Alpaca and Dolly data into token ids
 //! with loss masks. Under `rankforge-launch` a rank joins the job's coordinator and trains its
@@ -45,6 +45,7 @@ pub mod metrics;
 pub mod mlm;
 pub mod models;
 pub mod optim;
+pub mod plot;
 pub mod progress;
 pub mod recipe_loop;
 pub mod run_dir;

@@ -1,5 +1,5 @@
 //! The `rankforge` command line: `train`, `sweep`, `tokenizer train`, `generate`, `evaluate`,
-//! `predict`, `fill-mask`, `bench`, `push`.
+//! `predict`, `fill-mask`, `bench`, `push`, `plot`.
 //!
 //! Exit codes: 0 success; 1 runtime failure (I/O, libtorch: a restart may help); 2 bad input
 //! (recipe, data, tokenizer, model files, arguments, a missing or refused Hub token: fix the
@@ -254,6 +254,9 @@ enum Command {
         #[arg(long)]
         path_in_repo: Option<String>,
     },
+    /// Draw metrics against step for runs or sweeps, overlaid with a legend, as FILE.svg or
+    /// FILE.png (docs/plot.md).
+    Plot(rankforge::plot::PlotArgs),
 }
 
 #[derive(Subcommand)]
@@ -463,6 +466,7 @@ fn run(command: Command) -> Result<()> {
             rankforge::bench::collective(&sizes, iters, warmup, device)?;
             Ok(())
         }
+        Command::Plot(args) => rankforge::plot::run(&args),
         Command::Push { model, repo, private, revision, message, path_in_repo } => {
             push(&model, &repo, private, revision, message, path_in_repo)
         }

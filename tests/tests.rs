@@ -28,6 +28,7 @@ mod mlm_heads;
 mod mlm_train;
 mod model_card;
 mod overlap;
+mod plot;
 mod safety;
 mod sft;
 mod sweep;
