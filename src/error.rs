@@ -56,6 +56,10 @@ pub enum Error {
     /// (another 4xx, a malformed reply: exit 2). The local directory is never modified.
     #[error("hub: {what}: {msg} ({url})")]
     Hub { what: String, url: String, status: Option<u16>, msg: String, transient: bool },
+    /// A text metric (ROUGE, BLEU, exact match) given a different number of predictions and
+    /// references: bad input (exit 2).
+    #[error("{predictions} predictions but {references} references: each prediction needs exactly one reference")]
+    LengthMismatch { predictions: usize, references: usize },
 }
 
 impl Error {
@@ -86,6 +90,7 @@ impl Error {
             | Error::Input(_)
             | Error::Tokenizer { .. }
             | Error::HubAuth(_)
+            | Error::LengthMismatch { .. }
             | Error::Hub { transient: false, .. } => EXIT_BAD_INPUT,
             Error::Hub { transient: true, .. } => rankforge_proto::EXIT_HUB_UNAVAILABLE,
             Error::Io { .. } | Error::Torch(_) | Error::Dist(_) | Error::Diverged(_) => EXIT_RUNTIME,
