@@ -101,15 +101,35 @@ fn completion_loss_equals_a_transformers_masked_loss() {
 
 /// `--generate --json` on the fine-tuned model (its LoRA adapter directory as --model): each
 /// prediction is `rankforge generate`'s greedy completion of the row's prompt, and the reported
-/// ROUGE / BLEU / exact match equal rouge_score / sacrebleu on the predictions file.
+/// ROUGE / BLEU / exact match equal rouge_score / sacrebleu on the predictions file. The tiny
+/// model's completions are poor, so some references are built from them (equal, extended) to
+/// make every metric non-zero.
 #[test]
 fn generate_metrics_equal_rouge_score_and_sacrebleu() {
     let f = fx();
     let dir = scratch("lm-generate");
     let adapter = f.straight.join("final");
+    let data: Vec<Value> = std::fs::read_to_string(&f.data).unwrap().lines().take(6).map(|l| serde_json::from_str(l).unwrap()).collect();
+    let greedy: Vec<String> = data
+        .iter()
+        .map(|d| {
+            let g: Value = serde_json::from_str(&ok(&["generate", "--model", s(&f.llama), "--adapter", s(&adapter), "--prompt", d["prompt"].as_str().unwrap(), "--raw", "--temperature", "0", "--max-new-tokens", "10", "--json", "--device", "cpu"])).unwrap();
+            ["<|endoftext|>", "<|im_start|>", "<|im_end|>"].iter().fold(g["text"].as_str().unwrap().to_string(), |t, sp| t.replace(sp, ""))
+        })
+        .collect();
+    let rows = dir.join("rows.jsonl");
+    let references: Vec<String> = (0..6)
+        .map(|i| match i % 3 {
+            0 => greedy[i].clone(),
+            1 => format!("{} the light of the earth", greedy[i]),
+            _ => format!("the earth{}", data[i]["completion"].as_str().unwrap()),
+        })
+        .collect();
+    let text: String = data.iter().zip(&references).map(|(d, r)| format!("{}\n", serde_json::json!({"prompt": d["prompt"], "completion": r}))).collect();
+    std::fs::write(&rows, text).unwrap();
     for stemmer in [false, true] {
         let preds = dir.join(format!("preds-{stemmer}.jsonl"));
-        let mut args = vec!["--model", s(&adapter), "--data", s(&f.data), "--limit", "6", "--generate", "--max-new-tokens", "10", "--predictions", s(&preds)];
+        let mut args = vec!["--model", s(&adapter), "--data", s(&rows), "--generate", "--max-new-tokens", "10", "--predictions", s(&preds)];
         if stemmer {
             args.push("--stemmer");
         }
@@ -119,20 +139,18 @@ fn generate_metrics_equal_rouge_score_and_sacrebleu() {
             assert!(keys.contains(&k), "{k} in {ours}");
         }
         assert_eq!(ours["n"].as_u64(), Some(6));
-        let rows: Vec<Value> = std::fs::read_to_string(&preds).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-        assert_eq!(rows.len(), 6);
-        let data: Vec<Value> = std::fs::read_to_string(&f.data).unwrap().lines().take(6).map(|l| serde_json::from_str(l).unwrap()).collect();
-        for (row, d) in rows.iter().zip(&data) {
-            assert_eq!((&row["prompt"], &row["reference"]), (&d["prompt"], &d["completion"]), "{row}");
-            let g: Value = serde_json::from_str(&ok(&["generate", "--model", s(&f.llama), "--adapter", s(&adapter), "--prompt", d["prompt"].as_str().unwrap(), "--raw", "--temperature", "0", "--max-new-tokens", "10", "--json", "--device", "cpu"])).unwrap();
-            let expected = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"].iter().fold(g["text"].as_str().unwrap().to_string(), |t, sp| t.replace(sp, ""));
-            assert_eq!(row["prediction"].as_str(), Some(expected.as_str()), "{row} vs {g}");
+        let written: Vec<Value> = std::fs::read_to_string(&preds).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(written.len(), 6);
+        for ((row, d), (g, r)) in written.iter().zip(&data).zip(greedy.iter().zip(&references)) {
+            assert_eq!((&row["prompt"], row["reference"].as_str()), (&d["prompt"], Some(r.as_str())), "{row}");
+            assert_eq!(row["prediction"].as_str(), Some(g.as_str()), "the prediction is generate's greedy text: {row}");
         }
-        assert!(rows.iter().any(|r| !r["prediction"].as_str().unwrap().trim().is_empty()), "the model says something: {rows:?}");
         let py = run_py(&["metrics", s(&preds), if stemmer { "1" } else { "0" }]);
         for k in ["rouge1", "rouge2", "rougeL", "rougeLsum", "bleu", "exact_match"] {
+            assert!(num(&ours, k) > 0.0, "{k} is non-zero here: {ours}");
             assert!((num(&ours, k) - num(&py, k)).abs() <= 1e-6, "{k}: {ours} vs {py}");
         }
+        assert!((num(&ours, "exact_match") - 2.0 / 6.0).abs() < 1e-12, "{ours}");
     }
 }
 
