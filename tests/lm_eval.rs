@@ -178,6 +178,26 @@ fn eval_generate_adds_generation_metrics_to_evaluations() {
     assert!(evals(&f.straight).iter().all(|v| v.get("val_rouge1").is_none()), "off by default");
 }
 
+/// `[eval] generate = true` on a 2-step DPO run: the evaluation row carries the generation
+/// metrics against the chosen completions, and the samples they were computed on.
+#[test]
+fn eval_generate_on_dpo_scores_against_the_chosen_completions() {
+    let run = crate::dpo_train::dir().join("gen-eval");
+    let _ = std::fs::remove_dir_all(&run);
+    let r = crate::dpo_train::recipe(&run, 2, &format!("sample_tokens = 8\n{}", crate::dpo_train::LORA));
+    ok(&["train", "--config", s(&r), "--set", "eval.generate=true"]);
+    let rows: Vec<Value> = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str::<Value>(l).unwrap()).filter(|v| v.get("val_loss").is_some()).collect();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let row = &rows[0];
+    for k in ["val_rouge1", "val_rouge2", "val_rougeL", "val_rougeLsum", "val_exact_match"] {
+        assert!((0.0..=1.0).contains(&num(row, k)), "{k} in {row}");
+    }
+    assert!((0.0..=100.0).contains(&num(row, "val_bleu")), "{row}");
+    let samples = row["samples"].as_array().unwrap();
+    assert_eq!(samples.len(), 2, "{row}");
+    assert!(samples.iter().all(|x| x["reference"].as_str().is_some_and(|r| !r.is_empty()) && x["completion"].is_string()), "{row}");
+}
+
 /// Bad input: one `error:` line, exit 2, naming the file, row or flag.
 #[test]
 fn bad_lm_evaluate_input_is_refused() {
