@@ -33,5 +33,6 @@ mod safety;
 mod sft;
 mod sweep;
 mod sweep_hub;
+mod text_metrics;
 mod tokenizer;
 mod train;
