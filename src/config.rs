@@ -278,6 +278,11 @@ pub struct EvalConfig {
     /// Fine-tuning: at most this many new tokens per sample (generation also stops at EOS).
     #[serde(skip_serializing_if = "is_default_sample_tokens")]
     pub sample_tokens: usize,
+    /// Fine-tuning and DPO: also score the greedy completions of the `eval.samples` held-out
+    /// rows against their references (the completion; DPO's chosen one): `val_rouge1`,
+    /// `val_rouge2`, `val_rougeL`, `val_rougeLsum`, `val_bleu`, `val_exact_match`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub generate: bool,
 }
 
 const DEFAULT_SAMPLES: usize = 2;
@@ -293,7 +298,7 @@ fn is_default_sample_tokens(n: &usize) -> bool {
 
 impl Default for EvalConfig {
     fn default() -> Self {
-        EvalConfig { every_steps: 0, max_batches: 20, samples: DEFAULT_SAMPLES, sample_tokens: DEFAULT_SAMPLE_TOKENS }
+        EvalConfig { every_steps: 0, max_batches: 20, samples: DEFAULT_SAMPLES, sample_tokens: DEFAULT_SAMPLE_TOKENS, generate: false }
     }
 }
 
@@ -414,6 +419,7 @@ impl Recipe {
             ));
         }
         self.data.validate()?;
+        self.validate_eval_generate()?;
         if let Some(hub) = &self.hub {
             hub.validate()?;
         }
@@ -477,6 +483,27 @@ impl Recipe {
         }
         if self.checkpoint.keep_last == 0 {
             return Err(("checkpoint.keep_last", "must be at least 1: the newest checkpoint is the resume point".into()));
+        }
+        Ok(())
+    }
+
+    /// `eval.generate` needs a task that generates completions with references (fine-tuning a
+    /// causal LM, DPO) and held-out rows to generate on.
+    fn validate_eval_generate(&self) -> std::result::Result<(), (&'static str, String)> {
+        if !self.eval.generate {
+            return Ok(());
+        }
+        let generates = match self.task.kind() {
+            TaskKind::Dpo => true,
+            TaskKind::CausalLm => self.model.kind() == ModelKind::Hf,
+            TaskKind::Classification | TaskKind::MaskedLm => false,
+        };
+        if !generates {
+            let what = if self.task.kind() == TaskKind::CausalLm { "pretraining (model.kind = \"gpt\")".to_string() } else { format!("task.kind = {:?}", self.task.kind().as_str()) };
+            return Err(("eval.generate", format!("true scores generated completions against references: only fine-tuning a causal LM (model.kind = \"hf\") and task.kind = \"dpo\" generate; {what} does not")));
+        }
+        if self.eval.samples == 0 {
+            return Err(("eval.generate", "true generates on the eval.samples held-out rows, and eval.samples is 0".into()));
         }
         Ok(())
     }

@@ -118,41 +118,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Score a sequence classifier on labelled rows: per-label precision, recall, F1 and
-    /// support, averages and the confusion matrix, as scikit-learn's classification_report.
-    Evaluate {
-        /// A *ForSequenceClassification directory (final/, final/merged/, a Hugging Face
-        /// model) or a PEFT adapter directory (applied on its base_model_name_or_path).
-        #[arg(long)]
-        model: PathBuf,
-        /// Labelled rows: JSON, JSONL, CSV, Parquet, a folder, a glob or a save_to_disk
-        /// directory (a DatasetDict's --split). Labels must be names (or ids) of the model's
-        /// id2label.
-        #[arg(long, required = true, num_args = 1..)]
-        data: Vec<PathBuf>,
-        /// The DatasetDict split to read (default: validation, else test).
-        #[arg(long)]
-        split: Option<String>,
-        #[arg(long, default_value = "text")]
-        text_field: String,
-        /// The field of a second text (sentence pairs); the tokenizer needs a pair template.
-        #[arg(long)]
-        text_pair_field: Option<String>,
-        #[arg(long, default_value = "label")]
-        label_field: String,
-        /// Tokens per input (special tokens included; longest_first truncation). Default and
-        /// bound: the model's max_position_embeddings.
-        #[arg(long)]
-        max_length: Option<usize>,
-        #[arg(long, default_value_t = 32)]
-        batch_size: usize,
-        #[arg(long, value_enum, default_value = "auto")]
-        device: rankforge::config::DeviceChoice,
-        /// Print one JSON object (accuracy, precision_macro, recall_macro, f1_macro, f1_micro,
-        /// f1_weighted, per_label, confusion_matrix, labels, n).
-        #[arg(long)]
-        json: bool,
-    },
+    /// Score a model on held-out rows. A sequence classifier: per-label precision, recall, F1
+    /// and support, averages and the confusion matrix, as scikit-learn's
+    /// classification_report. A causal LM: loss and perplexity (strided on text, completion-only
+    /// on prompt/completion rows), with --generate ROUGE, BLEU and exact match of its
+    /// completions (docs/evaluate.md).
+    Evaluate(rankforge::eval::lm::args::EvaluateArgs),
     /// Classify texts as transformers' pipeline("text-classification"): [{"label", "score"}]
     /// sorted by score (softmax; sigmoid for multi-label).
     Predict {
@@ -440,19 +411,7 @@ fn run(command: Command) -> Result<()> {
             }
             Ok(())
         }
-        Command::Evaluate { model, data, split, text_field, text_pair_field, label_field, max_length, batch_size, device, json } => {
-            let device = rankforge::device::select_as(device, "--device")?;
-            let mut cfg = rankforge::classify::ClassificationDataConfig::for_files(data);
-            (cfg.text_field, cfg.text_pair_field, cfg.label_field, cfg.max_length) = (Some(text_field), text_pair_field, Some(label_field), max_length);
-            let opts = rankforge::classify::evaluate::EvaluateOptions { model, data: cfg, split, batch_size, device };
-            let report = rankforge::classify::evaluate::evaluate(&opts)?;
-            if json {
-                println!("{}", report.to_json());
-            } else {
-                print!("{}", report.to_text());
-            }
-            Ok(())
-        }
+        Command::Evaluate(args) => rankforge::eval::lm::args::run(args),
         Command::Predict { model, text, text_pair, input, text_field, text_pair_field, top_k, max_length, batch_size, device, json } => {
             predict(model, text.map(|text| rankforge::classify::predict::TextInput { text, text_pair }), input, (text_field, text_pair_field), top_k, max_length, batch_size, device, json)
         }

@@ -103,20 +103,20 @@ pub fn alpaca_prompt(instruction: &str, input: Option<&str>) -> String {
 }
 
 /// Field names in effect (recipe overrides or TRL's defaults).
-struct Fields<'a> {
-    text: &'a str,
-    prompt: &'a str,
-    completion: &'a str,
-    messages: &'a str,
-    instruction: &'a str,
-    input: &'a str,
-    output: &'a str,
-    context: &'a str,
-    response: &'a str,
+pub(crate) struct Fields<'a> {
+    pub(crate) text: &'a str,
+    pub(crate) prompt: &'a str,
+    pub(crate) completion: &'a str,
+    pub(crate) messages: &'a str,
+    pub(crate) instruction: &'a str,
+    pub(crate) input: &'a str,
+    pub(crate) output: &'a str,
+    pub(crate) context: &'a str,
+    pub(crate) response: &'a str,
 }
 
 impl<'a> Fields<'a> {
-    fn new(cfg: &'a SftDataConfig) -> Self {
+    pub(crate) fn new(cfg: &'a SftDataConfig) -> Self {
         let f = |o: &'a Option<String>, d: &'a str| o.as_deref().unwrap_or(d);
         Fields {
             text: f(&cfg.text_field, "text"),
@@ -202,7 +202,7 @@ fn read_rows(paths: &[std::path::PathBuf], key: &str, stats: &mut SftStats) -> R
     Ok(rows)
 }
 
-fn resolve_format(cfg: &SftDataConfig, fields: &Fields, rows: &[Row]) -> Result<SftFormat> {
+pub(crate) fn resolve_format(cfg: &SftDataConfig, fields: &Fields, rows: &[Row]) -> Result<SftFormat> {
     if cfg.format != SftFormat::Auto {
         return Ok(cfg.format);
     }
@@ -221,18 +221,18 @@ fn resolve_format(cfg: &SftDataConfig, fields: &Fields, rows: &[Row]) -> Result<
     })
 }
 
-/// Turns rows into examples for one format.
-struct Builder<'a> {
-    fields: Fields<'a>,
-    format: SftFormat,
-    tok: &'a LoadedTokenizer,
-    skip_malformed: bool,
+/// Turns rows into examples for one format (also `rankforge evaluate`'s completions).
+pub(crate) struct Builder<'a> {
+    pub(crate) fields: Fields<'a>,
+    pub(crate) format: SftFormat,
+    pub(crate) tok: &'a LoadedTokenizer,
+    pub(crate) skip_malformed: bool,
 }
 
 impl Builder<'_> {
     /// Examples of `rows` in order (tokenized in parallel); the first bad row in file order is
     /// the error, or with `skip_malformed` every bad row is skipped and counted.
-    fn examples(&self, rows: &[Row], stats: &mut SftStats) -> Result<Vec<Example>> {
+    pub(crate) fn examples(&self, rows: &[Row], stats: &mut SftStats) -> Result<Vec<Example>> {
         let results: Vec<std::result::Result<Example, RowError>> = rows
             .par_iter()
             .map(|row| match &row.fields {

@@ -17,7 +17,7 @@ use tch::{Device, Kind, Tensor};
 pub(crate) struct Fixture {
     pub(crate) dir: PathBuf,
     pub(crate) llama: PathBuf,
-    gpt2: PathBuf,
+    pub(crate) gpt2: PathBuf,
     /// prompt/completion JSONL, 64 rows.
     pub(crate) data: PathBuf,
     /// The reference LoRA run on the Llama: 20 steps, checkpoints at 10 and 20.
@@ -60,7 +60,7 @@ fn run_py(args: &[&str]) -> serde_json::Value {
 }
 
 /// A fine-tuning recipe for `model` writing to `run`; `extra` is appended (more sections).
-fn recipe(f: &Fixture, model: &Path, run: &Path, extra: &str) -> PathBuf {
+pub(crate) fn recipe(f: &Fixture, model: &Path, run: &Path, extra: &str) -> PathBuf {
     let text = format!(
         r#"[run]
 dir = {run:?}
@@ -103,9 +103,9 @@ sample_tokens = 12
 
 /// Dropout on (0.1): the equality tests below (1 vs 2 ranks, resume) then also check that the
 /// adapters' dropout masks are seeded per micro-batch, identically on any rank and after a resume.
-const LORA: &str = "[lora]\nr = 8\nalpha = 16\ndropout = 0.1\ntarget_modules = \"all-linear\"\n";
+pub(crate) const LORA: &str = "[lora]\nr = 8\nalpha = 16\ndropout = 0.1\ntarget_modules = \"all-linear\"\n";
 
-fn lora_recipe(f: &Fixture, run: &Path) -> PathBuf {
+pub(crate) fn lora_recipe(f: &Fixture, run: &Path) -> PathBuf {
     recipe(f, &f.llama, run, LORA)
 }
 

@@ -21,6 +21,7 @@ mod hf_models;
 mod hub_push;
 mod hub_server;
 mod hub_server_proof;
+mod lm_eval;
 mod lora;
 mod metrics;
 mod mlm_data;

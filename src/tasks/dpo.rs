@@ -311,6 +311,9 @@ impl Task for Dpo {
             row.insert(format!("val_{name}"), json!(v));
         }
         row.insert("val_pairs".into(), json!(sums.pairs));
+        if self.recipe.eval.generate {
+            self.generation_metrics(&mut row)?;
+        }
         Ok(Value::Object(row))
     }
 
@@ -354,6 +357,34 @@ impl Task for Dpo {
         let mut row: Map<String, Value> = s.metrics().into_iter().filter(|(n, _)| *n != "loss").map(|(n, v)| (n.to_string(), json!(v))).collect();
         row.insert("pairs".into(), json!(s.pairs));
         row
+    }
+}
+
+impl Dpo {
+    /// `eval.generate`: greedy completions of the first `eval.samples` validation prompts
+    /// (`samples`: prompt, completion, reference) and their generation metrics against the
+    /// chosen completions (`val_rouge1`, ...), special tokens skipped.
+    fn generation_metrics(&self, row: &mut Map<String, Value>) -> Result<()> {
+        use crate::eval::lm::generation;
+        let opts = generation::greedy(self.recipe.eval.sample_tokens);
+        let (mut samples, mut predictions, mut references) = (Vec::new(), Vec::new(), Vec::new());
+        let to_u32 = |ids: &[i64]| -> Vec<u32> { ids.iter().map(|&i| i as u32).collect() };
+        for p in self.val.iter().take(self.recipe.eval.samples) {
+            let prompt = to_u32(&p.prompt);
+            if self.model.hard_context().is_some_and(|n| prompt.len() >= n) {
+                continue; // no room left to generate
+            }
+            let (_, prediction) = generation::complete(&self.model, &self.tok, prompt.clone(), &opts)?;
+            let reference = generation::decode_plain(&self.tok, &to_u32(&p.chosen))?;
+            samples.push(json!({"prompt": self.tok.decode(&prompt)?, "completion": prediction, "reference": reference}));
+            predictions.push(prediction);
+            references.push(reference);
+        }
+        if !predictions.is_empty() {
+            generation::score(&predictions, &references, false)?.insert_into(row, "val_");
+        }
+        row.insert("samples".into(), Value::Array(samples));
+        Ok(())
     }
 }
 

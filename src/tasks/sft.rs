@@ -37,7 +37,8 @@ use crate::config::{ModelDtype, Recipe, SftDataConfig};
 use crate::data::ExampleOrder;
 use crate::engine::{Objective, SetupCtx, StepBatch, Task};
 use crate::error::{Error, Result};
-use crate::generate::{self, GenOptions};
+use crate::eval::lm::generation::{self, GenScores};
+use crate::generate;
 use crate::models::CausalLm;
 use crate::recipe_loop;
 use crate::sft::{self, Example, IGNORE};
@@ -255,7 +256,12 @@ impl Task for Sft {
             count += chunk.iter().map(label_count).sum::<u64>();
         }
         let val_loss = sum / count.max(1) as f64;
-        Ok(json!({"step": step, "val_loss": val_loss, "val_ppl": val_loss.exp(), "samples": self.samples()?}))
+        let (samples, scores) = self.samples()?;
+        let mut row = json!({"step": step, "val_loss": val_loss, "val_ppl": val_loss.exp(), "samples": samples});
+        if let (Some(scores), Some(map)) = (scores, row.as_object_mut()) {
+            scores.insert_into(map, "val_");
+        }
+        Ok(row)
     }
 
     /// The trainable weights (a PEFT adapter, or the whole HF model) and the tokenizer.
@@ -291,18 +297,13 @@ impl Sft {
     }
 
     /// `{prompt, completion}` for the first `eval.samples` held-out examples with a prompt:
-    /// the tokens before the first label, continued greedily.
-    fn samples(&self) -> Result<Vec<serde_json::Value>> {
-        let opts = GenOptions {
-            max_new_tokens: self.recipe.eval.sample_tokens,
-            temperature: 0.0,
-            top_k: None,
-            top_p: None,
-            repetition_penalty: 1.0,
-            seed: 0,
-        };
+    /// the tokens before the first label, continued greedily. With `eval.generate`, also the
+    /// generation metrics of those completions against the references: the first run of label
+    /// tokens (the completion; a conversation's first assistant turn), special tokens skipped.
+    fn samples(&self) -> Result<(Vec<serde_json::Value>, Option<GenScores>)> {
+        let opts = generation::greedy(self.recipe.eval.sample_tokens);
         let stop = generate::stop_ids(&self.model, &self.tok);
-        let mut out = Vec::new();
+        let (mut out, mut predictions, mut references) = (Vec::new(), Vec::new(), Vec::new());
         for e in &self.val {
             if out.len() >= self.recipe.eval.samples {
                 break;
@@ -313,8 +314,15 @@ impl Sft {
                 continue; // no room left to generate
             }
             let g = generate::generate(&self.model, &self.tok, prompt.clone(), &opts, &stop, |_| {})?;
+            if self.recipe.eval.generate {
+                predictions.push(generation::prediction_text(&self.tok, &g)?);
+                let reference: Vec<u32> = e.labels[start..].iter().take_while(|&&l| l != IGNORE).map(|&l| l as u32).collect();
+                references.push(generation::decode_plain(&self.tok, &reference)?);
+            }
             out.push(json!({"prompt": self.tok.decode(&prompt)?, "completion": g.text}));
         }
-        Ok(out)
+        // No held-out example with a prompt (text data): nothing to score.
+        let scores = (self.recipe.eval.generate && !predictions.is_empty()).then(|| generation::score(&predictions, &references, false)).transpose()?;
+        Ok((out, scores))
     }
 }
