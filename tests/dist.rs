@@ -6,6 +6,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::*;
+use crate::procs::processes_with;
 
 fn launcher_bin() -> PathBuf {
     let p = bin().with_file_name("rankforge-launch");
@@ -53,21 +54,6 @@ fn compare(a: &Path, b: &Path) -> (f64, f64) {
     (loss_rel, w)
 }
 
-/// Processes whose command line mentions `needle` (this test's unique scratch path).
-fn processes_with(needle: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
-            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
-            let zombie = stat.rsplit(')').next().is_some_and(|s| s.trim_start().starts_with('Z'));
-            if cmd.contains(needle) && !zombie {
-                out.push(format!("{}: {cmd}", e.file_name().to_string_lossy()));
-            }
-        }
-    }
-    out
-}
 
 fn assert_no_orphans(needle: &Path) {
     let needle = needle.display().to_string();

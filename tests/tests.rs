@@ -30,6 +30,7 @@ mod mlm_train;
 mod model_card;
 mod overlap;
 mod plot;
+mod procs;
 mod safety;
 mod sft;
 mod sweep;

@@ -6,6 +6,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+#[path = "../../tests/procs.rs"]
+mod procs;
+use procs::processes_with;
+
 fn launcher() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_rankforge-launch"));
     c.env_remove("RANKFORGE_JOB_TOKEN").env_remove("MASTER_ADDR").env_remove("MASTER_PORT").env_remove("OMP_NUM_THREADS");
@@ -46,20 +50,6 @@ fn coordinator_port(stderr: &str) -> String {
     addr.rsplit_once(':').unwrap().1.to_string()
 }
 
-/// Live (non-zombie) processes whose command line mentions `needle`.
-fn processes_with(needle: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else { continue };
-        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
-        let zombie = stat.rsplit(')').next().is_some_and(|s| s.trim_start().starts_with('Z'));
-        if cmd.contains(needle) && !zombie {
-            out.push(format!("{}: {cmd}", e.file_name().to_string_lossy()));
-        }
-    }
-    out
-}
 
 #[test]
 fn a_ddp_program_on_two_ranks_and_on_two_simulated_nodes_trains_to_the_same_weights() {
