@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand};
 use rankforge::config::Recipe;
 use rankforge::error::{Error, Result};
 use rankforge::generate::GenOptions;
-use rankforge::tokenizer::{LoadedTokenizer, TokenizerKind, TrainOptions};
+use rankforge::tokenizer::{TokenizerKind, TrainOptions};
 
 #[derive(Parser)]
 #[command(name = "rankforge", version, about = "Train, fine-tune and sample transformer models (libtorch).")]
@@ -331,13 +331,6 @@ fn check_run_dir(recipe: &Recipe, file: &std::path::Path) -> Result<()> {
     Err(Error::Config { file: file.to_path_buf(), key: "run.dir".into(), msg: format!("{} {what}, not a directory", dir.display()) })
 }
 
-/// The dtype to generate in: fp32 on CPU (fast there, exact); on a GPU the model's own dtype
-/// (bf16/fp16 checkpoints stay small), fp32 when config.json names none.
-fn generation_kind(model: &std::path::Path, device: tch::Device) -> tch::Kind {
-    let declared = || rankforge::models::hf::read_config(model).ok().and_then(|(_, c)| rankforge::models::hf::config_kind(&c));
-    if device.is_cuda() { declared().unwrap_or(tch::Kind::Float) } else { tch::Kind::Float }
-}
-
 /// Under a launcher, the error also goes to `$TORCHELASTIC_ERROR_FILE` in torchelastic's
 /// error.json format, for the launcher's failure report.
 fn write_error_file(message: &str, exit_code: i32) {
@@ -379,15 +372,9 @@ fn run(command: Command) -> Result<()> {
             if !model.join("config.json").exists() && model.join(rankforge::lora::ADAPTER_CONFIG).exists() {
                 return Err(Error::model(&model, "is a LoRA adapter, not a model: pass --model BASE --adapter DIR (or DIR/merged after a rankforge run)"));
             }
-            let mut lm = rankforge::models::CausalLm::from_pretrained(&model, device, generation_kind(&model, device))?;
-            if let Some(dir) = &adapter {
-                let loaded = lm.load_adapter(dir)?;
-                tracing::info!("LoRA adapter {} on {} layers", dir.display(), loaded.modules.len());
-            }
-            // The tokenizer that trained the adapter when it carries one (it may have grown the
-            // vocabulary), else the model's.
-            let tok_dir = adapter.as_ref().filter(|a| a.join("tokenizer.json").exists()).unwrap_or(&model);
-            let tok = LoadedTokenizer::load(tok_dir)?;
+            // The model in its dtype for the device, the adapter on top, and the tokenizer that
+            // trained the adapter when it carries one (as evaluate loads them).
+            let rankforge::eval::lm::model::LoadedLm { model: lm, tok } = rankforge::eval::lm::model::load(&model, adapter.as_deref(), device)?;
             let chat = tok.chat_template.is_some() && !raw;
             let prompt_ids = rankforge::generate::prompt_ids(&tok, &prompt, chat)?;
             let stop = rankforge::generate::stop_ids(&lm, &tok);
