@@ -264,11 +264,13 @@ pub fn autocast<T>(device: Device, bf16: bool, f: impl FnOnce() -> T) -> T {
 /// same large activation and gradient buffers every step. By default glibc serves the big ones
 /// with fresh `mmap`s (above a threshold that adapts up to 32 MiB) and trims the top of the
 /// heap when more than twice that is free, so each step faults its memory in again: tens of
-/// thousands of page faults per step, with the kernel zeroing every page. With the largest
-/// mmap threshold glibc accepts (32 MiB) and no trimming below 2 GiB, later steps reuse the
-/// earlier ones' memory: 2–3% faster CPU steps on the fine-tuning benchmark (BENCHMARKS.md,
-/// issue 5). The cost: memory a step freed stays reserved by the process (its peak is reached
-/// again next step anyway). Skipped when the user configured malloc (`MALLOC_*_` variables
+/// thousands of page faults per step, with the kernel zeroing every page. With no `mmap` for
+/// allocations (`M_MMAP_MAX = 0`: even a step's 245 MB logits come from the heap) and no
+/// trimming below 2 GiB, later steps reuse the earlier ones' memory and fault none: 2–3%
+/// faster CPU steps on the fine-tuning benchmark (BENCHMARKS.md, issue 5), more on the
+/// pretraining one (issue 18). The cost: memory a step freed stays reserved by the process
+/// (its peak is reached again next step anyway), plus the heap's fragmentation (the seed GPT's
+/// peak RSS: 2.0 → 2.5 GB). Skipped when the user configured malloc (`MALLOC_*_` variables
 /// or `GLIBC_TUNABLES` naming `glibc.malloc`), so their settings win. PyTorch gets the same
 /// effect from the same variables, or from jemalloc/tcmalloc as its CPU tuning guide advises.
 pub fn keep_freed_memory() {
@@ -284,6 +286,7 @@ pub fn keep_freed_memory() {
         // SAFETY: mallopt only changes allocator parameters; it is called before any other
         // thread exists (first thing in main), and glibc serialises it internally anyway.
         unsafe {
+            libc::mallopt(libc::M_MMAP_MAX, 0);
             libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
             libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
             libc::mallopt(libc::M_TOP_PAD, 64 << 20);

@@ -112,10 +112,14 @@ impl AdamW {
         self.slots.iter().map(|s| (s.name.as_str(), &s.param))
     }
 
-    /// Sets every gradient to zero.
+    /// Clears every gradient, as PyTorch's `zero_grad(set_to_none=True)`: the next backward
+    /// takes its gradient tensors as they come instead of adding them into zeroed ones (no
+    /// memset, no extra pass), and a parameter that backward does not reach keeps none, so
+    /// AdamW leaves it alone in that step, as PyTorch's does. Without the native extension
+    /// (which sets `.grad`), the gradients are zeroed in place.
     pub fn zero_grad(&mut self) {
         for s in &mut self.slots {
-            s.param.zero_grad();
+            crate::dist::hooks::clear_grad(&mut s.param);
         }
     }
 
@@ -455,5 +459,25 @@ mod tests {
         opt.load_state(saved, 3, std::path::Path::new("ckpt")).unwrap();
         run(&mut opt, &resumed, 3..6);
         assert!(resumed.equal(&whole), "{resumed} vs {whole}");
+    }
+
+    /// `zero_grad` is PyTorch's `set_to_none=True`: no gradient afterwards, and a parameter the
+    /// next backward does not reach is left alone by AdamW (no weight decay, no moment decay),
+    /// however many steps it had a gradient before.
+    #[test]
+    fn zero_grad_sets_gradients_to_none_and_unreached_parameters_stay_put() {
+        assert!(crate::dist::hooks::AVAILABLE, "the native extension (csrc/grad_hooks.cpp) is built");
+        let cfg = TrainConfig { weight_decay: 0.1, ..TrainConfig::default() };
+        let (a, b) = (Tensor::ones([2, 2], (Kind::Float, Device::Cpu)).set_requires_grad(true), Tensor::ones([2, 2], (Kind::Float, Device::Cpu)).set_requires_grad(true));
+        let mut opt = AdamW::new(vec![("a".into(), a.shallow_clone()), ("b".into(), b.shallow_clone())], &cfg);
+        (&a * &b).sum(Kind::Float).backward();
+        opt.step(0.1).unwrap();
+        opt.zero_grad();
+        assert!(!a.grad().defined() && !b.grad().defined(), "gradients are cleared, not zeroed");
+        let b_before = b.detach().copy();
+        (&a * 3.0).sum(Kind::Float).backward(); // b unused in this step
+        opt.step(0.1).unwrap();
+        assert!(b.equal(&b_before), "a parameter without a gradient is not decayed: {b} vs {b_before}");
+        assert_eq!(Vec::<f32>::try_from(a.grad().reshape([-1])).unwrap(), [3.0; 4], "a fresh gradient, not added to an old one");
     }
 }

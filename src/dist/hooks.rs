@@ -57,6 +57,14 @@ pub fn set_grad(param: &Tensor, grad: &Tensor) -> Result<(), TchError> {
     ffi::set_grad(param, grad)
 }
 
+/// `param.grad = None` (without the extension: `param.grad.zero_()`).
+pub fn clear_grad(param: &mut Tensor) {
+    if AVAILABLE && ffi::set_grad(param, &Tensor::new()).is_ok() {
+        return;
+    }
+    param.zero_grad();
+}
+
 /// The C side's `fn(ctx, index)`: `ctx` is a `GradReadyHooks::_target`.
 extern "C" fn trampoline(ctx: *mut c_void, index: usize) {
     // SAFETY: ctx points to the boxed callback of a live `GradReadyHooks` (its Drop removes
