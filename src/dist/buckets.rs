@@ -1,6 +1,8 @@
 //! The gradient all-reduce in buckets, as PyTorch's DDP does it: the trainable parameters, in
 //! reverse forward order, grouped by dtype into buckets of `train.bucket_cap_mb`; each bucket is
-//! flattened into one f32 buffer, summed over ranks, and copied back. [`Dist::reduce_grads`]
+//! flattened into one f32 buffer, summed over ranks, and copied back (on the CPU, f32 gradients
+//! become views of the summed buffer instead, and a bucket of one f32 gradient is summed in
+//! place: DDP's `gradient_as_bucket_view`). [`Dist::reduce_grads`]
 //! runs the buckets after backward; [`Dist::reduce_grads_overlapped`] runs them on a
 //! communication thread while backward is still running, each as soon as backward has produced
 //! all of its gradients (gradient-ready hooks, [`super::hooks`]).
@@ -150,6 +152,9 @@ struct Run<'p> {
     /// The reduced extra sums (from the last bucket).
     sums: Vec<f32>,
     allreduce_s: f64,
+    /// Whether reduced f32 gradients become views of their bucket, and a bucket of one f32
+    /// gradient is reduced in place (CPU, with the extension).
+    in_place_views: bool,
 }
 
 impl<'p> Run<'p> {
@@ -158,20 +163,31 @@ impl<'p> Run<'p> {
         let extra = extra.iter().map(|x| *x as f32).collect();
         let params: Vec<Tensor> = plan.params.iter().map(Tensor::shallow_clone).collect();
         let defined = vec![false; params.len()];
-        Run { plan: &plan.layout, params, extra, device, defined, pending: vec![], missing: vec![], sums: vec![], allreduce_s: 0.0 }
+        let in_place_views = device == Device::Cpu && hooks::AVAILABLE;
+        Run { plan: &plan.layout, params, extra, device, defined, pending: vec![], missing: vec![], sums: vec![], allreduce_s: 0.0, in_place_views }
     }
 
     /// Bucket `b` as one f32 buffer (gradients in f32 whatever their dtype; zeros for a missing
     /// one); the last bucket adds the gradient flags and the extra sums.
     fn flatten(&mut self, b: usize) -> Tensor {
         let idx = &self.plan.buckets[b];
+        let last = b + 1 == self.plan.buckets.len();
+        if let ([i], false, true) = (idx.as_slice(), last, self.in_place_views) {
+            // A bucket of one f32 gradient (a large tensor, e.g. the embedding) is reduced in
+            // place, without a copy: the ring sums it in the gradient's own memory.
+            let g = self.params[*i].grad();
+            if g.defined() && g.kind() == Kind::Float && g.is_contiguous() {
+                self.defined[*i] = true;
+                return g.view([-1]);
+            }
+        }
         let mut parts: Vec<Tensor> = Vec::with_capacity(idx.len() + 2);
         for &i in idx {
             let (p, g) = (&self.params[i], self.params[i].grad());
             self.defined[i] = g.defined();
             parts.push(if g.defined() { g.reshape([-1]).to_kind(Kind::Float) } else { Tensor::zeros([p.numel() as i64], (Kind::Float, self.device)) });
         }
-        if b + 1 == self.plan.buckets.len() {
+        if last {
             let mut tail: Vec<f32> = self.defined.iter().map(|d| if *d { 1.0 } else { 0.0 }).collect();
             tail.extend(&self.extra);
             parts.push(Tensor::from_slice(&tail).to_device(self.device));
@@ -202,6 +218,9 @@ impl<'p> Run<'p> {
             let n = p.numel() as i64;
             let part = flat.narrow(0, off, n);
             match self.defined[i] {
+                // On the CPU an f32 gradient becomes its slice of the reduced buffer (DDP's
+                // `gradient_as_bucket_view`), which saves copying the bucket back.
+                true if self.in_place_views && p.kind() == Kind::Float => hooks::set_grad(p, &part.view_as(p))?,
                 true => {
                     let g = p.grad();
                     g.shallow_clone().copy_(&part.view_as(&g));
