@@ -3,7 +3,8 @@
 # 1 rank with THREADS threads vs 2 ranks with THREADS/2 threads each (same total threads), both
 # under rankforge-launch with the same step function as `rankforge train` (`rankforge bench`).
 # 2 ranks run with the gradient all-reduce overlapped with backward (the default) and, unless
-# OFF=0, after backward (train.overlap_grad_reduce=false). Rounds alternate; prints medians over
+# OFF=0, after backward (train.overlap_grad_reduce=false). Rounds alternate, each starting with the
+# next configuration; prints medians over
 # rounds of each configuration's median step time, all-reduce time, its exposed part (after
 # backward) and the fraction hidden behind backward (docs/data_parallel.md), and the load average.
 #
@@ -21,11 +22,16 @@ run() { # ranks threads_per_rank overlap
     2>/dev/null | grep '"impl"' | sed 's/^\[rank 0\] //' >> "$out"
 }
 half=$((THREADS / 2 > 0 ? THREADS / 2 : 1))
+configs=("1 $THREADS true" "2 $half true")
+if [ "$OFF" = 1 ]; then configs+=("2 $half false"); fi
+n=${#configs[@]}
 for r in $(seq "$ROUNDS"); do
   echo "round $r/$ROUNDS (load average: $(cut -d' ' -f1-3 /proc/loadavg))" >&2
-  run 1 "$THREADS" true
-  run 2 "$half" true
-  if [ "$OFF" = 1 ]; then run 2 "$half" false; fi
+  # Each round starts with the next configuration, so none always runs first or last.
+  for k in $(seq 0 $((n - 1))); do
+    # shellcheck disable=SC2086 # a configuration is three words
+    run ${configs[$(((r - 1 + k) % n))]}
+  done
 done
 .venv/bin/python - "$out" <<'PY'
 import json, statistics, sys

@@ -22,6 +22,7 @@
 #   gpt2-*   GPT-2 124 M (12L/12H/768d, T=1024, V=50304), same
 #   nccl     all-reduce under rankforge-launch (world 1 NCCL on a GPU; 2 CPU ranks on CPU)
 #   launched the bf16 seed bench again under the launcher: losses equal to the bare run
+#   ddp-pt   PyTorch DDP + AdamW(fused=True) on the same model under the launcher: the step ratio
 #   lora     LoRA fine-tuning of a bf16 Llama base (train: SFT data, eval, adapter + merged export)
 #   full     full fine-tuning of the same base with bf16 weights (fp32 master weights, bench)
 #   resume   20 steps with checkpoints, eval and export; then 10 → 20 from the step-10 checkpoint
@@ -145,6 +146,10 @@ run launched "${TO[1]}" "$RL" --nproc-per-node 1 -- bench --config "$root/config
   --set model.n_layer="$L" --set model.n_head="$H" --set model.n_embd="$C" --set model.block_size="$T" \
   --set model.vocab_size="$V" --set model.dropout=0.0 --set train.device="$DEVICE" --set train.precision=bf16 \
   --set train.global_batch_size="$B" --set train.micro_batch_size="$B"
+# PyTorch's data-parallel step on the same model: DDP (NCCL on the GPU, gloo on CPU) + AdamW(fused=True), bf16
+run ddp-pt "${TO[1]}" "$RL" --nproc-per-node 1 --python "$PY" -- "$root/bench/pytorch_gpt.py" --ddp --fused --dtype bf16 \
+  --n-layer "$L" --n-head "$H" --n-embd "$C" --block-size "$T" --vocab-size "$V" --dropout 0.0 --batch "$B" \
+  --steps "$STEPS" --warmup "$WARMUP" --device "$DEVICE"
 
 # --- a tokenizer and a random bf16 Llama base (torch only: no transformers on the host) --
 head -c "$TEXT_BYTES" data/kjv.txt > "$OUT/text.txt"
@@ -350,6 +355,15 @@ if ran("launched") and bare and launched:
         f"(overlap_grad_reduce {one('launched').get('overlap_grad_reduce')})", ["launched"])
 else:
     row("bench under the launcher", False, "did not run", ["launched"])
+
+rf, ddp = one("launched"), one("ddp-pt")
+if ran("launched", "ddp-pt") and "tokens_per_s" in rf and "tokens_per_s" in ddp:
+    ratio = rf["tokens_per_s"] / ddp["tokens_per_s"]
+    row("data-parallel step vs PyTorch DDP + fused AdamW (bf16, world 1)", True if device != "cuda" or ratio >= 1.0 else "warn",
+        f"{rf['tokens_per_s']:.0f} tok/s ({rf.get('optimizer_impl', rf.get('optimizer'))}, overlap {100 * rf.get('overlap_fraction', 0):.0f} % hidden) "
+        f"vs DDP {ddp['tokens_per_s']:.0f} tok/s ({ddp.get('optimizer')}) = {ratio:.2f}×", ["launched", "ddp-pt"])
+else:
+    row("data-parallel step vs PyTorch DDP + fused AdamW (bf16, world 1)", False, "did not run", ["launched", "ddp-pt"])
 
 def metrics(run_dir):
     try:

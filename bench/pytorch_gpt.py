@@ -143,6 +143,10 @@ def parse_args():
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--fused", action="store_true", help="AdamW(fused=True)")
     p.add_argument("--foreach", action="store_true", help="AdamW(foreach=True)")
+    p.add_argument("--ddp", action="store_true",
+                   help="DistributedDataParallel (under torchrun or rankforge-launch: NCCL on "
+                        "cuda, gloo on cpu); each rank takes its share of --batch")
+    p.add_argument("--bucket-cap-mb", type=float, default=25.0, help="DDP's bucket_cap_mb")
     args = p.parse_args()
     if args.fused and args.foreach:
         p.error("--fused and --foreach are mutually exclusive")
@@ -164,6 +168,18 @@ def main():
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda requested but CUDA is not available")
     device = torch.device(args.device)
+    rank, world = 0, 1
+    if args.ddp:
+        import os
+        import torch.distributed as dist
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        if args.device == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if args.device == "cuda" else "gloo")
+        if args.batch % world or args.micro_batch > args.batch // world:
+            raise SystemExit(f"--batch {args.batch} does not split over {world} ranks "
+                             f"in micro-batches of {args.micro_batch}")
     torch.manual_seed(args.seed)
 
     model = GPT(
@@ -176,8 +192,13 @@ def main():
         bias=args.bias,
     ).to(device)
     model.train()
+    core = model
+    if args.ddp:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None,
+                    bucket_cap_mb=args.bucket_cap_mb)
 
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = [p for p in core.parameters() if p.requires_grad]
     n_params = sum(p.numel() for p in params)  # parameters() dedups shared tensors
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
@@ -198,12 +219,13 @@ def main():
     )
 
     data = torch.randint(args.vocab_size, (args.batch, args.block_size + 1))
-    data = data.to(device)
+    local = args.batch // world  # this rank's share of the global batch
+    data = data[rank * local:(rank + 1) * local].to(device)
     inputs = data[:, :-1].contiguous()
     targets = data[:, 1:].contiguous()
     chunks = [
         (inputs[i:i + args.micro_batch], targets[i:i + args.micro_batch])
-        for i in range(0, args.batch, args.micro_batch)
+        for i in range(0, local, args.micro_batch)
     ]
 
     if args.dtype == "bf16":
@@ -216,16 +238,21 @@ def main():
 
     def train_step():
         optimizer.zero_grad(set_to_none=True)
-        for x, y in chunks:
-            with autocast():
-                loss = model(x, y) * (x.size(0) / args.batch)
-            loss.backward()
+        for i, (x, y) in enumerate(chunks):
+            # DDP averages gradients over ranks: each rank weighs its micro-batches by its share.
+            sync = i + 1 == len(chunks) or not args.ddp
+            with contextlib.nullcontext() if sync else model.no_sync():
+                with autocast():
+                    loss = model(x, y) * (x.size(0) / local)
+                loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
 
     median_s = median_step_seconds(train_step, args.warmup, args.steps, device)
     result = {
         "impl": "pytorch",
+        "ddp": args.ddp,
+        "ranks": world,
         "tokens_per_s": args.batch * args.block_size / median_s,
         "step_ms": median_s * 1000.0,
         "params": n_params,
@@ -237,7 +264,10 @@ def main():
         "optimizer": opt_name,
         "torch": torch.__version__,
     }
-    print(json.dumps(result), flush=True)
+    if rank == 0:
+        print(json.dumps(result), flush=True)
+    if args.ddp:
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

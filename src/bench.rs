@@ -124,6 +124,7 @@ fn run_task<T: BenchTask>(recipe: &Recipe, steps: usize, warmup: usize) -> Resul
     })?;
     let mut row = fine_tuning_row(recipe, secs, t, n_trainable, steps, losses);
     row.extend(reduce_fields(recipe, &reduce));
+    row.insert("optimizer_impl".into(), json!(opt.implementation()));
     row.insert("examples_per_s".into(), json!(b as f64 / secs));
     row.extend(task.bench_fields());
     row.extend(extras);
@@ -216,6 +217,7 @@ fn run_pretrain(recipe: &Recipe, steps: usize, warmup: usize) -> Result<Option<V
     });
     if let Value::Object(r) = &mut row {
         r.extend(reduce_fields(recipe, &reduce));
+        r.insert("optimizer_impl".into(), json!(opt.implementation()));
     }
     Ok(finish(&mut dist, device, bf16, row))
 }

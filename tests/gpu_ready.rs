@@ -54,7 +54,7 @@ fn the_gpu_bundle_is_small_relocatable_and_finds_libtorch_through_python() {
 }
 
 /// `DEVICE=cpu bench/gpu_check.sh`, run from a bundle with the venv's python3 on PATH: every
-/// step of the GPU check (training steps vs PyTorch, the launcher's collective and bench,
+/// step of the GPU check (training steps vs PyTorch, the launcher's collective and bench, the step vs PyTorch DDP,
 /// LoRA and full fine-tuning, checkpoint/eval/export and exact resume, generation on two
 /// devices) runs through the wrappers and passes.
 #[test]
@@ -74,9 +74,9 @@ fn the_gpu_check_passes_in_cpu_mode_from_the_bundle() {
     let summary: serde_json::Value = serde_json::from_slice(&std::fs::read(out_dir.join("summary.json")).unwrap()).unwrap();
     assert_eq!(summary["failed"], serde_json::json!([]), "{table}");
     let rows = summary["rows"].as_array().unwrap();
-    assert_eq!(rows.len(), 11, "{table}");
+    assert_eq!(rows.len(), 12, "{table}");
     let status = |check: &str| rows.iter().find(|r| r["check"].as_str().is_some_and(|c| c.starts_with(check))).map(|r| r["status"].as_str().unwrap().to_string());
-    for check in ["bench under the launcher", "20 steps, checkpoint, eval, export; resume", "greedy generation, device vs CPU"] {
+    for check in ["bench under the launcher", "data-parallel step vs PyTorch DDP", "20 steps, checkpoint, eval, export; resume", "greedy generation, device vs CPU"] {
         assert_eq!(status(check).as_deref(), Some("ok"), "{check}:\n{table}");
     }
 }
