@@ -266,9 +266,10 @@ pub fn autocast<T>(device: Device, bf16: bool, f: impl FnOnce() -> T) -> T {
 /// heap when more than twice that is free, so each step faults its memory in again: tens of
 /// thousands of page faults per step, with the kernel zeroing every page. With no `mmap` for
 /// allocations (`M_MMAP_MAX = 0`: even a step's 245 MB logits come from the heap) and no
-/// trimming below 2 GiB, later steps reuse the earlier ones' memory and fault none: 2–3%
-/// faster CPU steps on the fine-tuning benchmark (BENCHMARKS.md, issue 5), more on the
-/// pretraining one (issue 18). The cost: memory a step freed stays reserved by the process
+/// trimming below 2 GiB, later steps reuse the earlier ones' memory and fault none (the seed
+/// GPT faulted 245 k pages per step with the 32 MiB mmap threshold alone): 2–3% faster CPU
+/// steps on the fine-tuning benchmark (BENCHMARKS.md, issue 5), 15–20% on the pretraining one
+/// (issue 18). The cost: memory a step freed stays reserved by the process
 /// (its peak is reached again next step anyway), plus the heap's fragmentation (the seed GPT's
 /// peak RSS: 2.0 → 2.5 GB). Skipped when the user configured malloc (`MALLOC_*_` variables
 /// or `GLIBC_TUNABLES` naming `glibc.malloc`), so their settings win. PyTorch gets the same
