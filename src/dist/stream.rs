@@ -18,7 +18,12 @@ use crate::error::{Error, Result};
 
 /// `cudaStream_t`, `cudaEvent_t`.
 pub type Stream = *mut c_void;
-pub type Event = *mut c_void;
+type RawEvent = *mut c_void;
+
+/// An event [`SideStream::record`] created (the only way to get one), live until
+/// [`SideStream::destroy`].
+#[derive(Debug, Clone, Copy)]
+pub struct Event(RawEvent);
 /// The legacy default stream: libtorch's (and the backward pass's) compute stream.
 const COMPUTE: Stream = std::ptr::null_mut();
 /// `cudaStreamNonBlocking`.
@@ -28,12 +33,12 @@ const NON_BLOCKING: c_uint = 1;
 pub struct SideStream {
     lib: Library,
     pub stream: Stream,
-    event_create: unsafe extern "C" fn(*mut Event) -> c_int,
-    event_record: unsafe extern "C" fn(Event, Stream) -> c_int,
-    event_sync: unsafe extern "C" fn(Event) -> c_int,
-    event_elapsed: unsafe extern "C" fn(*mut f32, Event, Event) -> c_int,
-    event_destroy: unsafe extern "C" fn(Event) -> c_int,
-    stream_wait: unsafe extern "C" fn(Stream, Event, c_uint) -> c_int,
+    event_create: unsafe extern "C" fn(*mut RawEvent) -> c_int,
+    event_record: unsafe extern "C" fn(RawEvent, Stream) -> c_int,
+    event_sync: unsafe extern "C" fn(RawEvent) -> c_int,
+    event_elapsed: unsafe extern "C" fn(*mut f32, RawEvent, RawEvent) -> c_int,
+    event_destroy: unsafe extern "C" fn(RawEvent) -> c_int,
+    stream_wait: unsafe extern "C" fn(Stream, RawEvent, c_uint) -> c_int,
     stream_destroy: unsafe extern "C" fn(Stream) -> c_int,
 }
 
@@ -69,19 +74,19 @@ impl SideStream {
 
     /// A new (timing) event recorded on the side stream, or on the compute stream.
     pub fn record(&self, on_compute: bool) -> Result<Event> {
-        let mut ev: Event = std::ptr::null_mut();
+        let mut ev: RawEvent = std::ptr::null_mut();
         // SAFETY: `ev` is a valid out pointer; the stream is live.
         self.check("create an event", unsafe { (self.event_create)(&mut ev) })?;
         let stream = if on_compute { COMPUTE } else { self.stream };
         self.check("record an event", unsafe { (self.event_record)(ev, stream) })?;
-        Ok(ev)
+        Ok(Event(ev))
     }
 
     /// Work queued on the side stream from now on waits for the compute stream's work so far.
     pub fn wait_for_compute(&self) -> Result<()> {
         let ev = self.record(true)?;
         // SAFETY: live stream and event; an event may be destroyed while a wait on it is queued.
-        let r = self.check("order the all-reduce after backward", unsafe { (self.stream_wait)(self.stream, ev, 0) });
+        let r = self.check("order the all-reduce after backward", unsafe { (self.stream_wait)(self.stream, ev.0, 0) });
         self.destroy(ev);
         r
     }
@@ -89,26 +94,26 @@ impl SideStream {
     /// Work queued on the compute stream from now on waits for `ev`.
     pub fn compute_waits(&self, ev: Event) -> Result<()> {
         // SAFETY: live event; the legacy stream always exists.
-        self.check("order the optimizer after the all-reduce", unsafe { (self.stream_wait)(COMPUTE, ev, 0) })
+        self.check("order the optimizer after the all-reduce", unsafe { (self.stream_wait)(COMPUTE, ev.0, 0) })
     }
 
     /// Blocks the host until `ev` completed.
     pub fn synchronize(&self, ev: Event) -> Result<()> {
         // SAFETY: live event.
-        self.check("wait for an event", unsafe { (self.event_sync)(ev) })
+        self.check("wait for an event", unsafe { (self.event_sync)(ev.0) })
     }
 
     /// Seconds from `a` to `b` (both completed).
     pub fn elapsed(&self, a: Event, b: Event) -> Result<f64> {
         let mut ms = 0f32;
         // SAFETY: valid out pointer, live completed events.
-        self.check("time events", unsafe { (self.event_elapsed)(&mut ms, a, b) })?;
+        self.check("time events", unsafe { (self.event_elapsed)(&mut ms, a.0, b.0) })?;
         Ok(f64::from(ms) / 1e3)
     }
 
     pub fn destroy(&self, ev: Event) {
         // SAFETY: a live event, not used again.
-        let _ = unsafe { (self.event_destroy)(ev) };
+        let _ = unsafe { (self.event_destroy)(ev.0) };
     }
 }
 
