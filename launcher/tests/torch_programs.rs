@@ -50,7 +50,6 @@ fn coordinator_port(stderr: &str) -> String {
     addr.rsplit_once(':').unwrap().1.to_string()
 }
 
-
 #[test]
 fn a_ddp_program_on_two_ranks_and_on_two_simulated_nodes_trains_to_the_same_weights() {
     let tmp = tempfile::tempdir().unwrap();

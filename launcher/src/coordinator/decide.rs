@@ -95,7 +95,7 @@ impl State {
         if self.failures.iter().any(|f| f.rank.is_none() && f.node_rank == node_rank) {
             return false;
         }
-        let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+        let wall = crate::rank::now();
         self.failures.push(Failure {
             rank: None,
             node_rank,
@@ -116,7 +116,7 @@ impl State {
         if self.phase != JobPhase::Running {
             return Vec::new();
         }
-        let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+        let wall = crate::rank::now();
         self.ranks
             .iter()
             .filter(|(_, r)| r.phase != Phase::Done && now.duration_since(r.last_seen) > limit)
@@ -166,7 +166,7 @@ impl State {
         let others: Vec<String> =
             self.ranks.iter().filter(|(q, _)| *q != rank).map(|(q, o)| format!("{q}: {} after {}", phase_name(o.phase), o.collective_seq)).collect();
         let stuck = now.duration_since(r.seq_since);
-        let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+        let wall = crate::rank::now();
         Some(Failure {
             rank: Some(*rank),
             node_rank: self.node_of(*rank),
